@@ -1,0 +1,1 @@
+"""Actors: one OS process per protocol endpoint, built on `actors.base.Actor`."""

@@ -1,0 +1,1 @@
+"""Device simulators, themselves actors, speaking the devices' true wire formats."""

@@ -1,0 +1,230 @@
+"""The envelope (DESIGN §3): the msgpack map every bus message carries as its body.
+
+Wire layout of the body, a msgpack map with str keys:
+
+=========  =======  ==========================================================================
+key        type     meaning
+=========  =======  ==========================================================================
+v          int      schema version, always 1
+id         str      unique message id (a command keeps its id across retries)
+src        str      sender name, a topic segment (actor, ``router``, ``sctl-<host>-<pid>``)
+epoch      int      sender incarnation, new at every process start
+seq        int      1, 2, 3 ... per (src, epoch) with no holes; 0 = unsequenced control message
+ts         float    creation time, Unix seconds
+kind       str      event, command, reply, heartbeat, log, system
+data       map      payload, str keys, msgpack-native values (no ext types)
+corr       str      replies only (required): the command's id
+reply_to   str      commands only (required): topic the reply goes to
+deadline   float    commands only (optional): Unix time after which the command must not run
+=========  =======  ==========================================================================
+
+Frames out of the router carry a 16-byte stamp as a third frame: big-endian
+``router_epoch:u64, gseq:u64`` (`pack_stamp` / `unpack_stamp`). gseq 0 marks a transient
+message that is not journaled (acks, sync markers).
+
+`decode` raises only `EnvelopeError`, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from broker import topics
+from broker.errors import EnvelopeError, TopicError
+
+VERSION: Final = 1
+KINDS: Final = frozenset({"event", "command", "reply", "heartbeat", "log", "system"})
+MAX_ID_CHARS: Final = 128
+MAX_U63: Final = 2**63 - 1
+STAMP: Final = struct.Struct(">QQ")
+
+_REQUIRED: Final = {
+    "v": int,
+    "id": str,
+    "src": str,
+    "epoch": int,
+    "seq": int,
+    "ts": (int, float),
+    "kind": str,
+    "data": dict,
+}
+_OPTIONAL: Final = {"corr": str, "reply_to": str, "deadline": (int, float)}
+
+
+def new_id() -> str:
+    """A 128-bit random id as 32 hex characters."""
+    return os.urandom(16).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    src: str
+    epoch: int
+    seq: int
+    ts: float
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    corr: str | None = None
+    reply_to: str | None = None
+    deadline: float | None = None
+    v: int = VERSION
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_map(self) -> dict[str, Any]:
+        m: dict[str, Any] = {
+            "v": self.v,
+            "id": self.id,
+            "src": self.src,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "data": self.data,
+        }
+        if self.corr is not None:
+            m["corr"] = self.corr
+        if self.reply_to is not None:
+            m["reply_to"] = self.reply_to
+        if self.deadline is not None:
+            m["deadline"] = self.deadline
+        return m
+
+    def encode(self) -> bytes:
+        try:
+            return msgpack.packb(self.to_map(), use_bin_type=True)  # type: ignore[no-any-return]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EnvelopeError(f"data of {self.kind} {self.id} is not msgpack-native: {exc}") from exc
+
+    def expired(self, now: float | None = None) -> bool:
+        """True when this is a command whose deadline has passed."""
+        return self.deadline is not None and (time.time() if now is None else now) > self.deadline
+
+
+def make(
+    src: str,
+    epoch: int,
+    seq: int,
+    kind: str,
+    data: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Envelope:
+    """Build an envelope with a fresh id and the current time unless given in `extra`."""
+    return Envelope(
+        id=extra.pop("id", None) or new_id(),
+        src=src,
+        epoch=epoch,
+        seq=seq,
+        ts=extra.pop("ts", None) or time.time(),
+        kind=kind,
+        data={} if data is None else data,
+        **extra,
+    )
+
+
+def _refuse_ext(code: int, payload: bytes) -> Any:
+    raise EnvelopeError(f"msgpack extension type {code} is not allowed in an envelope")
+
+
+def decode(raw: bytes) -> Envelope:
+    """Parse and validate one envelope; raises only EnvelopeError."""
+    try:
+        obj = msgpack.unpackb(raw, raw=False, ext_hook=_refuse_ext, strict_map_key=False)
+    except EnvelopeError as exc:
+        raise EnvelopeError(str(exc), raw) from None
+    except Exception as exc:  # msgpack raises many types on garbage; all mean "not an envelope"
+        raise EnvelopeError(f"not valid msgpack ({type(exc).__name__}: {exc})", raw) from None
+    if not isinstance(obj, dict):
+        raise EnvelopeError(f"body is a msgpack {type(obj).__name__}, not a map", raw)
+    for key, typ in _REQUIRED.items():
+        if key not in obj:
+            raise EnvelopeError(f"missing key {key!r}", raw)
+        _check_type(obj, key, typ, raw)
+    for key, typ in _OPTIONAL.items():
+        if key in obj and obj[key] is not None:
+            _check_type(obj, key, typ, raw)
+    unknown = set(obj) - _REQUIRED.keys() - _OPTIONAL.keys()
+    if unknown:
+        raise EnvelopeError(f"unknown keys {sorted(map(str, unknown))}", raw)
+    try:
+        return Envelope(
+            id=obj["id"],
+            src=obj["src"],
+            epoch=obj["epoch"],
+            seq=obj["seq"],
+            ts=float(obj["ts"]),
+            kind=obj["kind"],
+            data=obj["data"],
+            corr=obj.get("corr"),
+            reply_to=obj.get("reply_to"),
+            deadline=None if obj.get("deadline") is None else float(obj["deadline"]),
+            v=obj["v"],
+        )
+    except EnvelopeError as exc:
+        raise EnvelopeError(str(exc), raw) from None
+
+
+def _check_type(obj: dict[Any, Any], key: str, typ: Any, raw: bytes) -> None:
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, typ):
+        raise EnvelopeError(f"key {key!r} has type {type(value).__name__}", raw)
+
+
+def _validate(env: Envelope) -> None:
+    if env.v != VERSION:
+        raise EnvelopeError(f"schema version {env.v} is not supported (this is version {VERSION})")
+    if not 0 < len(env.id) <= MAX_ID_CHARS:
+        raise EnvelopeError(f"id must be 1-{MAX_ID_CHARS} characters")
+    try:
+        topics.check_name(env.src, "src")
+    except TopicError as exc:
+        raise EnvelopeError(str(exc)) from None
+    if not 0 <= env.epoch <= MAX_U63 or not 0 <= env.seq <= MAX_U63:
+        raise EnvelopeError(f"epoch {env.epoch} / seq {env.seq} out of range 0..2^63-1")
+    if not math.isfinite(env.ts):
+        raise EnvelopeError("ts is not a finite number")
+    if env.kind not in KINDS:
+        raise EnvelopeError(f"kind {env.kind!r} is not one of {sorted(KINDS)}")
+    if not all(isinstance(k, str) for k in env.data):
+        raise EnvelopeError("data keys must be strings")
+    _validate_kind_fields(env)
+
+
+def _validate_kind_fields(env: Envelope) -> None:
+    if env.kind == "reply":
+        if not env.corr:
+            raise EnvelopeError("a reply needs corr (the command's id)")
+    elif env.corr is not None:
+        raise EnvelopeError(f"corr is only for replies, not {env.kind}")
+    if env.kind == "command":
+        if not env.reply_to:
+            raise EnvelopeError("a command needs reply_to")
+        try:
+            topics.check_topic(env.reply_to)
+        except TopicError as exc:
+            raise EnvelopeError(f"reply_to: {exc}") from None
+        if env.deadline is not None and not math.isfinite(env.deadline):
+            raise EnvelopeError("deadline is not a finite number")
+    elif env.reply_to is not None or env.deadline is not None:
+        raise EnvelopeError(f"reply_to and deadline are only for commands, not {env.kind}")
+
+
+def pack_stamp(router_epoch: int, gseq: int) -> bytes:
+    return STAMP.pack(router_epoch, gseq)
+
+
+def unpack_stamp(stamp: bytes) -> tuple[int, int]:
+    """(router_epoch, gseq); raises EnvelopeError on a stamp that is not 16 bytes."""
+    if len(stamp) != STAMP.size:
+        raise EnvelopeError(f"stamp is {len(stamp)} bytes, expected {STAMP.size}", stamp)
+    epoch, gseq = STAMP.unpack(stamp)
+    return int(epoch), int(gseq)

@@ -1,0 +1,1 @@
+"""The `sctl` command line; the only place that configures logging."""
