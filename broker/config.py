@@ -95,13 +95,11 @@ def _coerce(value: Any, s: Setting, path: str, source: str) -> Any:
     kinds = s.kind if isinstance(s.kind, tuple) else (s.kind,)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(value, bool) and bool not in kinds:
-        ok = False
-    else:
-        ok = isinstance(value, kinds)
+    ok = False if isinstance(value, bool) and bool not in kinds else isinstance(value, kinds)
     if not ok:
         names = " or ".join(_type_name(k) for k in kinds)
-        raise ConfigError(path, f"expected {names}, got {_type_name(type(value))} {value!r}", source)
+        got = f"{_type_name(type(value))} {value!r}"
+        raise ConfigError(path, f"expected {names}, got {got}", source)
     if s.check is not None:
         try:
             s.check(value)
@@ -198,7 +196,8 @@ def load_site(path: str | os.PathLike[str] | None = None) -> SiteConfig:
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError("", "site file not found (use -c FILE or set $SCTL_CONFIG)", source) from None
+        raise ConfigError("", "site file not found (use -c FILE or set $SCTL_CONFIG)",
+                          source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read the site file: {exc}", source) from None
     except tomllib.TOMLDecodeError as exc:

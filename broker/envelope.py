@@ -103,7 +103,8 @@ class Envelope:
         try:
             return msgpack.packb(self.to_map(), use_bin_type=True)  # type: ignore[no-any-return]
         except (TypeError, ValueError, OverflowError) as exc:
-            raise EnvelopeError(f"data of {self.kind} {self.id} is not msgpack-native: {exc}") from exc
+            raise EnvelopeError(
+                f"data of {self.kind} {self.id} is not msgpack-native: {exc}") from exc
 
     def expired(self, now: float | None = None) -> bool:
         """True when this is a command whose deadline has passed."""

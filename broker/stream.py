@@ -1,0 +1,139 @@
+"""Gap-free, in-order egress for library subscribers (DESIGN §4.3), without I/O.
+
+The router stamps every journaled message with a gap-free ``gseq``. A subscriber that sees the
+whole stream can therefore tell exactly what it missed: plain PUB/SUB drops at a full queue, on
+reconnect and before a subscription propagates. `Stream` takes live messages in arrival order
+and returns them in gseq order, holding back anything ahead of a gap while the Bus fetches the
+missing range from the router's query socket (`wanted` says which range; `on_replay` takes the
+answer).
+
+Rules:
+- ``expected`` is the next gseq to hand out. Below it: duplicate, dropped. Equal: delivered, and
+  held messages that now follow are delivered too. Above it: held (bounded; past the bound the
+  live copy is dropped, the replay brings it back) and the gap is fetched.
+- A replay answer lists only the entries that match the subscriber's prefixes, plus ``next``,
+  the first gseq the router did not examine: everything below ``next`` is settled.
+- ``evicted`` entries (older than the router's journal) are lost to this subscriber: counted and
+  reported by the caller, never silently skipped.
+- A new router epoch whose gseq went backwards means the router restarted without its journal:
+  the stream restarts there and counts a reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final, Generic, Protocol, TypeVar
+
+DEFAULT_MAX_HELD: Final = 20_000
+
+
+class Stamped(Protocol):
+    @property
+    def gseq(self) -> int: ...
+
+
+T = TypeVar("T", bound=Stamped)
+
+
+class Stream(Generic[T]):
+    def __init__(self, max_held: int = DEFAULT_MAX_HELD) -> None:
+        self.expected: int | None = None
+        self.router_epoch: int | None = None
+        self.max_held = max_held
+        self._held: dict[int, T] = {}
+        self.duplicates = 0
+        self.gaps = 0  # times a live message arrived ahead of `expected`
+        self.filled = 0  # messages delivered from replay
+        self.lost = 0  # gseqs the journal no longer had
+        self.resets = 0  # router restarts that lost the journal
+        self.held_dropped = 0
+
+    def start_at(self, gseq: int) -> None:
+        """Deliver from `gseq` on (at subscribe time: the router's head + 1, or --since)."""
+        self.expected = max(1, gseq)
+        self._held = {g: m for g, m in self._held.items() if g >= self.expected}
+
+    def on_live(self, router_epoch: int, item: T) -> list[T]:
+        g = item.gseq
+        restarted = self.router_epoch is not None and router_epoch != self.router_epoch
+        if restarted and self.expected is not None and g < self.expected:
+            self.resets += 1
+            self._held.clear()
+            self.expected = g
+        self.router_epoch = router_epoch
+        if self.expected is None:
+            self.expected = g
+        if g < self.expected:
+            self.duplicates += 1
+            return []
+        if g > self.expected:
+            if not self._held:
+                self.gaps += 1
+            self._hold(item)
+            return []
+        return self._advance([item])
+
+    def _hold(self, item: T) -> None:
+        if item.gseq in self._held:
+            self.duplicates += 1
+        elif len(self._held) < self.max_held:
+            self._held[item.gseq] = item
+        else:
+            self.held_dropped += 1
+
+    def _advance(self, out: list[T]) -> list[T]:
+        assert self.expected is not None
+        self.expected += len(out)
+        while self.expected in self._held:
+            out.append(self._held.pop(self.expected))
+            self.expected += 1
+        return out
+
+    def wanted(self) -> tuple[int, int | None] | None:
+        """(from, until) still missing, until=None meaning "up to the head"; None if no gap."""
+        if self.expected is None or not self._held:
+            return None
+        return self.expected, min(self._held) - 1
+
+    def on_replay(self, items: Iterable[T], next_gseq: int, evicted: int) -> list[T]:
+        """Merge a replay answer; return what can now be delivered, in order."""
+        if self.expected is None:
+            return []
+        if evicted > 0:
+            self.lost += evicted
+            self.expected += evicted
+        out: list[T] = []
+        for item in items:
+            if item.gseq < self.expected:
+                continue
+            # Entries between matches did not match the prefixes: skipping them is not a loss.
+            self._release_below(item.gseq, out)
+            self.expected = item.gseq + 1
+            self._held.pop(item.gseq, None)
+            out.append(item)
+            self.filled += 1
+        self._release_below(next_gseq, out)
+        if next_gseq > self.expected:
+            self.expected = next_gseq
+        return self._advance_held(out)
+
+    def _release_below(self, gseq: int, out: list[T]) -> None:
+        """Held live messages below `gseq` (and at/after `expected`) go out first, in order."""
+        assert self.expected is not None
+        for g in sorted(k for k in self._held if k < gseq):
+            if g >= self.expected:
+                out.append(self._held.pop(g))
+                self.expected = g + 1
+            else:
+                del self._held[g]
+
+    def _advance_held(self, out: list[T]) -> list[T]:
+        assert self.expected is not None
+        while self.expected in self._held:
+            out.append(self._held.pop(self.expected))
+            self.expected += 1
+        return out
+
+    @property
+    def held(self) -> int:
+        return len(self._held)

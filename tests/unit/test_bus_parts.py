@@ -1,0 +1,174 @@
+"""Outbox and Stream: the sans-IO halves of the Bus's delivery guarantees."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.outbox import Entry, Outbox
+from broker.stream import Stream
+
+
+def entry(seq: int, size: int = 10) -> Entry:
+    return Entry(seq, b"t", b"x" * size)
+
+
+def drain_unsent(box: Outbox) -> list[int]:
+    sent = []
+    while (e := box.next_unsent()) is not None:
+        box.mark_sent()
+        sent.append(e.seq)
+    return sent
+
+
+class TestOutbox:
+    def test_ack_releases_prefix_only(self) -> None:
+        box = Outbox()
+        for s in range(1, 6):
+            box.add(entry(s))
+        assert drain_unsent(box) == [1, 2, 3, 4, 5]
+        assert box.ack(3) == 3
+        assert len(box) == 2
+        assert box.ack(2) == 0  # stale ack changes nothing
+        assert len(box) == 2
+
+    def test_rewind_resends_unacked_in_order_before_new(self) -> None:
+        box = Outbox()
+        for s in range(1, 4):
+            box.add(entry(s))
+        drain_unsent(box)
+        box.add(entry(4))
+        box.ack(1)
+        assert box.rewind() == 2
+        assert drain_unsent(box) == [2, 3, 4]
+
+    def test_overflow_by_count_drops_oldest_and_reports_episode_once(self) -> None:
+        box = Outbox(max_messages=3)
+        for s in range(1, 4):
+            assert box.add(entry(s)) is None
+        first = box.add(entry(4))
+        assert first is not None and first.dropped == 1 and first.first_seq == 1
+        assert first.new_episode
+        second = box.add(entry(5))
+        assert second is not None and not second.new_episode
+        assert box.dropped_total == 2
+        assert drain_unsent(box) == [3, 4, 5]
+        box.ack(5)  # back under half: the next overflow is a new episode
+        for s in range(6, 9):
+            box.add(entry(s))
+        again = box.add(entry(9))
+        assert again is not None and again.new_episode
+
+    def test_overflow_by_bytes(self) -> None:
+        box = Outbox(max_messages=100, max_bytes=100)
+        box.add(entry(1, 40))
+        box.add(entry(2, 40))
+        over = box.add(entry(3, 40))
+        assert over is not None and over.dropped == 1
+        assert box.bytes <= 100
+
+    def test_ack_beyond_sent_releases_waiting_too(self) -> None:
+        # after a router restart, the sync answer may ack seqs we had not yet re-sent
+        box = Outbox()
+        for s in range(1, 5):
+            box.add(entry(s))
+        drain_unsent(box)
+        box.rewind()
+        assert box.ack(3) == 3
+        assert drain_unsent(box) == [4]
+
+
+@dataclass(frozen=True)
+class Msg:
+    gseq: int
+
+
+class TestStream:
+    def test_in_order_passes_through(self) -> None:
+        s: Stream[Msg] = Stream()
+        out = [m.gseq for g in range(1, 6) for m in s.on_live(1, Msg(g))]
+        assert out == [1, 2, 3, 4, 5]
+        assert s.wanted() is None
+
+    def test_gap_is_held_then_filled_by_replay(self) -> None:
+        s: Stream[Msg] = Stream()
+        s.start_at(1)
+        assert [m.gseq for m in s.on_live(1, Msg(1))] == [1]
+        assert s.on_live(1, Msg(4)) == []
+        assert s.on_live(1, Msg(5)) == []
+        assert s.wanted() == (2, 3)
+        out = s.on_replay([Msg(2), Msg(3)], next_gseq=4, evicted=0)
+        assert [m.gseq for m in out] == [2, 3, 4, 5]
+        assert s.expected == 6 and s.gaps == 1 and s.filled == 2
+
+    def test_replay_skips_non_matching_gseqs(self) -> None:
+        s: Stream[Msg] = Stream()
+        s.start_at(10)
+        s.on_live(1, Msg(20))
+        out = s.on_replay([Msg(12), Msg(17)], next_gseq=20, evicted=0)
+        assert [m.gseq for m in out] == [12, 17, 20]
+        assert s.wanted() is None
+
+    def test_duplicates_dropped(self) -> None:
+        s: Stream[Msg] = Stream()
+        s.on_live(1, Msg(1))
+        assert s.on_live(1, Msg(1)) == []
+        assert s.duplicates == 1
+
+    def test_evicted_is_counted_as_lost(self) -> None:
+        s: Stream[Msg] = Stream()
+        s.start_at(1)
+        s.on_live(1, Msg(10))
+        out = s.on_replay([Msg(6)], next_gseq=10, evicted=5)
+        assert [m.gseq for m in out] == [6, 10]
+        assert s.lost == 5
+
+    def test_router_restart_without_journal_resets(self) -> None:
+        s: Stream[Msg] = Stream()
+        for g in range(1, 50):
+            s.on_live(1, Msg(g))
+        out = s.on_live(2, Msg(1))
+        assert [m.gseq for m in out] == [1]
+        assert s.resets == 1
+
+    def test_router_restart_with_journal_continues(self) -> None:
+        s: Stream[Msg] = Stream()
+        for g in range(1, 5):
+            s.on_live(1, Msg(g))
+        assert s.on_live(2, Msg(7)) == []
+        assert s.wanted() == (5, 6)
+        assert s.resets == 0
+
+    def test_held_bound(self) -> None:
+        s: Stream[Msg] = Stream(max_held=3)
+        s.start_at(1)
+        for g in range(2, 10):
+            s.on_live(1, Msg(g))
+        assert s.held == 3 and s.held_dropped == 5
+        # the replay brings back what the live path had to drop
+        out = s.on_replay([Msg(g) for g in range(1, 10)], next_gseq=10, evicted=0)
+        assert [m.gseq for m in out] == list(range(1, 10))
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 200), loss=st.floats(0, 0.9), seed=st.integers(0, 2**32))
+def test_stream_delivers_everything_once_in_order(n: int, loss: float, seed: int) -> None:
+    """Whatever the live path loses or reorders, live + replay yields 1..n exactly once."""
+    rnd = random.Random(seed)
+    s: Stream[Msg] = Stream(max_held=rnd.randint(1, 50))
+    s.start_at(1)
+    live = [g for g in range(1, n + 1) if rnd.random() >= loss]
+    delivered: list[int] = []
+    for g in live:
+        delivered += [m.gseq for m in s.on_live(1, Msg(g))]
+        if rnd.random() < 0.3 and (w := s.wanted()):
+            journal = [Msg(x) for x in range(w[0], (w[1] or n) + 1)]
+            delivered += [m.gseq for m in s.on_replay(journal, (w[1] or n) + 1, 0)]
+    while s.expected is not None and s.expected <= n:
+        start = s.expected
+        journal = [Msg(x) for x in range(start, n + 1)]
+        delivered += [m.gseq for m in s.on_replay(journal, n + 1, 0)]
+    assert delivered == list(range(1, n + 1))
