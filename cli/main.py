@@ -1,27 +1,39 @@
-"""sctl: the operator's command line (DESIGN §7). Thin: every command calls into broker/ or actors/."""
+"""sctl: the operator's command line (DESIGN §7). Thin: every command calls into broker/ or actors/.
+
+Exit codes: 0 ok; 1 the actor answered with an error; 2 bad usage or a bad site file; 3 nothing
+came back in time (the message says why: actor unknown, not running, or silent).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Any
+import time
+from typing import Any, NoReturn
 
 import click
 
 from broker.config import SiteConfig, load_site
-from broker.errors import ConfigError
+from broker.errors import BusError, ConfigError, EnvelopeError, SctlError
+
+EXIT_ERROR_REPLY = 1
+EXIT_USAGE = 2
+EXIT_NO_REPLY = 3
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(verbose: int, default: int = logging.WARNING) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else default
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@click.group()
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"sctl: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config", default=None, metavar="SITE.toml",
               help="site file (default $SCTL_CONFIG, then deploy/site.toml)")
 @click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
@@ -35,7 +47,32 @@ def site_of(ctx: click.Context) -> SiteConfig:
     try:
         return load_site(ctx.obj["config"])
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _bus(site: SiteConfig, wait: float) -> Any:
+    """A connected client Bus, or exit 3 saying the router does not answer."""
+    from broker.bus import Bus, client_name
+
+    bus = Bus(site.router, client_name())
+    if not bus.connect(wait=wait):
+        bus.close()
+        _fail(f"the router at {site.router.connect_url('ingress')} did not answer within "
+              f"{wait:g} s — is it running? (sctl status)", EXIT_NO_REPLY)
+    return bus
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.hex()
+    return repr(obj)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- processes
 
 
 @app.command()
@@ -44,8 +81,272 @@ def router(ctx: click.Context) -> None:
     """Run the router of the site (binds ingress, egress, query)."""
     from broker.router import serve
 
-    _setup_logging(max(1, ctx.obj["verbose"]))
+    _setup_logging(ctx.obj["verbose"], logging.INFO)
     sys.exit(serve(site_of(ctx).router))
+
+
+@app.command()
+@click.argument("name")
+@click.pass_context
+def actor(ctx: click.Context, name: str) -> None:
+    """Run actor NAME from the site file (any registered type)."""
+    from actors.base import run_actor
+
+    _setup_logging(ctx.obj["verbose"], logging.INFO)
+    site = site_of(ctx)
+    try:
+        site.actor(name)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    sys.exit(run_actor(site, name))
+
+
+# ---------------------------------------------------------------- talking to actors
+
+
+def _parse_words(words: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    argv: list[str] = []
+    named: dict[str, str] = {}
+    for w in words:
+        key, sep, value = w.partition("=")
+        if sep and key.isidentifier():
+            named[key] = value
+        else:
+            argv.append(w)
+    return argv, named
+
+
+def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str, ...],
+             timeout: float) -> Any:
+    """Send one command and return the reply envelope, or exit 3 explaining the silence."""
+    from broker.ops import explain_silence
+
+    _setup_logging(ctx.obj["verbose"])
+    site = site_of(ctx)
+    if actor_name not in site.actors:
+        _fail(f"{actor_name} is not in {site.path}", EXIT_NO_REPLY)
+    argv, named = _parse_words(words)
+    start = time.monotonic()
+    bus = _bus(site, timeout)
+    try:
+        left = max(0.1, timeout - (time.monotonic() - start))
+        return bus.request(actor_name, command, named, timeout=left, argv=argv)
+    except BusError:
+        _fail(explain_silence(bus, actor_name, command, time.monotonic() - start), EXIT_NO_REPLY)
+    finally:
+        bus.close()
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+@click.argument("actor_name", metavar="ACTOR")
+@click.argument("command")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--timeout", default=5.0, show_default=True, help="seconds to wait for the reply")
+@click.option("--json", "as_json", is_flag=True, help="print the whole reply as JSON")
+@click.pass_context
+def send(ctx: click.Context, actor_name: str, command: str, args: tuple[str, ...],
+         timeout: float, as_json: bool) -> None:
+    """Send COMMAND to ACTOR and print the reply.
+
+    ARGS fill the command's declared parameters in order; key=value names one.
+    Exit 0 ok, 1 error reply, 3 no reply in time.
+    """
+    reply = _command(ctx, actor_name, command, args, timeout)
+    data = reply.data
+    if as_json:
+        click.echo(_dumps(data))
+    elif data.get("status") == "ok":
+        result = data.get("result")
+        if result is not None:
+            click.echo(result if isinstance(result, str) else _dumps(result))
+    if data.get("status") != "ok":
+        if not as_json:
+            click.echo(f"{actor_name}: {data.get('error') or 'error'}", err=True)
+        sys.exit(EXIT_ERROR_REPLY)
+
+
+@app.command()
+@click.argument("actor_name", metavar="ACTOR")
+@click.option("--timeout", default=5.0, show_default=True)
+@click.pass_context
+def describe(ctx: click.Context, actor_name: str, timeout: float) -> None:
+    """List ACTOR's commands and their parameters."""
+    reply = _command(ctx, actor_name, "describe", (), timeout)
+    result = reply.data.get("result") or {}
+    if reply.data.get("status") != "ok" or not isinstance(result, dict):
+        _fail(f"{actor_name}: {reply.data.get('error')}", EXIT_ERROR_REPLY)
+    click.echo(f"{actor_name} ({result.get('type', '?')})")
+    for cmd in result.get("commands", []):
+        params = " ".join(_param_text(p) for p in cmd.get("params", []))
+        click.echo(f"  {cmd.get('name')} {params}".rstrip())
+        if cmd.get("doc"):
+            click.echo(f"      {cmd['doc']}")
+
+
+def _param_text(p: dict[str, Any]) -> str:
+    text = f"{p.get('name')}:{p.get('type')}"
+    return f"[{text}={p.get('default')!r}]" if not p.get("required", True) else f"<{text}>"
+
+
+@app.command()
+@click.argument("actor_name", metavar="ACTOR")
+@click.option("--timeout", default=5.0, show_default=True)
+@click.pass_context
+def ping(ctx: click.Context, actor_name: str, timeout: float) -> None:
+    """Round trip to ACTOR through the router."""
+    start = time.monotonic()
+    reply = _command(ctx, actor_name, "ping", (), timeout)
+    rtt = (time.monotonic() - start) * 1000
+    info = reply.data.get("result") or {}
+    click.echo(f"{actor_name}: pong in {rtt:.1f} ms — {_dumps(info)}")
+
+
+# ---------------------------------------------------------------- the feed
+
+
+@app.command()
+@click.argument("prefixes", nargs=-1)
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="exit 0 after N messages")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="exit 3 if this many seconds pass first")
+@click.option("--since", type=click.IntRange(min=0), default=None,
+              help="start at this gseq (0 = everything the journal still holds)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.pass_context
+def sub(ctx: click.Context, prefixes: tuple[str, ...], count: int | None,
+        timeout: float | None, since: int | None, as_json: bool) -> None:
+    """Print messages whose topic matches PREFIX (all if none), gap-free and in order."""
+    from broker.topics import check_prefix
+
+    _setup_logging(ctx.obj["verbose"])
+    site = site_of(ctx)
+    try:
+        for p in prefixes:
+            check_prefix(p)
+    except SctlError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    bus = _bus(site, timeout if timeout is not None else 5.0)
+    for p in prefixes or ("",):
+        bus.subscribe(p, since=since)
+    end = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    try:
+        while count is None or seen < count:
+            left = 1.0 if end is None else end - time.monotonic()
+            if left <= 0:
+                _fail(f"timeout: {seen} message(s) in {timeout:g} s", EXIT_NO_REPLY)
+            for d in bus.poll(min(left, 1.0)):
+                _print_delivery(d, as_json)
+                seen += 1
+                if count is not None and seen >= count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bus.close()
+
+
+def _print_delivery(d: Any, as_json: bool) -> None:
+    try:
+        env = d.envelope.to_map()
+    except EnvelopeError as exc:
+        env = {"error": str(exc), "raw": d.body[:64].hex()}
+    if as_json:
+        click.echo(_dumps({"topic": d.topic, "gseq": d.gseq, "envelope": env}))
+    else:
+        click.echo(f"{d.gseq:>8} {d.topic} [{env.get('src')}] {_dumps(env.get('data'))}")
+    sys.stdout.flush()
+
+
+_KIND_BY_PREFIX = {"evt": "event", "hb": "heartbeat", "log": "log", "sys": "system"}
+
+
+@app.command()
+@click.argument("topic")
+@click.argument("data", metavar="JSON")
+@click.option("--kind", type=click.Choice(["event", "heartbeat", "log", "system"]),
+              default=None, help="envelope kind (default from the topic prefix)")
+@click.option("--timeout", default=5.0, show_default=True,
+              help="seconds to wait for the router's acknowledgement")
+@click.pass_context
+def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: float) -> None:
+    """Publish one envelope with JSON object DATA on TOPIC; exit 0 once the router has it."""
+    from broker.topics import check_topic
+
+    _setup_logging(ctx.obj["verbose"])
+    site = site_of(ctx)
+    try:
+        check_topic(topic)
+        payload = json.loads(data)
+    except (SctlError, json.JSONDecodeError) as exc:
+        _fail(f"bad argument: {exc}", EXIT_USAGE)
+    if not isinstance(payload, dict):
+        _fail("JSON must be an object, e.g. '{\"value\": 1}'", EXIT_USAGE)
+    head = topic.split(".", 1)[0]
+    if head in ("cmd", "rep", "ack", "ctl"):
+        _fail(f"{head}.* topics are not for sctl pub (use sctl send for commands)", EXIT_USAGE)
+    bus = _bus(site, timeout)
+    try:
+        env = bus.publish(topic, kind or _KIND_BY_PREFIX.get(head, "event"), payload)
+        if not bus.flush(timeout):
+            _fail(f"the router did not acknowledge {topic} within {timeout:g} s", EXIT_NO_REPLY)
+        click.echo(f"published {topic} id {env.id} seq {env.seq}")
+    finally:
+        bus.close()
+
+
+# ---------------------------------------------------------------- status
+
+
+@app.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", default=2.0, show_default=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
+    """Router state and, per actor in the site, its last heartbeat."""
+    from broker.bus import Bus, client_name
+    from broker.ops import heartbeats
+
+    _setup_logging(ctx.obj["verbose"])
+    site = site_of(ctx)
+    bus = Bus(site.router, client_name())
+    report: dict[str, Any] = {"site": str(site.path), "router": None, "actors": {}}
+    try:
+        report["router"] = bus.state(timeout)
+        beats = heartbeats(bus, timeout)
+    except BusError as exc:
+        report["router_error"] = str(exc)
+        beats = {}
+    for name, cfg in site.actors.items():
+        hb = beats.get(name)
+        report["actors"][name] = {
+            "type": cfg.type,
+            "heartbeat_age": None if hb is None else round(hb.age, 1),
+            "alive": hb is not None and not hb.stale,
+            **({} if hb is None else {k: hb.data.get(k) for k in
+                                      ("state", "link", "pid", "host", "uptime", "counters")}),
+        }
+    if as_json:
+        click.echo(_dumps(report))
+    else:
+        _print_status(report)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    r = report["router"]
+    if r is None:
+        click.echo(f"router: DOWN — {report.get('router_error')}")
+    else:
+        click.echo(f"router: up, epoch {r.get('router_epoch')}, gseq {r.get('first')}.."
+                   f"{r.get('last')}, journal {'file' if r.get('persistent') else 'memory'}")
+    click.echo(f"{'ACTOR':<16}{'TYPE':<18}{'ALIVE':<7}{'HB AGE':<8}{'STATE':<10}{'LINK':<12}PID")
+    for name, a in report["actors"].items():
+        link = a.get("link") or {}
+        age = "-" if a["heartbeat_age"] is None else f"{a['heartbeat_age']}s"
+        click.echo(f"{name:<16}{a['type']:<18}{'yes' if a['alive'] else 'NO':<7}{age:<8}"
+                   f"{a.get('state') or '-':<10}{link.get('state', '-') if link else '-':<12}"
+                   f"{a.get('pid') or '-'}")
 
 
 def main(argv: Any = None) -> None:
