@@ -148,6 +148,7 @@ class Bus:
         self._pending_start: int | None = None
         self._catching_up = False
         self._stash: list[Delivery] = []  # deliveries that arrived inside blocking calls
+        self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
         self.counters: dict[str, int] = dict.fromkeys((
             "published", "sent", "resent", "acked", "outbox_dropped", "alarms", "sync_probes",
             "router_restarts", "delivered", "gaps", "gap_filled", "lost", "duplicates",
@@ -230,18 +231,31 @@ class Bus:
         return self.publish(command.reply_to, "reply", data, corr=command.id)
 
     def _on_overflow(self, dropped: int, first_seq: int, new_episode: bool) -> None:
+        """Count and log now; the sys.alarm goes out once the router acknowledges again.
+
+        Published right away it would sit at the tail of a full outbox and be the next thing
+        evicted; sent when acks flow again it reaches the router with the episode's totals.
+        """
         self.counters["outbox_dropped"] += dropped
-        if not new_episode:
+        if new_episode:
+            self.counters["alarms"] += 1
+            log.warning("%s: outbox full (%d messages / %d bytes): router unreachable or too "
+                        "slow; dropping the oldest unacknowledged envelopes from seq %d",
+                        self.name, self._outbox.max_messages, self._outbox.max_bytes, first_seq)
+            self._alarm = {"alarm": "outbox_overflow", "source": self.name,
+                           "first_seq": first_seq, "dropped": 0}
+        if self._alarm is not None:
+            self._alarm["dropped"] += dropped
+            self._alarm["last_seq"] = first_seq + dropped - 1
+
+    def _raise_alarm(self) -> None:
+        alarm, self._alarm = self._alarm, None
+        if alarm is None:
             return
-        self.counters["alarms"] += 1
-        msg = (f"{self.name}: outbox full ({self._outbox.max_messages} messages / "
-               f"{self._outbox.max_bytes} bytes) — router unreachable or too slow; dropped the "
-               f"oldest unacknowledged envelope(s) from seq {first_seq}")
-        log.warning("%s", msg)
-        self.publish(topics.ALARM, "system", {
-            "alarm": "outbox_overflow", "source": self.name, "message": msg,
-            "dropped_total": self._outbox.dropped_total,
-        })
+        alarm["dropped_total"] = self._outbox.dropped_total
+        alarm["message"] = (f"{self.name}: outbox overflow dropped {alarm['dropped']} "
+                            f"envelope(s), seq {alarm['first_seq']}..{alarm['last_seq']}")
+        self.publish(topics.ALARM, "system", alarm)
 
     def _flush(self) -> None:
         if not self.synced or self._pub is None or self._blocked:
@@ -460,6 +474,8 @@ class Bus:
             if released:
                 self.counters["acked"] += released
                 self._last_progress = time.monotonic()
+                if self._alarm is not None:
+                    self._raise_alarm()
 
     def _on_synced(self, data: dict[str, Any]) -> None:
         self.synced = True

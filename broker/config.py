@@ -127,6 +127,8 @@ ROUTER_SETTINGS: Final = (
     Setting("journal_fsync", bool, False, "fsync the journal file after every batch"),
     Setting("max_message_bytes", int, 1024 * 1024, "larger ingress bodies are refused as bad",
             check=positive),
+    Setting("egress_hwm", int, 100_000, "messages queued per subscriber before ZeroMQ drops "
+            "(subscribers then backfill from the journal)", check=positive),
     Setting("stats_interval", float, 1.0, "seconds between sys.router.stats", check=positive),
     Setting("gap_timeout", float, 10.0, "seconds before an unfilled ingress gap is declared lost",
             check=positive),
@@ -143,6 +145,7 @@ class RouterConfig:
     journal_max_bytes: int
     journal_fsync: bool
     max_message_bytes: int
+    egress_hwm: int
     stats_interval: float
     gap_timeout: float
     security: Mapping[str, Any] = field(default_factory=dict)

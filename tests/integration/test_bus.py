@@ -1,0 +1,199 @@
+"""The Bus client against a real router process: DESIGN §4's delivery guarantees, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from broker.bus import Bus, Delivery
+from broker.config import load_site
+from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Collector(threading.Thread):
+    """A library subscriber in its own thread (a Bus belongs to one thread)."""
+
+    def __init__(self, site_path: Path, prefix: str, want: int, *, rcvhwm: int = 100_000,
+                 slow: float = 0.0, since: int | None = None, timeout: float = 90.0) -> None:
+        super().__init__(daemon=True)
+        self.site = load_site(site_path)
+        self.prefix, self.want, self.rcvhwm = prefix, want, rcvhwm
+        self.slow, self.since, self.timeout = slow, since, timeout
+        self.got: list[Delivery] = []
+        self.ready = threading.Event()
+        self.counters: dict[str, int] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            bus = Bus(self.site.router, f"collector-{id(self)}", rcvhwm=self.rcvhwm)
+            bus.subscribe(self.prefix, since=self.since)
+            assert bus.connect(wait=10), "collector could not sync with the router"
+            self.ready.set()
+            end = time.monotonic() + self.timeout
+            while len(self.got) < self.want and time.monotonic() < end:
+                self.got.extend(bus.poll(0.2))
+                if self.slow:
+                    time.sleep(self.slow)
+            self.counters = dict(bus.counters)
+            bus.close()
+        except BaseException as exc:  # surfaced by the test thread
+            self.error = exc
+            self.ready.set()
+
+    def values(self) -> list[int]:
+        return [d.envelope.data["i"] for d in self.got]
+
+
+def start_router(site_path: Path, tmp_path: Path) -> Proc:
+    proc = Proc(sctl_cmd("-c", str(site_path), "router"), tmp_path / "router.log").start()
+    bus = Bus(load_site(site_path).router, "probe")
+    try:
+        assert bus.connect(wait=15), f"router did not come up:\n{proc.output()}"
+    finally:
+        bus.close()
+    return proc
+
+
+@pytest.fixture
+def router_factory(tmp_path: Path) -> Callable[..., tuple[Path, Proc]]:
+    procs: list[Proc] = []
+
+    def make(router_extra: str = "") -> tuple[Path, Proc]:
+        site_path = write_site(tmp_path, router_extra=router_extra)
+        proc = start_router(site_path, tmp_path)
+        procs.append(proc)
+        return site_path, proc
+
+    yield make
+    for p in procs:
+        p.stop()
+
+
+def test_kill_router_mid_stream_loses_nothing(router_factory, tmp_path: Path) -> None:
+    """10 000 envelopes; the router is SIGKILLed and restarted (journal file) mid-stream."""
+    site_path, router = router_factory(f'journal_path = "{tmp_path / "journal.bin"}"')
+    n = 10_000
+    sub = Collector(site_path, "evt.load.", n)
+    sub.start()
+    assert sub.ready.wait(15) and sub.error is None, sub.error
+    bus = Bus(load_site(site_path).router, "loader")
+    assert bus.connect(wait=10)
+    for i in range(n):
+        bus.publish("evt.load.n", "event", {"i": i})
+        if i % 200 == 0:
+            bus.poll(0)
+        if i == 3_000:
+            router.kill()
+            router.start()
+    assert bus.flush(60), f"outbox not drained: {bus.outbox_size} left; {bus.counters}"
+    bus.close()
+    sub.join(60)
+    assert sub.error is None, sub.error
+    values = sub.values()
+    assert len(values) == n, f"got {len(values)}; counters {sub.counters}"
+    assert values == list(range(n)), "not exactly once in order"
+    assert sub.counters["router_restarts"] >= 1
+
+
+def test_late_subscriber_gets_history_with_since_0(router_factory) -> None:
+    site_path, _ = router_factory()
+    bus = Bus(load_site(site_path).router, "early")
+    assert bus.connect(wait=10)
+    for i in range(25):
+        bus.publish("evt.hist.n", "event", {"i": i})
+    assert bus.flush(10)
+    bus.close()
+    out = subprocess.run(
+        sctl_cmd("-c", str(site_path), "sub", "evt.hist", "--since", "0", "--count", "25",
+                 "--timeout", "20", "--json"),
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [m["envelope"]["data"]["i"] for m in lines] == list(range(25))
+    assert all(m["topic"] == "evt.hist.n" and m["gseq"] > 0 for m in lines)
+
+
+def test_slow_subscriber_with_tiny_hwm_gets_everything(router_factory) -> None:
+    site_path, _ = router_factory("egress_hwm = 20\nstats_interval = 0.2")
+    n = 3_000
+    pad = "x" * 4000  # large bodies overflow the kernel buffers too, so ZeroMQ must drop
+    slow = Collector(site_path, "evt.flood.", n, rcvhwm=5, slow=0.002)
+    slow.start()
+    assert slow.ready.wait(15) and slow.error is None, slow.error
+    bus = Bus(load_site(site_path).router, "flooder")
+    assert bus.connect(wait=10)
+    for i in range(n):
+        bus.publish("evt.flood.n", "event", {"i": i, "pad": pad})
+        if i % 100 == 0:
+            bus.poll(0)
+    assert bus.flush(30)
+    slow.join(90)
+    assert slow.error is None, slow.error
+    assert slow.values() == list(range(n))
+    assert slow.counters["gaps"] >= 1, "the test did not make the subscriber miss anything"
+    # the router reports what subscribers missed in its stats
+    stats = Collector(site_path, "sys.router.stats", 1)
+    stats.start()
+    stats.join(20)
+    counts = stats.got[0].envelope.data["counts"]
+    assert counts["egress_missed"] > 0 and counts["egress_gaps"] >= 1
+    bus.close()
+
+
+def test_publisher_started_before_router_loses_nothing(tmp_path: Path) -> None:
+    site_path = write_site(tmp_path)
+    bus = Bus(load_site(site_path).router, "early-bird")
+    assert not bus.connect(wait=0.3)  # no router yet: publish must queue, not vanish
+    for i in range(50):
+        bus.publish("evt.early.n", "event", {"i": i})
+    proc = Proc(sctl_cmd("-c", str(site_path), "router"), tmp_path / "router.log").start()
+    try:
+        assert bus.flush(20), bus.counters
+        sub = Collector(site_path, "evt.early.", 50, since=0)
+        sub.start()
+        sub.join(30)
+        assert sub.values() == list(range(50))
+    finally:
+        bus.close()
+        proc.stop()
+
+
+def test_request_times_out_with_clear_error(router_factory) -> None:
+    from broker.errors import RequestTimeout
+
+    site_path, _ = router_factory()
+    bus = Bus(load_site(site_path).router, "asker")
+    assert bus.connect(wait=10)
+    start = time.monotonic()
+    with pytest.raises(RequestTimeout, match="no reply from nobody"):
+        bus.request("nobody", "ping", timeout=1.0)
+    assert time.monotonic() - start < 3
+    bus.close()
+
+
+def test_outbox_overflow_is_counted_and_alarmed(router_factory) -> None:
+    site_path, router = router_factory()
+    watcher = Collector(site_path, "sys.alarm", 1)
+    watcher.start()
+    assert watcher.ready.wait(15)
+    bus = Bus(load_site(site_path).router, "overflower", outbox_max_messages=50)
+    assert bus.connect(wait=10)
+    router.kill()  # nothing can be acked now
+    for i in range(200):
+        bus.publish("evt.over.n", "event", {"i": i})
+    assert bus.counters["outbox_dropped"] > 0
+    assert bus.counters["alarms"] == 1  # once per episode, not per drop
+    router.start()
+    assert bus.flush(20)
+    watcher.join(20)
+    assert watcher.got and watcher.got[0].envelope.data["alarm"] == "outbox_overflow"
+    bus.close()
