@@ -13,7 +13,7 @@ import pytest
 
 from broker.bus import Bus, Delivery
 from broker.config import load_site
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
+from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
 
 pytestmark = pytest.mark.timeout(120)
 
