@@ -12,7 +12,8 @@ epoch      int      sender incarnation, new at every process start
 seq        int      1, 2, 3 ... per (src, epoch) with no holes; 0 = unsequenced control message
 ts         float    creation time, Unix seconds
 kind       str      event, command, reply, heartbeat, log, system
-data       map      payload, str keys, msgpack-native values (no ext types)
+data       map      payload, str keys, msgpack-native values (no ext types, and not the
+                    spec's timestamp type: send times as float Unix seconds)
 corr       str      replies only (required): the command's id
 reply_to   str      commands only (required): topic the reply goes to
 deadline   float    commands only (optional): Unix time after which the command must not run
@@ -32,6 +33,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import msgpack
@@ -43,6 +45,7 @@ VERSION: Final = 1
 KINDS: Final = frozenset({"event", "command", "reply", "heartbeat", "log", "system"})
 MAX_ID_CHARS: Final = 128
 MAX_U63: Final = 2**63 - 1
+MAX_DEPTH: Final = 32
 STAMP: Final = struct.Struct(">QQ")
 
 _REQUIRED: Final = {
@@ -121,15 +124,20 @@ def make(
 ) -> Envelope:
     """Build an envelope with a fresh id and the current time unless given in `extra`."""
     return Envelope(
-        id=extra.pop("id", None) or new_id(),
+        id=_pop(extra, "id", new_id),
         src=src,
         epoch=epoch,
         seq=seq,
-        ts=extra.pop("ts", None) or time.time(),
+        ts=_pop(extra, "ts", time.time),
         kind=kind,
         data={} if data is None else data,
         **extra,
     )
+
+
+def _pop(extra: dict[str, Any], key: str, default: Any) -> Any:
+    value = extra.pop(key, None)
+    return default() if value is None else value
 
 
 def _refuse_ext(code: int, payload: bytes) -> Any:
@@ -139,7 +147,10 @@ def _refuse_ext(code: int, payload: bytes) -> Any:
 def decode(raw: bytes) -> Envelope:
     """Parse and validate one envelope; raises only EnvelopeError."""
     try:
-        obj = msgpack.unpackb(raw, raw=False, ext_hook=_refuse_ext, strict_map_key=False)
+        # timestamp=3 turns the spec's timestamp ext into datetime, which _check_plain refuses:
+        # msgpack never passes that type to ext_hook.
+        obj = msgpack.unpackb(raw, raw=False, ext_hook=_refuse_ext, strict_map_key=False,
+                              timestamp=3)
     except EnvelopeError as exc:
         raise EnvelopeError(str(exc), raw) from None
     except Exception as exc:  # msgpack raises many types on garbage; all mean "not an envelope"
@@ -156,6 +167,9 @@ def decode(raw: bytes) -> Envelope:
     unknown = set(obj) - _REQUIRED.keys() - _OPTIONAL.keys()
     if unknown:
         raise EnvelopeError(f"unknown keys {sorted(map(str, unknown))}", raw)
+    if not _check_plain(obj["data"], 0):
+        raise EnvelopeError("data holds a msgpack timestamp or nests deeper than "
+                            f"{MAX_DEPTH} levels", raw)
     try:
         return Envelope(
             id=obj["id"],
@@ -172,6 +186,17 @@ def decode(raw: bytes) -> Envelope:
         )
     except EnvelopeError as exc:
         raise EnvelopeError(str(exc), raw) from None
+
+
+def _check_plain(value: Any, depth: int) -> bool:
+    """True when `value` holds only msgpack-native types (no datetime) within MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(_check_plain(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_check_plain(v, depth + 1) for v in value)
+    return not isinstance(value, datetime)
 
 
 def _check_type(obj: dict[Any, Any], key: str, typ: Any, raw: bytes) -> None:
@@ -220,6 +245,8 @@ def _validate_kind_fields(env: Envelope) -> None:
 
 
 def pack_stamp(router_epoch: int, gseq: int) -> bytes:
+    if not (0 <= router_epoch < 2**64 and 0 <= gseq < 2**64):
+        raise EnvelopeError(f"stamp values out of range: epoch {router_epoch}, gseq {gseq}")
     return STAMP.pack(router_epoch, gseq)
 
 

@@ -30,7 +30,7 @@ class Heartbeat:
         interval = self.data.get("interval", DEFAULT_INTERVAL)
         if not isinstance(interval, int | float) or interval <= 0:
             interval = DEFAULT_INTERVAL
-        return self.age > STALE_FACTOR * interval
+        return self.age > STALE_FACTOR * float(interval)
 
 
 def heartbeats(bus: Bus, timeout: float = 2.0) -> dict[str, Heartbeat]:

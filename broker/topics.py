@@ -60,7 +60,11 @@ def check_topic(topic: str) -> str:
     """Return `topic` if every segment is valid and it fits in MAX_TOPIC_BYTES."""
     if not isinstance(topic, str) or not topic:
         raise TopicError(f"topic {topic!r} is empty or not a string")
-    if len(topic.encode()) > MAX_TOPIC_BYTES:
+    try:
+        size = len(topic.encode())
+    except UnicodeEncodeError:
+        raise TopicError(f"topic {topic!r} is not valid UTF-8 text") from None
+    if size > MAX_TOPIC_BYTES:
         raise TopicError(f"topic {topic[:40]!r}... is longer than {MAX_TOPIC_BYTES} bytes")
     for seg in topic.split("."):
         if not _SEGMENT.fullmatch(seg):

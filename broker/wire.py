@@ -22,28 +22,64 @@ seconds when a later seq arrives is declared lost (``state = "lost"``, the missi
 skipped) so a sender that dropped from its outbox cannot wedge its own stream. A fresh
 (src, epoch) may start at any seq; the router takes the first one it sees as the start.
 
+Gap reports (journaled, src ``router``): ``data = {"src", "epoch", "expected": hc + 1 when it
+opened, "got": the early seq that opened it, "state": "open" | "filled" | "lost"}``; "filled"
+once ``expected .. got - 1`` have all arrived; "lost" adds ``"missing": [first, last]``. Only the
+seqs below the *lowest* early seq seen during the episode are skipped (the sender showed it
+still holds that one, so its resend must not be refused); the arriving seq is then accepted if
+it is next, or opens a new gap.
+
+``seq == 0`` is only for ``ctl.sync``: any other unsequenced envelope is refused as bad.
+
 After each batch the router publishes one ack per source touched on ``ack.<src>``: an envelope
 from ``router`` (kind ``system``, seq 0, stamp gseq 0) with ``data = {"epoch": e, "seq": hc}``.
+Duplicates and early seqs touch their source too, so a resend is always answered. A batch's
+frames go out only after its journal records are written (and fsynced when configured): nothing
+is forwarded or acked that a router crash could lose.
 
 Control probe ``ctl.sync`` (kind ``system``, seq 0, ``data = {"token": str}``) is never journaled
 or forwarded. The router answers on ``ack.<src>`` with ``data = {"sync": token, "head": gseq,
 "first": gseq, "router_epoch": E, "epoch": e, "seq": hc}`` (hc for the probe's (src, epoch), 0 if
 unknown). A client that receives its own token knows both of its paths to the router are live.
+The answer is queued behind everything the same publisher sent before the probe, so it is also
+a barrier: those messages have been journaled (or refused) and forwarded.
+
+Refused as bad (counted by reason, logged, reported on ``sys.router.bad``): ``frames`` (not 2
+frames), ``topic`` (not UTF-8 or not a valid topic), ``too_large`` (body over
+``max_message_bytes``), ``msgpack``, ``wrong_type``, ``missing_key``, ``invalid`` (what
+`envelope.decode` refuses), ``kind`` (``cmd.*`` must be kind command and a command must be on
+``cmd.*``; ``rep.*`` reply, ``hb.*`` heartbeat, ``log.*`` log), ``reserved`` (``ack.*``,
+``sys.router.*``, ``ctl.*`` other than ``ctl.sync``, or src ``router``), ``seq`` (0 outside a
+probe), ``sync`` (a malformed probe). Report ``data = {"reason", "error", "topic" (printable),
+"excerpt" (hex of the first 64 body bytes), "size", "frames", "count" (for this reason so far),
+"suppressed"}``; at most 10 reports per second, ``suppressed`` counts those skipped since the
+last one.
+
+Stamps and restarts: every frame out carries the *current* router epoch, replayed ones too, with
+the entry's gseq. With ``journal_path`` set, gseq and the per-(src, epoch) ``hc`` table survive a
+restart (gseq continues; resends of journaled seqs are duplicates). Without it gseq restarts at
+1 under the new router epoch.
 
 Query ops (request maps)
 ------------------------
 ``{"op": "state"}``
     header ``{"ok": True, "state": {...}}``: router_epoch, first, last (gseq), journal counters,
-    persistent (bool), sources.
+    persistent (bool), sources; the same map as the data of ``sys.router.stats``. An empty
+    journal has ``first == last + 1``.
 ``{"op": "since", "gseq": N, "prefixes": [P, ...], "until": U?, "limit": L?, "reason": R?}``
     journaled entries with ``N <= gseq (<= U)`` whose topic `topics.matches` one of the prefixes
     (no prefixes = everything), oldest first. Header ``{"ok": True, "first", "last", "next",
-    "more", "evicted", "router_epoch"}``: ``next`` is where to continue, ``more`` says whether to,
+    "more", "evicted", "count", "router_epoch"}``: ``next`` is where to continue (everything
+    below it has been examined; ``N`` itself when ``N > last``), ``more`` says whether to,
     ``evicted`` counts requested gseqs already evicted from the journal (lost to this reader).
     ``reason = "gap"`` tells the router a subscriber missed live messages; it counts them as
-    egress drops in ``sys.router.stats``.
+    egress drops in ``sys.router.stats`` (``egress_gaps`` requests, ``egress_missed`` gseqs
+    examined or evicted for them). A reply stops at ``REPLAY_SCAN`` entries examined,
+    ``min(L, REPLAY_LIMIT)`` entries returned or 8 MiB of bodies, whichever comes first.
 ``{"op": "last", "prefixes": [P, ...]}``
-    the newest journaled entry of every topic matching the prefixes (a last-value cache).
+    the newest journaled entry of every topic matching the prefixes (a last-value cache), in
+    gseq order. Header ``{"ok": True, "count", "more", "first", "last", "router_epoch"}``; at
+    most ``REPLAY_LIMIT`` entries or 8 MiB (``more`` then says some were left out).
 
 Errors come back as header ``{"ok": False, "error": "..."}``.
 """

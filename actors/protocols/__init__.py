@@ -1,1 +1,4 @@
-"""Sans-IO protocol codecs: bytes in, events out. Nothing here may import sockets, zmq, paho or c104."""
+"""Sans-IO protocol codecs: bytes in, events out.
+
+Nothing here may import sockets, zmq, paho or c104.
+"""

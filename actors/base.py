@@ -1,0 +1,475 @@
+"""The one Actor base (DESIGN §5): what every device actor builds on.
+
+A device actor declares its type name, its settings and its commands, and implements a few hooks;
+the base owns everything else: the Bus connection, the loop, heartbeats, command dispatch with
+exactly-once execution, the device-link state machine with backoff, and the process lifecycle.
+
+Lifecycle, in three phases like pykka's actor loop:
+
+1. setup: connect the Bus (a router that is not up yet is not an error: the outbox holds what we
+   publish), subscribe to ``cmd.<name>``, publish a ``starting`` heartbeat, run `on_start`, open
+   the device link if the class has one. An exception here is logged and `run` returns 1, so
+   supervisord restarts the process.
+2. running: the loop (`actors.loop.Loop`) until `request_stop` (SIGTERM/SIGINT in `run_actor`).
+3. teardown: close the link (``evt.<name>.link`` down, reason "actor stopping"), run `on_stop`,
+   answer every command still running with "actor stopping", publish a ``stopping`` heartbeat and
+   flush the outbox for up to `STOP_FLUSH` seconds so the last events reach the router.
+
+Threads: every hook, command handler, timer and reader callback runs on the loop thread, which
+owns all state. Library threads (paho, c104) may only call `call_soon_threadsafe` (and
+`Deferred.resolve`/`fail`, which hand over by themselves) and `request_stop`.
+
+Command handlers return a result (ok reply), raise `CommandError` (error reply with its message),
+raise anything else (error reply "internal error in CMD: ...", logged with the traceback; the actor
+keeps serving) or return a `Deferred` to reply later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from types import FrameType
+from typing import Any, ClassVar, Final
+
+import zmq
+
+from actors.buslog import BusLogHandler
+from actors.commands import (
+    CommandError,
+    CommandSpec,
+    Deferred,
+    Dispatcher,
+    Outcome,
+    Param,
+    collect,
+    command,
+)
+from actors.link import CONNECTING, DOWN, UP, Backoff, Link, LinkChange, LinkStateError
+from actors.loop import Loop, Pollable, TimerHandle
+from broker import topics
+from broker.bus import Bus, Delivery
+from broker.config import (
+    ActorConfig,
+    RouterConfig,
+    Setting,
+    SiteConfig,
+    non_negative,
+    parse_settings,
+    positive,
+)
+from broker.envelope import Envelope
+from broker.errors import ConfigError, EnvelopeError
+
+__all__ = ["Actor", "BusLogHandler", "CommandError", "Deferred", "Param", "Setting", "command",
+           "run_actor"]
+
+log = logging.getLogger(__name__)
+
+STARTING: Final = "starting"
+RUNNING: Final = "running"
+STOPPING: Final = "stopping"
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+CONNECT_WAIT: Final = 2.0  # seconds setup waits for the router before carrying on without it
+STOP_FLUSH: Final = 2.0  # seconds teardown spends getting the outbox acked
+EXIT_CONFIG: Final = 2  # the site file does not describe a runnable actor
+
+BASE_SETTINGS: Final = (
+    Setting("heartbeat_interval", float, 1.0, "seconds between heartbeats on hb.<name>",
+            check=positive),
+    Setting("backoff_min", float, 0.5, "first reconnect delay, seconds", check=positive),
+    Setting("backoff_max", float, 30.0, "longest reconnect delay, seconds", check=positive),
+    Setting("link_stable_after", float, 10.0,
+            "seconds a link must stay up before the reconnect backoff starts over",
+            check=non_negative),
+    Setting("connect_timeout", float, 10.0,
+            "seconds a connection attempt may take before it counts as failed", check=positive),
+    Setting("reply_cache_size", int, 1000,
+            "finished command ids remembered to answer retries without re-running",
+            check=positive),
+)
+
+
+class Actor:
+    """Base of every actor. Subclasses set `type_name`, `settings`, declare commands with
+    `@command`, and implement the hooks they need (`on_start`, `on_stop`, `open_link`,
+    `close_link`). Settings values are in `self.config`."""
+
+    type_name: ClassVar[str] = ""
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    reconnect: ClassVar[bool] = True  # False: the library reconnects by itself (paho)
+    commands: ClassVar[dict[str, CommandSpec]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.commands = collect(cls)
+
+    def __init__(self, name: str, config: dict[str, Any], router: RouterConfig,
+                 *, context: zmq.Context[Any] | None = None) -> None:
+        self.name = topics.check_name(name, "actor name")
+        self.config = config
+        self.router = router
+        self.state = STARTING
+        self.counters: dict[str, int] = {"events": 0}
+        self.exit_code = EXIT_OK
+        self._context = context
+        self._bus: Bus | None = None
+        self._loop = Loop()
+        self._started = time.monotonic()
+        self._stop_reason: str | None = None
+        self._cmd_topic = topics.command(name)
+        self._commands = Dispatcher(self.commands, self, self._send_reply, self._loop,
+                                    config["reply_cache_size"], self.counters)
+        self._subscriptions: list[tuple[str, Callable[[Delivery], object]]] = []
+        self._link = Link(Backoff(config["backoff_min"], config["backoff_max"]),
+                          config["link_stable_after"])
+        self._link_timer: TimerHandle | None = None
+
+    @classmethod
+    def declared_settings(cls) -> tuple[Setting, ...]:
+        """Base settings, then the class's own; a class may redeclare a base one (new default)."""
+        own = {s.name for s in cls.settings}
+        return tuple(s for s in BASE_SETTINGS if s.name not in own) + cls.settings
+
+    @classmethod
+    def from_config(cls, actor: ActorConfig, router: RouterConfig,
+                    *, context: zmq.Context[Any] | None = None) -> Actor:
+        """Check the ``[actors.NAME]`` table against the declared settings, then construct.
+        Raises ConfigError naming the key path; nothing is opened yet."""
+        values = parse_settings(actor.settings, cls.declared_settings(), actor.path, actor.source)
+        if values["backoff_min"] > values["backoff_max"]:
+            raise ConfigError(f"{actor.path}.backoff_min",
+                              f"{values['backoff_min']} is more than backoff_max "
+                              f"{values['backoff_max']}", actor.source)
+        return cls(actor.name, values, router, context=context)
+
+    # --- hooks (loop thread) ---------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Setup, on the loop thread, after the Bus is connected and before the link opens.
+        Raising makes `run` return 1 (supervisord restarts the process); `on_stop` still runs."""
+
+    def on_stop(self) -> None:
+        """Teardown, on the loop thread, after the link is closed and before commands still
+        running are failed. An exception is logged; the exit code stays what it was."""
+
+    def open_link(self) -> None:
+        """Start connecting to the device (non-blocking if you can: `add_writer`), then call
+        `link_up()` or `link_down(reason)`. Runs on the loop thread. Defining it turns the link
+        state machine on. An exception counts as `link_down("open_link failed: ...")`."""
+
+    def close_link(self) -> None:
+        """Release the device connection; the base calls it every time the link goes down
+        (after `link_down`, on connect timeout, at stop), so it must be idempotent. Loop thread;
+        an exception is logged and ignored."""
+
+    # --- what subclasses call (loop thread unless stated) ----------------------------------
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("the bus exists only while the actor runs")
+        return self._bus
+
+    @property
+    def current_command(self) -> Envelope | None:
+        """The command envelope whose handler is running now (sender: ``.src``), else None."""
+        return self._commands.current
+
+    @property
+    def link_state(self) -> str:
+        return self._link.state
+
+    def publish_event(self, event: str, data: dict[str, Any] | None = None) -> Envelope:
+        """Publish ``evt.<name>.<event>`` (kind event). Never blocks (outbox)."""
+        self.counters["events"] += 1
+        return self.bus.publish(topics.event(self.name, event), "event", data or {})
+
+    def subscribe(self, prefix: str, callback: Callable[[Delivery], object],
+                  *, gapless: bool = True) -> None:
+        """Deliveries whose topic `topics.matches` `prefix` go to `callback` (loop thread)."""
+        self._subscriptions.append((topics.check_prefix(prefix), callback))
+        self.bus.subscribe(prefix, gapless=gapless)
+
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
+        return self._loop.call_later(delay, fn, *args)
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> None:
+        """The only way other threads hand work to the actor. Any thread."""
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def add_reader(self, fd: Pollable, callback: Callable[[], object]) -> None:
+        self._loop.add_reader(fd, callback)
+
+    def remove_reader(self, fd: Pollable) -> None:
+        self._loop.remove_reader(fd)
+
+    def add_writer(self, fd: Pollable, callback: Callable[[], object]) -> None:
+        self._loop.add_writer(fd, callback)
+
+    def remove_writer(self, fd: Pollable) -> None:
+        self._loop.remove_writer(fd)
+
+    def link_up(self, reason: str = "connected") -> None:
+        self._cancel_link_timer()
+        self._change_link(UP, reason)
+
+    def link_down(self, reason: str) -> None:
+        """The device is unreachable (or went away). Publishes the change, calls `close_link`,
+        and schedules the next `open_link` after the backoff delay."""
+        retry = self.reconnect and self._stop_reason is None and self._has_link()
+        change = self._change_link(DOWN, reason, retry)
+        if change is None:
+            return
+        self._cancel_link_timer()
+        self._close_link()
+        if change.retry_in is not None:
+            self._link_timer = self.call_later(change.retry_in, self._open_link)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask for a graceful stop. Any thread, and signal handlers."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._loop.wake()
+
+    # --- built-in commands ------------------------------------------------------------------
+
+    @command("describe", doc="the actor type, its commands with their parameters, its settings")
+    def cmd_describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "type": self.type_name,
+            "doc": (type(self).__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+            "commands": [self.commands[n].describe() for n in sorted(self.commands)],
+            "settings": [_describe_setting(s, self.config.get(s.name))
+                         for s in self.declared_settings()],
+        }
+
+    @command("ping", doc="liveness: pid, host, uptime, state, link")
+    def cmd_ping(self) -> dict[str, Any]:
+        status = self._status()
+        return {k: status[k] for k in ("type", "pid", "host", "version", "uptime", "state", "link")}
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Setup, run until `request_stop`, teardown; returns the process exit code."""
+        try:
+            self._setup()
+        except Exception:
+            log.exception("actor %s failed to start", self.name)
+            self.exit_code = EXIT_FAILED
+            self._stop_reason = self._stop_reason or "start-up failed"
+        else:
+            log.info("actor %s (%s) running", self.name, self.type_name)
+            try:
+                self._loop.run_until(lambda: self._stop_reason is not None)
+            except Exception:  # a bug in the loop itself, not in a callback: restart us
+                log.exception("actor %s loop failed", self.name)
+                self.exit_code = EXIT_FAILED
+        self._teardown()
+        return self.exit_code
+
+    def _setup(self) -> None:
+        self._loop.thread_id = threading.get_ident()
+        self._bus = bus = Bus(self.router, self.name, context=self._context)
+        bus.subscribe(self._cmd_topic, gapless=False)
+        self._loop.pollables = bus.pollables
+        self._loop.next_deadline = bus.next_deadline
+        self._loop.on_events = self._on_events
+        self._loop.on_tick = bus.tick
+        if not bus.connect(wait=CONNECT_WAIT):
+            log.warning("router not reachable at %s yet; carrying on, the outbox keeps events",
+                        self.router.connect_url("ingress"))
+        self._heartbeat(schedule=False)
+        self.on_start()
+        self.state = RUNNING
+        self._heartbeat()
+        if self._has_link():
+            self._open_link()
+
+    def _teardown(self) -> None:
+        log.info("actor %s stopping: %s", self.name, self._stop_reason)
+        self.state = STOPPING
+        self._commands.stopping = True
+        self._cancel_link_timer()
+        if self._link.state in (CONNECTING, UP):
+            self.link_down("actor stopping")
+        try:
+            self.on_stop()
+        except Exception:
+            log.exception("on_stop of actor %s failed", self.name)
+        self._commands.fail_running("actor stopping")
+        if self._bus is not None:
+            self._heartbeat(schedule=False)
+            self._flush(STOP_FLUSH)
+            self._bus.close()
+        self._loop.close()
+
+    def _flush(self, timeout: float) -> None:
+        """Keep the loop turning (hand-overs such as log records, resends) until the router
+        acked everything or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._loop.run_once(max_wait=0.05)
+            if self.bus.synced and self.bus.outbox_size == 0 and not self._loop.has_handover():
+                return
+        log.warning("actor %s: %d messages not acknowledged by the router at exit",
+                    self.name, self.bus.outbox_size)
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def _on_events(self, events: dict[Any, int]) -> None:
+        for delivery in self.bus.handle(events):
+            if delivery.topic == self._cmd_topic:
+                try:
+                    env = delivery.envelope
+                except EnvelopeError as exc:
+                    log.warning("actor %s: undecodable command (gseq %d): %s; body %s", self.name,
+                                delivery.gseq, exc, delivery.body[:64].hex())
+                    continue
+                self._commands.dispatch(env)
+                continue
+            for prefix, callback in self._subscriptions:
+                if topics.matches(delivery.topic, prefix):
+                    callback(delivery)
+
+    def _send_reply(self, env: Envelope, outcome: Outcome) -> None:
+        self.bus.reply_to(env, outcome.status, outcome.result, outcome.error)
+
+    # --- device link ------------------------------------------------------------------------
+
+    def _has_link(self) -> bool:
+        return type(self).open_link is not Actor.open_link
+
+    def _open_link(self) -> None:
+        self._link_timer = None
+        if self._stop_reason is not None:
+            return
+        change = self._change_link(CONNECTING, f"attempt {self._link.attempts + 1}")
+        if change is None:
+            return
+        timeout = self.config["connect_timeout"]
+        self._link_timer = self.call_later(timeout, self._connect_timed_out, timeout)
+        try:
+            self.open_link()
+        except Exception as exc:
+            log.exception("open_link of actor %s failed", self.name)
+            self.link_down(f"open_link failed: {type(exc).__name__}: {exc}")
+
+    def _connect_timed_out(self, timeout: float) -> None:
+        self._link_timer = None
+        if self._link.state == CONNECTING:
+            self.link_down(f"no connection after {timeout:g} s")
+
+    def _close_link(self) -> None:
+        try:
+            self.close_link()
+        except Exception:
+            log.exception("close_link of actor %s failed", self.name)
+
+    def _cancel_link_timer(self) -> None:
+        if self._link_timer is not None:
+            self._link_timer.cancel()
+            self._link_timer = None
+
+    def _change_link(self, state: str, reason: str, retry: bool = False) -> LinkChange | None:
+        previous = self._link.state
+        try:
+            change = self._link.change(state, reason, time.time(), time.monotonic(), retry)
+        except LinkStateError as exc:
+            log.warning("actor %s: %s", self.name, exc)
+            return None
+        if change is None:
+            return None
+        level = logging.WARNING if previous == UP else logging.INFO
+        log.log(level, "actor %s link %s -> %s: %s%s", self.name, previous, state, reason,
+                "" if change.retry_in is None else f" (retry in {change.retry_in:.2f} s)")
+        self.publish_event("link", change.to_data())
+        return change
+
+    # --- heartbeat and logs -----------------------------------------------------------------
+
+    def _heartbeat(self, schedule: bool = True) -> None:
+        if schedule and self._stop_reason is None:
+            self.call_later(self.config["heartbeat_interval"], self._heartbeat)
+        self.bus.publish(topics.heartbeat(self.name), "heartbeat", self._status())
+
+    def _status(self) -> dict[str, Any]:
+        counters = dict(self._bus.counters) if self._bus is not None else {}
+        counters.update(self.counters, callback_errors=self._loop.errors,
+                        running=len(self._commands.running))
+        return {
+            "type": self.type_name, "state": self.state, "link": self._link.to_data(),
+            "counters": counters, "pid": os.getpid(), "host": socket.gethostname(),
+            "version": VERSION, "uptime": round(time.monotonic() - self._started, 3),
+        }
+
+    def publish_log(self, record: dict[str, Any]) -> None:
+        """Loop thread: one structured log record to ``log.<name>`` (see BusLogHandler)."""
+        if self._bus is not None:
+            self._bus.publish(topics.log(self.name), "log", record)
+
+
+Actor.commands = collect(Actor)  # __init_subclass__ does this for every subclass
+
+
+def run_actor(site: SiteConfig, name: str, *, log_to_bus: bool = True) -> int:
+    """Process entry point for ``sctl actor NAME``: build the actor from the site file, install
+    SIGTERM/SIGINT handlers that ask for a graceful stop, run it, return the exit code.
+
+    A site file that does not describe a runnable actor (unknown type, bad setting) is logged
+    with its key path and gives `EXIT_CONFIG` before anything opens. With `log_to_bus`, a
+    `BusLogHandler` on the root logger sends WARNING+ records to ``log.<name>`` while it runs.
+    """
+    from actors.registry import create_actor  # registry imports this module
+
+    try:
+        actor = create_actor(site, name)
+    except ConfigError as exc:
+        log.error("cannot run actor %s: %s", name, exc)
+        return EXIT_CONFIG
+    handler = BusLogHandler(actor) if log_to_bus else None
+    if handler is not None:
+        logging.getLogger().addHandler(handler)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _stop_handler(actor))
+    try:
+        return actor.run()
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+
+
+def _stop_handler(actor: Actor) -> Callable[[int, FrameType | None], None]:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        actor.request_stop(signal.Signals(signum).name)
+
+    return handle
+
+
+def _describe_setting(s: Setting, value: Any) -> dict[str, Any]:
+    kinds = s.kind if isinstance(s.kind, tuple) else (s.kind,)
+    secret = any(w in s.name.split("_") for w in ("password", "secret", "token", "key"))
+    return {"name": s.name, "type": " or ".join(k.__name__ for k in kinds), "doc": s.doc,
+            "required": s.required, "default": None if secret else s.default,
+            "value": "***" if secret and value else value}
+
+
+def _version() -> str:
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        return metadata.version("sctl")
+    return "0+unknown"
+
+
+VERSION: Final = _version()

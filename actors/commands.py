@@ -1,0 +1,487 @@
+"""Declared commands: parameters, conversion of wire values, and the reply cache.
+
+A command arrives on ``cmd.<actor>`` with ``data = {"command": str, "args": {name: value},
+"argv": [str, ...]}``. ``argv`` are positional words (``sctl send ACTOR CMD a b``) that fill the
+command's declared parameters in order; ``args`` name them. Values that arrive as strings are
+converted to the declared kind; anything that does not fit becomes an error reply naming the
+command and the parameter (``add: parameter a: expected an integer, got 'x'``), never a crash.
+
+Conversion table (`convert`):
+
+=======  ===================================  ===============================================
+kind     accepts as is                        accepts from a string
+=======  ===================================  ===============================================
+str      str                                  (itself)
+int      int (not bool), integral float       decimal, or 0x / 0o / 0b prefixed
+float    int, float (finite)                  anything ``float()`` reads, finite
+bool     bool, 0 / 1                          true/false, 1/0, on/off, yes/no (any case)
+bytes    bytes                                hex, spaces allowed (``"02 41 03"``)
+object   anything msgpack-native              (itself: no conversion)
+=======  ===================================  ===============================================
+
+A handler that cannot answer at once returns a `Deferred` and settles it later, from any thread.
+
+The reply cache makes execution exactly-once (DESIGN §4.4): finished commands keep their reply
+(status, result, error) in a bounded LRU keyed by command id, so a retried command is answered
+again without running again. Commands still running are tracked by the caller, not here.
+
+Nothing in this module does I/O; it is unit-tested without sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
+
+from broker.envelope import Envelope
+from broker.errors import EnvelopeError, SctlError
+
+log = logging.getLogger(__name__)
+
+COMMAND_ATTR: Final = "__sctl_command__"
+KINDS: Final[dict[type, str]] = {
+    str: "str", int: "int", float: "float", bool: "bool", bytes: "bytes", object: "any",
+}
+_TRUE: Final = frozenset({"true", "1", "on", "yes"})
+_FALSE: Final = frozenset({"false", "0", "off", "no"})
+_EXPECTED: Final[dict[type, str]] = {
+    str: "a string", int: "an integer", float: "a number", bool: "true or false",
+    bytes: "hex bytes such as '02 41 03'", object: "a value",
+}
+
+
+class CommandError(SctlError):
+    """Raised by a command handler (or by argument binding): becomes an error reply.
+
+    The message is what the operator reads, so say what went wrong and what to do.
+    """
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Final[Any] = _Required()
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One declared parameter of a command: name (a Python identifier), kind, default, doc."""
+
+    name: str
+    kind: type = str
+    default: Any = REQUIRED
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"parameter name {self.name!r} is not a Python identifier")
+        if self.kind not in KINDS:
+            raise ValueError(f"parameter {self.name}: kind {self.kind!r} is not one of "
+                             f"{', '.join(KINDS.values())}")
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": KINDS[self.kind],
+                               "required": self.required, "doc": self.doc}
+        if not self.required:
+            out["default"] = self.default
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A command as declared with `command`: wire name, parameters, doc, handler attribute."""
+
+    name: str
+    params: tuple[Param, ...]
+    doc: str
+    attr: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "doc": self.doc, "params": [p.describe() for p in self.params]}
+
+    def usage(self) -> str:
+        words = [p.name if p.required else f"[{p.name}]" for p in self.params]
+        return " ".join([self.name, *words])
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(name: str, *params: Param, doc: str = "") -> Callable[[F], F]:
+    """Declare a method as the handler of command `name`; it is called with the params as
+    keyword arguments, already converted. `doc` defaults to the method's docstring."""
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"command {name}: duplicate parameter names {names}")
+    seen_default = False
+    for p in params:
+        if p.required and seen_default:
+            raise ValueError(f"command {name}: required {p.name} follows a parameter "
+                             "with a default (positional words could not reach it)")
+        seen_default = seen_default or not p.required
+
+    def mark(func: F) -> F:
+        text = doc or (func.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        setattr(func, COMMAND_ATTR, CommandSpec(name, tuple(params), text, func.__name__))
+        return func
+
+    return mark
+
+
+def collect(cls: type) -> dict[str, CommandSpec]:
+    """Every command declared on `cls` and its bases; a subclass may override by name."""
+    found: dict[str, CommandSpec] = {}
+    for klass in reversed(cls.__mro__):
+        for value in vars(klass).values():
+            spec = getattr(value, COMMAND_ATTR, None)
+            if isinstance(spec, CommandSpec):
+                found[spec.name] = spec
+    return found
+
+
+def convert(param: Param, value: Any) -> Any:
+    """`value` as `param.kind`; raises CommandError("parameter NAME: expected ..., got ...")."""
+    try:
+        return _CONVERTERS[param.kind](value)
+    except (ValueError, TypeError, OverflowError):
+        shown = repr(value) if isinstance(value, str | bytes) else \
+            f"{type(value).__name__} {value!r}"
+        raise CommandError(
+            f"parameter {param.name}: expected {_EXPECTED[param.kind]}, got {shown[:80]}"
+        ) from None
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        base = 0 if text.lower().lstrip("+-").startswith(("0x", "0o", "0b")) else 10
+        return int(text, base)
+    raise TypeError
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError
+    return out
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+    raise ValueError
+
+
+def _to_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return bytes.fromhex(value)
+    raise TypeError
+
+
+_CONVERTERS: Final[dict[type, Callable[[Any], Any]]] = {
+    str: _to_str, int: _to_int, float: _to_float, bool: _to_bool, bytes: _to_bytes,
+    object: lambda v: v,
+}
+
+
+class Call(NamedTuple):
+    """A command envelope's data, checked: what to run and with which (raw) arguments."""
+
+    command: str
+    args: Mapping[str, Any]
+    argv: Sequence[str]
+
+
+def parse_call(data: Mapping[str, Any]) -> Call:
+    """Check the shape of a command's data; raises CommandError on a malformed one."""
+    name = data.get("command")
+    args = data.get("args") or {}
+    argv = data.get("argv") or []
+    if not isinstance(name, str) or not name:
+        raise CommandError("malformed command: data.command must be a non-empty string")
+    if not isinstance(args, dict):
+        raise CommandError(f"{name}: malformed command: data.args must be a map")
+    if not isinstance(argv, list) or not all(isinstance(w, str) for w in argv):
+        raise CommandError(f"{name}: malformed command: data.argv must be a list of strings")
+    return Call(name, args, argv)
+
+
+def bind(spec: CommandSpec, args: Mapping[str, Any], argv: Sequence[str]) -> dict[str, Any]:
+    """Map positional words and named args onto `spec.params`, convert, apply defaults.
+
+    Raises CommandError prefixed with the command name on any mismatch.
+    """
+    try:
+        return _bind(spec, args, argv)
+    except CommandError as exc:
+        raise CommandError(f"{spec.name}: {exc}") from None
+
+
+def _bind(spec: CommandSpec, args: Mapping[str, Any], argv: Sequence[str]) -> dict[str, Any]:
+    params = {p.name: p for p in spec.params}
+    if len(argv) > len(spec.params):
+        takes = ", ".join(params) or "no arguments"
+        raise CommandError(f"too many arguments: takes {takes}, got {len(argv)} "
+                           f"(usage: {spec.usage()})")
+    raw: dict[str, Any] = dict(zip(params, argv, strict=False))
+    for key, value in args.items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise CommandError(f"unknown parameter {key!r} (parameters: {known})")
+        if key in raw:
+            raise CommandError(f"parameter {key} given twice (by position and by name)")
+        raw[key] = value
+    out: dict[str, Any] = {}
+    for p in spec.params:
+        if p.name in raw:
+            out[p.name] = convert(p, raw[p.name])
+        elif p.required:
+            raise CommandError(f"missing parameter {p.name} ({KINDS[p.kind]}); "
+                               f"usage: {spec.usage()}")
+        else:
+            out[p.name] = p.default
+    return out
+
+
+class Outcome(NamedTuple):
+    """What a finished command replied: kept in the cache and sent again on a duplicate."""
+
+    status: str
+    result: Any
+    error: str
+
+
+class ReplyCache:
+    """Bounded LRU of command id → Outcome. A hit refreshes the entry."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("reply cache size must be at least 1")
+        self.size = size
+        self._entries: OrderedDict[str, Outcome] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, command_id: object) -> bool:
+        return command_id in self._entries
+
+    def get(self, command_id: str) -> Outcome | None:
+        outcome = self._entries.get(command_id)
+        if outcome is not None:
+            self._entries.move_to_end(command_id)
+        return outcome
+
+    def put(self, command_id: str, outcome: Outcome) -> None:
+        self._entries[command_id] = outcome
+        self._entries.move_to_end(command_id)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+            self.evicted += 1
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class LoopLike(Protocol):
+    """The part of `actors.loop.Loop` this module uses (tests pass a fake)."""
+
+    def in_loop_thread(self) -> bool: ...
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> None: ...
+
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Cancellable: ...
+
+
+class Deferred:
+    """A command result that comes later: return one from a handler, then `resolve(result)` or
+    `fail(message)` exactly once (later calls are ignored). Either may be called from any
+    thread; the reply is always sent from the loop thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcome: Outcome | None = None
+        self._loop: LoopLike | None = None
+        self._on_done: Callable[[Outcome], object] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._outcome is not None
+
+    def resolve(self, result: Any = None) -> None:
+        self._settle(Outcome("ok", result, ""))
+
+    def fail(self, message: str) -> None:
+        self._settle(Outcome("error", None, message))
+
+    def _settle(self, outcome: Outcome) -> None:
+        with self._lock:
+            if self._outcome is not None:
+                return
+            loop = self._loop
+            if loop is not None and not loop.in_loop_thread():
+                loop.call_soon_threadsafe(self._settle, outcome)
+                return
+            self._outcome = outcome
+            callback, self._on_done = self._on_done, None
+        if callback is not None:
+            callback(outcome)
+
+    def _adopt(self, loop: LoopLike, callback: Callable[[Outcome], object]) -> Outcome | None:
+        """Bind to the loop; the outcome if already settled, else `callback` gets it later."""
+        with self._lock:
+            self._loop = loop
+            if self._outcome is None:
+                self._on_done = callback
+            return self._outcome
+
+
+class Dispatcher:
+    """Runs command envelopes on `target`'s handlers exactly once, on the loop thread.
+
+    Order of checks for each envelope: not a command → ignored; id still running (Deferred) →
+    nothing now, its reply goes out once when it finishes; id in the reply cache → the cached
+    reply again; stopping → "actor stopping; not run"; past its deadline → "deadline passed N s
+    ago; not run" (cached: a retry gets the same answer); else bind the arguments and run.
+    `send(env, outcome)` publishes a reply; an EnvelopeError from it (a result msgpack cannot
+    carry) turns into an error reply.
+    """
+
+    def __init__(self, specs: Mapping[str, CommandSpec], target: object,
+                 send: Callable[[Envelope, Outcome], object], loop: LoopLike,
+                 cache_size: int, counters: dict[str, int],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.specs = specs
+        self.target = target
+        self.send = send
+        self.loop = loop
+        self.replies = ReplyCache(cache_size)
+        self.running: dict[str, Deferred] = {}
+        self.counters = counters
+        self.clock = clock
+        self.current: Envelope | None = None
+        self.stopping = False
+        for key in ("commands", "command_errors", "duplicates", "expired"):
+            counters.setdefault(key, 0)
+
+    def dispatch(self, env: Envelope) -> None:
+        if env.kind != "command" or not env.reply_to:
+            log.warning("ignoring a %s envelope %s from %s on a command topic", env.kind,
+                        env.id, env.src)
+            return
+        if env.id in self.running:
+            self.counters["duplicates"] += 1
+            return
+        cached = self.replies.get(env.id)
+        now = self.clock()
+        if cached is not None:
+            self.counters["duplicates"] += 1
+            self._send(env, cached)
+        elif self.stopping:
+            self._send(env, Outcome("error", None, "actor stopping; not run"))
+        elif env.deadline is not None and now > env.deadline:
+            self.counters["expired"] += 1
+            late = now - env.deadline
+            self._finish(env, Outcome("error", None, f"deadline passed {late:.1f} s ago; not run"))
+        else:
+            self._execute(env)
+
+    def fail_running(self, message: str) -> None:
+        """Answer every command still running with `message` (teardown)."""
+        for deferred in list(self.running.values()):
+            deferred.fail(message)
+
+    def _execute(self, env: Envelope) -> None:
+        try:
+            call = parse_call(env.data)
+            spec = self.specs.get(call.command)
+            if spec is None:
+                raise CommandError(f"unknown command {call.command!r} "
+                                   f"(commands: {', '.join(sorted(self.specs))})")
+            kwargs = bind(spec, call.args, call.argv)
+        except CommandError as exc:
+            self._finish(env, Outcome("error", None, str(exc)))
+            return
+        self.counters["commands"] += 1
+        self.current = env
+        try:
+            result = getattr(self.target, spec.attr)(**kwargs)
+        except CommandError as exc:
+            result = Outcome("error", None, str(exc))
+        except Exception as exc:
+            log.exception("command %s (id %s from %s) failed", spec.name, env.id, env.src)
+            result = Outcome("error", None,
+                             f"internal error in {spec.name}: {type(exc).__name__}: {exc}")
+        finally:
+            self.current = None
+        if isinstance(result, Deferred):
+            self._adopt(env, spec.name, result)
+        else:
+            self._finish(env, result if isinstance(result, Outcome) else Outcome("ok", result, ""))
+
+    def _adopt(self, env: Envelope, name: str, deferred: Deferred) -> None:
+        done = deferred._adopt(self.loop, lambda outcome: self._deferred_done(env, outcome))
+        if done is not None:
+            self._finish(env, done)
+            return
+        self.running[env.id] = deferred
+        if env.deadline is not None:
+            self.loop.call_later(env.deadline - self.clock(), deferred.fail,
+                                 f"{name}: no result by the command's deadline")
+
+    def _deferred_done(self, env: Envelope, outcome: Outcome) -> None:
+        self.running.pop(env.id, None)
+        self._finish(env, outcome)
+
+    def _finish(self, env: Envelope, outcome: Outcome) -> None:
+        """Reply, and remember the reply so a retry of `env` gets it without running again."""
+        outcome = self._send(env, outcome)
+        self.replies.put(env.id, outcome)
+        if outcome.status != "ok":
+            self.counters["command_errors"] += 1
+
+    def _send(self, env: Envelope, outcome: Outcome) -> Outcome:
+        try:
+            self.send(env, outcome)
+        except EnvelopeError as exc:
+            log.error("reply to %s (id %s) cannot be sent: %s", env.data.get("command"),
+                      env.id, exc)
+            outcome = Outcome("error", None, f"internal error: result cannot be sent: {exc}")
+            self.send(env, outcome)
+        return outcome

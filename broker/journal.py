@@ -1,0 +1,231 @@
+"""The router's journal: every accepted envelope with its gap-free gseq, bounded, replayable.
+
+Strategy
+--------
+Entries are contiguous in gseq, so they live in two parallel lists (topic, body) with a head
+index: the entry for gseq g is at ``head + g - first``, which makes range lookups O(1) and
+eviction O(1) amortised (evicted slots are cleared at once so their bodies are freed, and the
+lists are shortened only when the dead prefix outgrows the live part). Bounds are a message count
+and a body-byte total; the newest entry is always kept, even when it alone is over the byte bound.
+
+The journal also keeps the two tables a router restart must not lose:
+
+- `SourceTable`, per (src, epoch) the highest contiguous seq journaled (``hc``), bounded to the
+  most recently active `MAX_SOURCES` pairs so clients that restart forever cannot grow it;
+- a last-value cache, topic -> newest gseq, pruned of evicted gseqs as it grows.
+
+With a path, every entry is also queued for `broker.journal_file.JournalFile` and written by
+`flush`, and loading the file rebuilds entries, next gseq and the source table (the file's
+snapshot plus every entry record after it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from broker.journal_file import COMPACT_MIN_BYTES, JournalFile, Snapshot
+
+log = logging.getLogger(__name__)
+
+MAX_SOURCES: Final = 10_000
+# The router's own envelopes come from a new epoch every start and are never resent, so
+# tracking them would only push real sources out of the table.
+_UNTRACKED_SRC: Final = "router"
+_MIN_LAST_PRUNE: Final = 4096
+
+SourceKey = tuple[str, int]
+
+
+class SourceTable:
+    """(src, epoch) -> highest contiguous seq; least recently touched pairs are evicted first."""
+
+    def __init__(self, max_pairs: int = MAX_SOURCES) -> None:
+        self.max_pairs = max_pairs
+        self.evicted = 0
+        # A dict keeps insertion order: the first key is the least recently touched pair.
+        self._hc: dict[SourceKey, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._hc)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._hc
+
+    def get(self, key: SourceKey) -> int | None:
+        return self._hc.get(key)
+
+    def put(self, key: SourceKey, hc: int) -> None:
+        """Set hc for a pair; a new pair may evict the least recently touched one."""
+        table = self._hc
+        if key not in table and len(table) >= self.max_pairs:
+            del table[next(iter(table))]
+            self.evicted += 1
+        table[key] = hc
+
+    def raise_to(self, key: SourceKey, seq: int) -> None:
+        """Rebuild helper: hc only ever grows, whatever order snapshot and records come in."""
+        old = self._hc.get(key)
+        if old is None or seq > old:
+            self.put(key, seq)
+
+    def touch(self, key: SourceKey) -> None:
+        """Mark a pair as recently active (called once per pair per batch, not per message)."""
+        hc = self._hc.pop(key, None)
+        if hc is not None:
+            self._hc[key] = hc
+
+    def snapshot(self) -> list[tuple[str, int, int]]:
+        return [(src, epoch, hc) for (src, epoch), hc in self._hc.items()]
+
+
+class Journal:
+    """Bounded in-memory journal, optionally backed by a file. One thread owns it."""
+
+    def __init__(
+        self,
+        max_messages: int,
+        max_bytes: int,
+        path: Path | None = None,
+        fsync: bool = False,
+        max_sources: int = MAX_SOURCES,
+        compact_min_bytes: int = COMPACT_MIN_BYTES,
+    ) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.path = path
+        self.sources = SourceTable(max_sources)
+        self.first = 1  # gseq of the oldest retained entry (== next_gseq when empty)
+        self.next_gseq = 1
+        self.bytes = 0
+        self.evicted = 0
+        self.appended = 0
+        self._topics: list[str] = []
+        self._bodies: list[bytes] = []
+        self._head = 0
+        self._last: dict[str, int] = {}
+        self._last_prune_at = _MIN_LAST_PRUNE
+        self._file = None if path is None else JournalFile(path, fsync, compact_min_bytes)
+
+    @property
+    def persistent(self) -> bool:
+        return self._file is not None
+
+    @property
+    def last(self) -> int:
+        """Newest gseq journaled (first - 1 when empty)."""
+        return self.next_gseq - 1
+
+    def __len__(self) -> int:
+        return len(self._topics) - self._head
+
+    @property
+    def file_bytes(self) -> int:
+        return 0 if self._file is None else self._file.size
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Load the file (if any): entries, next gseq and the source table come back."""
+        if self._file is None:
+            return
+        recent: dict[SourceKey, int] = {}  # pair -> newest seq in the records, newest pair last
+
+        def on_entry(gseq: int, src: str, epoch: int, seq: int, topic: str, body: bytes) -> None:
+            if gseq != self.next_gseq:  # only the first record: the file's gseqs are contiguous
+                self.first = self.next_gseq = gseq
+            self._append_memory(topic, body)
+            if src != _UNTRACKED_SRC:
+                recent.pop((src, epoch), None)
+                recent[(src, epoch)] = seq
+
+        snap = self._file.load(on_entry)
+        self.appended = 0  # loading is not journaling: `appended` counts this run only
+        if len(self) == 0:
+            self.first = self.next_gseq = snap.first
+        # The snapshot's pairs are older than any record after it, so they go in first.
+        for src, epoch, hc in snap.sources:
+            self.sources.raise_to((src, epoch), hc)
+        for key, seq in recent.items():
+            self.sources.raise_to(key, seq)
+            self.sources.touch(key)
+        log.info("journal %s loaded: gseq %d..%d, %d sources", self.path, self.first,
+                 self.last, len(self.sources))
+
+    def flush(self) -> None:
+        """Write queued records (fsync if configured); compact the file when it is too big."""
+        if self._file is None:
+            return
+        self._file.flush()
+        if len(self) and self._file.should_compact(self.first):
+            self._file.compact(Snapshot(self.first, self.sources.snapshot()))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    # -- entries -----------------------------------------------------------------------------
+
+    def append(self, topic: str, body: bytes, src: str, epoch: int, seq: int) -> int:
+        """Journal one entry and return its gseq. The file record is queued until `flush`."""
+        gseq = self.next_gseq
+        if self._file is not None:
+            self._file.add(gseq, src, epoch, seq, topic, body)
+        self._append_memory(topic, body)
+        return gseq
+
+    def _append_memory(self, topic: str, body: bytes) -> None:
+        gseq = self.next_gseq
+        self.next_gseq = gseq + 1
+        self.appended += 1
+        self._topics.append(topic)
+        self._bodies.append(body)
+        self.bytes += len(body)
+        self._last[topic] = gseq
+        if len(self._topics) - self._head > self.max_messages or self.bytes > self.max_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        head, bodies = self._head, self._bodies
+        end = len(bodies) - 1  # the newest entry stays whatever its size
+        while head < end and (end + 1 - head > self.max_messages or self.bytes > self.max_bytes):
+            self.bytes -= len(bodies[head])
+            bodies[head] = b""  # free the body now, the slot goes with the next trim
+            head += 1
+        self.evicted += head - self._head
+        self.first += head - self._head
+        self._head = head
+        if head > 1024 and head * 2 > len(bodies):
+            del bodies[:head]
+            del self._topics[:head]
+            self._head = 0
+        if len(self._last) > self._last_prune_at:
+            self._prune_last()
+
+    def _prune_last(self) -> None:
+        first = self.first
+        self._last = {t: g for t, g in self._last.items() if g >= first}
+        self._last_prune_at = max(_MIN_LAST_PRUNE, 2 * len(self._last))
+
+    def entry(self, gseq: int) -> tuple[str, bytes]:
+        """(topic, body) of a retained gseq; IndexError when evicted or not yet journaled."""
+        if not self.first <= gseq < self.next_gseq:
+            raise IndexError(f"gseq {gseq} is not in the journal ({self.first}..{self.last})")
+        i = self._head + gseq - self.first
+        return self._topics[i], self._bodies[i]
+
+    def scan(self, start: int, stop: int) -> Iterator[tuple[int, str, bytes]]:
+        """(gseq, topic, body) for retained gseqs in [start, stop), oldest first."""
+        start = max(start, self.first)
+        stop = min(stop, self.next_gseq)
+        base = self._head - self.first
+        topics, bodies = self._topics, self._bodies
+        for gseq in range(start, stop):
+            yield gseq, topics[base + gseq], bodies[base + gseq]
+
+    def latest(self) -> Iterator[tuple[str, int]]:
+        """(topic, newest gseq) of every topic with an entry still retained."""
+        first = self.first
+        return ((t, g) for t, g in self._last.items() if g >= first)

@@ -1,0 +1,289 @@
+"""The journal's file: append-only records that survive SIGKILL and power loss.
+
+Layout
+------
+::
+
+    file     = MAGIC record*
+    MAGIC    = b"SCTLJNL\\x01"                     (8 bytes; the last byte is the format version)
+    record   = length:u32 crc32:u32 payload      (big-endian; crc32 of payload, zlib polynomial)
+    payload  = type:u8 ...
+
+    type 0x53 "S" snapshot, always the first record:
+              msgpack map {"first": gseq of the first entry record that follows,
+                           "sources": [[src, epoch, hc], ...] (oldest first), "written": unix time}
+    type 0x45 "E" entry, gseq contiguous from the snapshot's "first":
+              gseq:u64 epoch:u64 seq:u64 src_len:u16 topic_len:u16 src topic body
+
+Writes are batched: `add` only queues the record bytes and `flush` writes the batch with one
+``write`` (and ``fsync`` when asked). The router flushes before it publishes or acks a batch, so
+an acknowledged message is at least in the OS page cache (SIGKILL-safe) or on disk (with fsync).
+
+Loading reads records until one is short, fails its CRC, has an unknown type or breaks gseq
+continuity: that is a torn tail (the process died mid-write) and the file is truncated there
+with a warning that says how many bytes were dropped. A file without our magic is refused (the
+path is probably wrong; we never truncate someone else's file); a file whose snapshot is
+unreadable is moved aside to ``<path>.corrupt-<time>`` and a fresh journal is started.
+
+Compaction keeps the file near the in-memory bound: when the bytes before the oldest entry still
+held in memory outgrow the bytes after it, a new file is written (magic, a fresh snapshot of the
+source table, then the retained records copied byte for byte), fsynced and renamed over the old
+one. An offset per entry record makes finding the copy start O(1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import time
+import zlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import msgpack
+
+from broker.errors import BusError
+
+log = logging.getLogger(__name__)
+
+MAGIC: Final = b"SCTLJNL\x01"
+REC: Final = struct.Struct(">II")
+ENTRY: Final = struct.Struct(">BQQQHH")
+TYPE_SNAPSHOT: Final = 0x53
+TYPE_ENTRY: Final = 0x45
+# Bodies are capped far below this by the router; a larger length field is a torn/garbage header.
+MAX_RECORD: Final = 128 * 1024 * 1024
+COMPACT_MIN_BYTES: Final = 4 * 1024 * 1024
+
+# on_entry(gseq, src, epoch, seq, topic, body) is called for every entry record while loading.
+EntrySink = Callable[[int, str, int, int, str, bytes], None]
+
+
+@dataclass
+class Snapshot:
+    first: int = 1
+    sources: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def _record(payload: bytes) -> bytes:
+    return REC.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _snapshot_record(snap: Snapshot) -> bytes:
+    body = msgpack.packb(
+        {"first": snap.first, "sources": [list(s) for s in snap.sources], "written": time.time()},
+        use_bin_type=True,
+    )
+    return _record(bytes([TYPE_SNAPSHOT]) + body)
+
+
+def _parse_snapshot(payload: bytes) -> Snapshot:
+    obj: Any = msgpack.unpackb(payload[1:], raw=False)
+    first = obj["first"]
+    if not isinstance(first, int) or first < 1:
+        raise ValueError(f"snapshot first gseq {first!r} is invalid")
+    sources = [(str(s), int(e), int(h)) for s, e, h in obj["sources"]]
+    return Snapshot(first=first, sources=sources)
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is only durable once the directory entry is on disk.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class JournalFile:
+    """One journal file; owned by one thread (the router loop)."""
+
+    def __init__(self, path: Path, fsync: bool = False,
+                 compact_min_bytes: int = COMPACT_MIN_BYTES) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.compact_min_bytes = compact_min_bytes
+        self.compactions = 0
+        self.size = 0  # bytes on disk plus bytes queued
+        self._fh: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self._first = 1  # gseq of offsets[0]
+        self._offsets = array("q")  # file offset of each entry record, by gseq - _first
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, on_entry: EntrySink) -> Snapshot:
+        """Open (or create) the file, feed every intact entry to `on_entry`, cut a torn tail."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._create(Snapshot())
+            return Snapshot()
+        with self.path.open("rb") as fh:
+            if fh.read(len(MAGIC)) != MAGIC:
+                raise BusError(
+                    f"journal file {self.path} is not an sctl journal (bad magic); "
+                    "check router.journal_path or move the file away"
+                )
+            try:
+                snap = self._read_snapshot(fh)
+            except Exception as exc:  # any decoding failure means the same: unreadable
+                return self._set_aside(exc)
+            good_end = self._read_entries(fh, snap.first, on_entry)
+        self._cut_tail(good_end)
+        self._fh = self.path.open("ab", buffering=0)
+        self.size = good_end
+        return snap
+
+    def _read_snapshot(self, fh: BinaryIO) -> Snapshot:
+        payload = self._read_record(fh)
+        if payload is None or payload[0] != TYPE_SNAPSHOT:
+            raise ValueError("first record is not an intact snapshot")
+        return _parse_snapshot(payload)
+
+    @staticmethod
+    def _read_record(fh: BinaryIO) -> bytes | None:
+        head = fh.read(REC.size)
+        if len(head) < REC.size:
+            return None
+        length, crc = REC.unpack(head)
+        if not 0 < length <= MAX_RECORD:
+            return None
+        payload = fh.read(length)
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return None
+        return payload
+
+    def _read_entries(self, fh: BinaryIO, first: int, on_entry: EntrySink) -> int:
+        self._first = first
+        self._offsets = array("q")
+        expect = first
+        good_end = fh.tell()
+        while (payload := self._read_record(fh)) is not None:
+            if payload[0] != TYPE_ENTRY or len(payload) < ENTRY.size:
+                break
+            _, gseq, epoch, seq, src_len, topic_len = ENTRY.unpack_from(payload)
+            if gseq != expect:
+                break
+            end_src = ENTRY.size + src_len
+            end_topic = end_src + topic_len
+            try:
+                src = payload[ENTRY.size:end_src].decode()
+                topic = payload[end_src:end_topic].decode()
+            except UnicodeDecodeError:
+                break
+            on_entry(gseq, src, epoch, seq, topic, payload[end_topic:])
+            self._offsets.append(good_end)
+            expect += 1
+            good_end = fh.tell()
+        return good_end
+
+    def _cut_tail(self, good_end: int) -> None:
+        total = self.path.stat().st_size
+        if total > good_end:
+            log.warning("journal %s: torn tail, dropped %d bytes after offset %d "
+                        "(the router stopped mid-write; those messages were never acked)",
+                        self.path, total - good_end, good_end)
+            with self.path.open("r+b") as fh:
+                fh.truncate(good_end)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def _set_aside(self, exc: Exception) -> Snapshot:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        log.error("journal %s: snapshot unreadable (%s); moved to %s and starting a new journal",
+                  self.path, exc, aside)
+        os.replace(self.path, aside)
+        self._create(Snapshot())
+        return Snapshot()
+
+    def _create(self, snap: Snapshot) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_new(snap, None, 0)
+        self._first = snap.first
+        self._offsets = array("q")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def add(self, gseq: int, src: str, epoch: int, seq: int, topic: str, body: bytes) -> None:
+        """Queue one entry record; gseq must follow the previous one."""
+        src_b = src.encode()
+        topic_b = topic.encode()
+        head = ENTRY.pack(TYPE_ENTRY, gseq, epoch, seq, len(src_b), len(topic_b)) + src_b + topic_b
+        crc = zlib.crc32(body, zlib.crc32(head))
+        self._offsets.append(self.size)
+        rec = REC.pack(len(head) + len(body), crc)
+        # Three pieces, joined once in flush: the body is copied once, not per concatenation.
+        self._pending += (rec, head, body)
+        self.size += REC.size + len(head) + len(body)
+
+    def flush(self) -> None:
+        if not self._pending or self._fh is None:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        view = memoryview(data)
+        while view:  # a raw file may write less than asked
+            written = self._fh.write(view)
+            view = view[written or 0:]
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def should_compact(self, first_retained: int) -> bool:
+        """True when the records before `first_retained` outweigh those from it on."""
+        start = self._offset_of(first_retained)
+        dead = start - len(MAGIC)
+        return dead > max(self.size - start, self.compact_min_bytes)
+
+    def compact(self, snap: Snapshot) -> None:
+        """Rewrite the file as snapshot + the records from gseq `snap.first` on."""
+        self.flush()
+        start = self._offset_of(snap.first)
+        keep = snap.first - self._first
+        new_base = self._write_new(snap, self.path, start)
+        delta = new_base - start
+        self._offsets = array("q", (o + delta for o in self._offsets[keep:]))
+        self._first = snap.first
+        self.compactions += 1
+        log.info("journal %s compacted to %d bytes from gseq %d", self.path, self.size,
+                 snap.first)
+
+    def _offset_of(self, gseq: int) -> int:
+        index = gseq - self._first
+        return self._offsets[index] if 0 <= index < len(self._offsets) else self.size
+
+    def _write_new(self, snap: Snapshot, old: Path | None, copy_from: int) -> int:
+        """Write magic + snapshot (+ the old file's tail) to a temp file and rename it in.
+
+        Returns the offset where the copied records start in the new file.
+        """
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as out:
+            out.write(MAGIC + _snapshot_record(snap))
+            base = out.tell()
+            if old is not None:
+                with old.open("rb") as src:
+                    src.seek(copy_from)
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        self.close()
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path)
+        self._fh = self.path.open("ab", buffering=0)
+        self.size = size
+        return base
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self.flush()
+            finally:
+                self._fh.close()
+                self._fh = None

@@ -1,0 +1,159 @@
+"""The router's query socket: answers ``state``, ``since`` and ``last`` from the journal.
+
+Request and reply framing are specified in `broker.wire`; this module turns one request map into
+the reply frames after the request id (header map, then topic, body, stamp triples). It never
+raises on a bad request: anything malformed becomes ``{"ok": False, "error": ...}``.
+
+A reply is bounded three ways so one request cannot stall the router loop or blow its memory:
+at most `wire.REPLAY_SCAN` journal entries examined, at most `wire.REPLAY_LIMIT` (or the asked
+``limit``) entries returned, and at most `REPLY_MAX_BYTES` of bodies (always at least one entry).
+``more`` and ``next`` tell the client how to continue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from broker import topics, wire
+from broker.envelope import pack_stamp
+from broker.errors import BusError, TopicError
+from broker.journal import Journal
+
+REPLY_MAX_BYTES: Final = 8 * 1024 * 1024
+MAX_PREFIXES: Final = 256
+
+Matcher = Callable[[str], bool]
+
+
+class BadRequestError(BusError):
+    """A query the router cannot answer; its message goes back to the client."""
+
+
+@dataclass
+class QueryCounters:
+    requests: int = 0
+    errors: int = 0
+    replay_requests: int = 0  # `since` requests
+    replayed: int = 0  # entries sent in `since` replies
+    egress_gaps: int = 0  # `since` requests with reason "gap"
+    egress_missed: int = 0  # gseqs those requests covered (examined range + evicted)
+
+
+def _everything(topic: str) -> bool:
+    return True
+
+
+def matcher(prefixes: Any) -> Matcher:
+    """A fast equivalent of `topics.matches` against any of `prefixes` (None/[] = all)."""
+    if prefixes is None:
+        return _everything
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+        raise BadRequestError("prefixes must be a list of strings")
+    if len(prefixes) > MAX_PREFIXES:
+        raise BadRequestError(f"at most {MAX_PREFIXES} prefixes per request")
+    try:
+        for p in prefixes:
+            topics.check_prefix(p)
+    except TopicError as exc:
+        raise BadRequestError(f"bad prefix: {exc}") from None
+    if not prefixes or "" in prefixes:
+        return _everything
+    starts = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+    exact = frozenset(p for p in prefixes if not p.endswith("."))
+    return lambda topic: topic in exact or topic.startswith(starts)
+
+
+def _int(req: dict[str, Any], key: str, default: int | None = None, low: int = 0) -> int | None:
+    value = req.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise BadRequestError(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+class QueryHandler:
+    def __init__(self, journal: Journal, router_epoch: int,
+                 state: Callable[[], dict[str, Any]]) -> None:
+        self.journal = journal
+        self.router_epoch = router_epoch
+        self.state = state
+        self.counters = QueryCounters()
+
+    def answer(self, raw: bytes) -> list[bytes]:
+        """Reply frames (header first) for one request body."""
+        self.counters.requests += 1
+        try:
+            req = wire.unpack_map(raw, "query request")
+            op = req.get("op")
+            if op == wire.OP_STATE:
+                return [wire.pack({"ok": True, "state": self.state()})]
+            if op == wire.OP_SINCE:
+                return self._since(req)
+            if op == wire.OP_LAST:
+                return self._last(req)
+            raise BadRequestError(
+                f"unknown op {op!r} (expected {wire.OP_STATE}, {wire.OP_SINCE}, {wire.OP_LAST})")
+        except BusError as exc:  # BadRequestError and unpack_map's own complaints
+            return self.error(str(exc))
+
+    def error(self, message: str) -> list[bytes]:
+        self.counters.errors += 1
+        return [wire.pack({"ok": False, "error": message})]
+
+    def _since(self, req: dict[str, Any]) -> list[bytes]:
+        start = _int(req, "gseq")
+        if start is None:
+            raise BadRequestError("since needs gseq (an integer >= 0)")
+        until = _int(req, "until")
+        limit = min(_int(req, "limit", wire.REPLAY_LIMIT, low=1) or 1, wire.REPLAY_LIMIT)
+        match = matcher(req.get("prefixes"))
+        reason = req.get("reason")
+        j = self.journal
+        start = max(start, 1)
+        end = j.last if until is None else min(until, j.last)  # inclusive
+        evicted = max(0, min(j.first, end + 1) - start)
+        pos = max(start, j.first)
+        nxt, frames = self._collect(pos, min(end + 1, pos + wire.REPLAY_SCAN), match, limit)
+        count = len(frames) // 3
+        c = self.counters
+        c.replay_requests += 1
+        c.replayed += count
+        if reason == "gap":
+            c.egress_gaps += 1
+            c.egress_missed += (nxt - pos) + evicted
+        header = {"ok": True, "first": j.first, "last": j.last, "next": nxt, "more": nxt <= end,
+                  "evicted": evicted, "count": count, "router_epoch": self.router_epoch}
+        return [wire.pack(header), *frames]
+
+    def _collect(self, pos: int, stop: int, match: Matcher, limit: int) -> tuple[int, list[bytes]]:
+        """Scan [pos, stop): (next gseq to examine, topic/body/stamp frames of the matches)."""
+        frames: list[bytes] = []
+        size = 0
+        epoch = self.router_epoch
+        for gseq, topic, body in self.journal.scan(pos, stop):
+            if match(topic):
+                frames += (topic.encode(), body, pack_stamp(epoch, gseq))
+                size += len(body)
+                if len(frames) >= 3 * limit or size >= REPLY_MAX_BYTES:
+                    return gseq + 1, frames
+        return max(pos, stop), frames
+
+    def _last(self, req: dict[str, Any]) -> list[bytes]:
+        match = matcher(req.get("prefixes"))
+        j = self.journal
+        newest = sorted(g for t, g in j.latest() if match(t))
+        frames: list[bytes] = []
+        size = 0
+        for gseq in newest:
+            if len(frames) >= 3 * wire.REPLAY_LIMIT or size >= REPLY_MAX_BYTES:
+                break
+            topic, body = j.entry(gseq)
+            frames += (topic.encode(), body, pack_stamp(self.router_epoch, gseq))
+            size += len(body)
+        count = len(frames) // 3
+        header = {"ok": True, "count": count, "more": count < len(newest), "first": j.first,
+                  "last": j.last, "router_epoch": self.router_epoch}
+        return [wire.pack(header), *frames]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The project's checks: ruff, mypy, then pytest over tests/ except tests/bench (benchmarks).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k envelope -x`).
+# Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh || { echo "test: FAILED (setup)"; exit 1; }
+
+failed=()
+step() {
+    local name="$1"
+    shift
+    echo "== $name"
+    "$@"
+    local rc=$?
+    if [ "$name" = pytest ] && [ "$rc" = 5 ]; then
+        echo "test: pytest collected no tests: the test tree is missing or every test was" \
+             "deselected; this is a failure"
+    fi
+    if [ "$rc" != 0 ]; then
+        failed+=("$name (exit $rc)")
+    fi
+}
+
+step ruff .venv/bin/ruff check .
+step mypy .venv/bin/mypy
+step pytest .venv/bin/python -m pytest -p no:cacheprovider --ignore=tests/bench tests "$@"
+
+if [ "${#failed[@]}" -eq 0 ]; then
+    echo "test: OK (ruff, mypy, pytest)"
+else
+    echo "test: FAILED: $(IFS=,; echo "${failed[*]}" | sed 's/,/, /g')"
+    exit 1
+fi

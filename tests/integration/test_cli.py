@@ -1,0 +1,113 @@
+"""sctl as an operator runs it: real router process, real sctl processes, DESIGN §7 exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
+
+pytestmark = pytest.mark.timeout(90)
+
+ACTOR_TABLE = '[actors.reader1]\ntype = "tests.support.actors:EchoActor"\nport = 1\n'
+
+
+def sctl(site: Path | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    pre = ("-c", str(site)) if site else ()
+    return subprocess.run(sctl_cmd(*pre, *args), cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Path:
+    site = write_site(tmp_path, extra=ACTOR_TABLE)
+    proc = Proc(sctl_cmd("-c", str(site), "router"), tmp_path / "router.log").start()
+    out = sctl(site, "pub", "evt.probe.up", "{}", "--timeout", "15")
+    assert out.returncode == 0, out.stderr + proc.output()
+    yield site
+    proc.stop()
+
+
+def test_help_lists_the_contract_commands() -> None:
+    out = sctl(None, "--help")
+    assert out.returncode == 0
+    for cmd in ("send", "sub", "pub", "status", "describe", "ping", "router", "actor"):
+        assert f"  {cmd}" in out.stdout
+
+
+def test_config_error_names_the_key_path(tmp_path: Path) -> None:
+    site = write_site(tmp_path, router_extra='journal_max_messages = "lots"')
+    out = sctl(site, "status")
+    assert out.returncode == 2
+    assert "router.journal_max_messages" in out.stderr and "integer" in out.stderr
+
+
+def test_missing_site_file_is_clear(tmp_path: Path) -> None:
+    out = sctl(tmp_path / "nope.toml", "status")
+    assert out.returncode == 2 and "site file not found" in out.stderr
+
+
+def test_send_to_unknown_actor_exits_3_naming_the_site(running: Path) -> None:
+    out = sctl(running, "send", "reader9", "accept", "--timeout", "2")
+    assert out.returncode == 3
+    assert f"reader9 is not in {running}" in out.stderr
+
+
+def test_send_to_stopped_actor_exits_3_within_timeout(running: Path) -> None:
+    start = time.monotonic()
+    out = sctl(running, "send", "reader1", "accept", "--timeout", "1.5")
+    assert out.returncode == 3
+    assert time.monotonic() - start < 10
+    assert "reader1" in out.stderr and "is it running? (sctl status)" in out.stderr
+
+
+def test_send_with_router_down_exits_3(tmp_path: Path) -> None:
+    site = write_site(tmp_path, extra=ACTOR_TABLE)
+    out = sctl(site, "send", "reader1", "accept", "--timeout", "1")
+    assert out.returncode == 3 and "router" in out.stderr and "is it running" in out.stderr
+
+
+def test_pub_then_sub_since_0(running: Path) -> None:
+    out = sctl(running, "pub", "evt.cli.hello", '{"n": 7}')
+    assert out.returncode == 0, out.stderr
+    sub = sctl(running, "sub", "evt.cli", "--since", "0", "--count", "1", "--timeout", "10",
+               "--json")
+    assert sub.returncode == 0, sub.stderr
+    msg = json.loads(sub.stdout.splitlines()[0])
+    assert msg["topic"] == "evt.cli.hello" and msg["envelope"]["data"] == {"n": 7}
+
+
+def test_pub_refuses_bad_json_and_command_topics(running: Path) -> None:
+    assert sctl(running, "pub", "evt.cli.x", "{nope").returncode == 2
+    assert sctl(running, "pub", "evt.cli.x", "[1]").returncode == 2
+    assert sctl(running, "pub", "cmd.reader1", "{}").returncode == 2
+    assert sctl(running, "pub", "evt..x", "{}").returncode == 2
+
+
+def test_pub_with_router_down_exits_3(tmp_path: Path) -> None:
+    out = sctl(write_site(tmp_path), "pub", "evt.cli.x", "{}", "--timeout", "1")
+    assert out.returncode == 3
+
+
+def test_sub_timeout_exits_3(running: Path) -> None:
+    out = sctl(running, "sub", "evt.nothing.here", "--count", "1", "--timeout", "1")
+    assert out.returncode == 3 and "timeout" in out.stderr
+
+
+def test_status_with_router_down_says_so(tmp_path: Path) -> None:
+    site = write_site(tmp_path, extra=ACTOR_TABLE)
+    out = sctl(site, "status", "--timeout", "0.5")
+    assert out.returncode == 0
+    assert "router: DOWN" in out.stdout and "reader1" in out.stdout
+    js = json.loads(sctl(site, "status", "--json", "--timeout", "0.5").stdout)
+    assert js["router"] is None and js["actors"]["reader1"]["alive"] is False
+
+
+def test_status_with_router_up(running: Path) -> None:
+    js = json.loads(sctl(running, "status", "--json").stdout)
+    assert js["router"]["last"] >= 1
+    assert js["actors"]["reader1"]["alive"] is False

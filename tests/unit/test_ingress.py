@@ -1,0 +1,131 @@
+"""The router's ingress checks: the fast path never accepts what envelope.decode refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker import envelope, ingress
+from broker.errors import EnvelopeError, TopicError
+
+BASE = envelope.make("reader1", 7, 3, "event", {"tag": "A1"}).to_map()
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
+    st.text(max_size=140), st.binary(max_size=8),
+    st.sampled_from(["reader1", "bad name", "a.b", "", "x" * 65, "rep.c1", *envelope.KINDS]),
+)
+values = st.one_of(scalars, st.lists(scalars, max_size=3),
+                   st.dictionaries(st.one_of(st.text(max_size=4), st.integers(-5, 5)), scalars,
+                                   max_size=3))
+keys = st.sampled_from([*BASE, "corr", "reply_to", "deadline", "extra"])
+# Values at the edge of each key's rule, so that near-misses are common, not luck.
+EDGES: dict[str, list[Any]] = {
+    "v": [1, 2, 0, True, 1.0],
+    "id": ["", "x" * 128, "x" * 129, "é"],
+    "src": ["a", "a" * 64, "a" * 65, "a.b", "router", "a-b_C9", "é"],
+    "epoch": [0, -1, 2**63 - 1, 2**63, True, 1.5],
+    "seq": [0, -1, 1, 2**63 - 1, 2**63, False],
+    "ts": [0, 1.5, float("nan"), float("inf"), -float("inf"), True, 2**64 - 1],
+    "data": [{}, {"a": 1}, {1: "a"}, [], {"a": {1: 2}}],
+    "corr": [None, "", "c1"],
+    "reply_to": [None, "", "rep.a", "bad topic"],
+    "deadline": [None, 1.0, float("nan")],
+}
+
+
+@st.composite
+def envelope_maps(draw: st.DrawFn) -> dict[Any, Any]:
+    """A valid envelope map with one or two keys removed or changed, mostly to edge values."""
+    m: dict[Any, Any] = dict(BASE)
+    m["kind"] = draw(st.sampled_from(sorted(envelope.KINDS)))
+    for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2]))):
+        key = draw(keys)
+        how = draw(st.sampled_from(["edge", "edge", "edge", "any", "drop"]))
+        if how == "drop":
+            m.pop(key, None)
+        elif how == "edge" and key in EDGES:
+            m[key] = draw(st.sampled_from(EDGES[key]))
+        else:
+            m[key] = draw(values)
+    return m
+
+
+def outcome(body: bytes) -> ingress.Fields | str:
+    try:
+        env = envelope.decode(body)
+    except EnvelopeError as exc:
+        return str(exc)
+    return env.src, env.epoch, env.seq, env.kind, env.data
+
+
+@settings(max_examples=1500, deadline=None)
+@given(envelope_maps())
+def test_fast_path_accepts_only_what_decode_accepts(m: dict[Any, Any]) -> None:
+    body = msgpack.packb(m, use_bin_type=True)
+    fast = ingress.fast_fields(body)
+    truth = outcome(body)
+    if fast is not None:
+        assert fast == truth
+    if isinstance(truth, str):
+        with pytest.raises(EnvelopeError):
+            ingress.fields(body)
+    else:
+        assert ingress.fields(body) == truth
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_escape_as_anything_but_envelope_error(raw: bytes) -> None:
+    assert ingress.fast_fields(raw) is None or not isinstance(outcome(raw), str)
+    try:
+        ingress.fields(raw)
+    except EnvelopeError:
+        pass
+
+
+def test_common_messages_take_the_fast_path() -> None:
+    for kind in ("event", "heartbeat", "log", "system"):
+        body = envelope.make("a", 1, 1, kind, {"x": [1, 2.5, "s", None]}).encode()
+        assert ingress.fast_fields(body) == ("a", 1, 1, kind, {"x": [1, 2.5, "s", None]})
+    cmd = envelope.make("a", 1, 1, "command", {}, reply_to="rep.a").encode()
+    assert ingress.fast_fields(cmd) is None and ingress.fields(cmd)[3] == "command"
+
+
+@pytest.mark.parametrize(("frame", "rule"), [
+    (b"evt.r1.tag", ("evt.r1.tag", None, ingress.NORMAL)),
+    (b"cmd.r1", ("cmd.r1", "command", ingress.NORMAL)),
+    (b"rep.sctl-h-1", ("rep.sctl-h-1", "reply", ingress.NORMAL)),
+    (b"ctl.sync", ("ctl.sync", None, ingress.SYNC)),
+    (b"ctl.other", ("ctl.other", None, ingress.RESERVED)),
+    (b"ack.r1", ("ack.r1", None, ingress.RESERVED)),
+    (b"sys.router.stats", ("sys.router.stats", None, ingress.RESERVED)),
+    (b"sys.routers", ("sys.routers", None, ingress.NORMAL)),
+    (b"sys.alarm", ("sys.alarm", None, ingress.NORMAL)),
+])
+def test_topic_rules(frame: bytes, rule: ingress.TopicRule) -> None:
+    assert ingress.topic_rule(frame) == rule
+
+
+@pytest.mark.parametrize("frame", [b"\xff", b"", b"a..b", b"evt.r 1", b"x" * 300])
+def test_bad_topics(frame: bytes) -> None:
+    with pytest.raises(TopicError):
+        ingress.topic_rule(frame)
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"\xc1", "msgpack"),
+    (msgpack.packb(msgpack.ExtType(1, b"x")), "msgpack"),
+    (msgpack.packb([1]), "wrong_type"),
+    (msgpack.packb({**BASE, "seq": "1"}), "wrong_type"),
+    (msgpack.packb({k: v for k, v in BASE.items() if k != "id"}), "missing_key"),
+    (msgpack.packb({**BASE, "src": "a b"}), "invalid"),
+])
+def test_reasons(body: bytes, reason: str) -> None:
+    with pytest.raises(EnvelopeError) as info:
+        ingress.fields(body)
+    assert ingress.reason_of(info.value) == reason
