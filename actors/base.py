@@ -318,7 +318,7 @@ class Actor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._loop.run_once(max_wait=0.05)
-            if self.bus.synced and self.bus.outbox_size == 0 and not self._loop.has_handover():
+            if self.bus.outbox_size == 0 and not self._loop.has_handover():
                 return
         log.warning("actor %s: %d messages not acknowledged by the router at exit",
                     self.name, self.bus.outbox_size)
@@ -327,18 +327,24 @@ class Actor:
 
     def _on_events(self, events: dict[Any, int]) -> None:
         for delivery in self.bus.handle(events):
-            if delivery.topic == self._cmd_topic:
-                try:
-                    env = delivery.envelope
-                except EnvelopeError as exc:
-                    log.warning("actor %s: undecodable command (gseq %d): %s; body %s", self.name,
-                                delivery.gseq, exc, delivery.body[:64].hex())
-                    continue
-                self._commands.dispatch(env)
-                continue
-            for prefix, callback in self._subscriptions:
-                if topics.matches(delivery.topic, prefix):
-                    callback(delivery)
+            try:
+                self._on_delivery(delivery)
+            except Exception:  # one bad callback must not lose the rest of the batch
+                log.exception("actor %s: handling %s failed", self.name, delivery)
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        if delivery.topic == self._cmd_topic:
+            try:
+                env = delivery.envelope
+            except EnvelopeError as exc:
+                log.warning("actor %s: undecodable command (gseq %d): %s; body %s", self.name,
+                            delivery.gseq, exc, delivery.body[:64].hex())
+                return
+            self._commands.dispatch(env)
+            return
+        for prefix, callback in self._subscriptions:
+            if topics.matches(delivery.topic, prefix):
+                callback(delivery)
 
     def _send_reply(self, env: Envelope, outcome: Outcome) -> None:
         self.bus.reply_to(env, outcome.status, outcome.result, outcome.error)
@@ -409,6 +415,7 @@ class Actor:
             "type": self.type_name, "state": self.state, "link": self._link.to_data(),
             "counters": counters, "pid": os.getpid(), "host": socket.gethostname(),
             "version": VERSION, "uptime": round(time.monotonic() - self._started, 3),
+            "interval": self.config["heartbeat_interval"],  # lets readers judge staleness
         }
 
     def publish_log(self, record: dict[str, Any]) -> None:

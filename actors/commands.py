@@ -397,7 +397,7 @@ class Dispatcher:
         self.clock = clock
         self.current: Envelope | None = None
         self.stopping = False
-        for key in ("commands", "command_errors", "duplicates", "expired"):
+        for key in ("commands", "command_errors", "command_duplicates", "command_expired"):
             counters.setdefault(key, 0)
 
     def dispatch(self, env: Envelope) -> None:
@@ -406,17 +406,17 @@ class Dispatcher:
                         env.id, env.src)
             return
         if env.id in self.running:
-            self.counters["duplicates"] += 1
+            self.counters["command_duplicates"] += 1
             return
         cached = self.replies.get(env.id)
         now = self.clock()
         if cached is not None:
-            self.counters["duplicates"] += 1
+            self.counters["command_duplicates"] += 1
             self._send(env, cached)
         elif self.stopping:
             self._send(env, Outcome("error", None, "actor stopping; not run"))
         elif env.deadline is not None and now > env.deadline:
-            self.counters["expired"] += 1
+            self.counters["command_expired"] += 1
             late = now - env.deadline
             self._finish(env, Outcome("error", None, f"deadline passed {late:.1f} s ago; not run"))
         else:
@@ -456,17 +456,21 @@ class Dispatcher:
             self._finish(env, result if isinstance(result, Outcome) else Outcome("ok", result, ""))
 
     def _adopt(self, env: Envelope, name: str, deferred: Deferred) -> None:
-        done = deferred._adopt(self.loop, lambda outcome: self._deferred_done(env, outcome))
+        timer: list[Cancellable] = []
+        done = deferred._adopt(self.loop,
+                               lambda outcome: self._deferred_done(env, outcome, timer))
         if done is not None:
             self._finish(env, done)
             return
         self.running[env.id] = deferred
         if env.deadline is not None:
-            self.loop.call_later(env.deadline - self.clock(), deferred.fail,
-                                 f"{name}: no result by the command's deadline")
+            timer.append(self.loop.call_later(env.deadline - self.clock(), deferred.fail,
+                                              f"{name}: no result by the command's deadline"))
 
-    def _deferred_done(self, env: Envelope, outcome: Outcome) -> None:
+    def _deferred_done(self, env: Envelope, outcome: Outcome, timer: list[Cancellable]) -> None:
         self.running.pop(env.id, None)
+        for handle in timer:
+            handle.cancel()
         self._finish(env, outcome)
 
     def _finish(self, env: Envelope, outcome: Outcome) -> None:

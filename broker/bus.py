@@ -179,7 +179,8 @@ class Bus:
         if wait > 0:
             deadline = time.monotonic() + wait
             while not self.synced and time.monotonic() < deadline:
-                self._stash.extend(self._poll_once(min(0.05, wait)))
+                got = self._poll_once(min(0.05, wait))
+                self._stash.extend(got)  # handle() swaps _stash: bind it after the call
         return self.synced
 
     def _socket(self, kind: int, url: str) -> zmq.Socket[bytes]:
@@ -201,7 +202,8 @@ class Bus:
         """Pump until every published envelope is acked, for up to `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while len(self._outbox) and time.monotonic() < deadline:
-            self._stash.extend(self._poll_once(max(0.0, min(0.05, deadline - time.monotonic()))))
+            got = self._poll_once(max(0.0, min(0.05, deadline - time.monotonic())))
+            self._stash.extend(got)
         return len(self._outbox) == 0
 
     # ---------------------------------------------------------------- publishing
@@ -633,7 +635,8 @@ class Bus:
         """Blocking command round trip; raises RequestTimeout when no reply came in time."""
         req = self.start_request(actor, command, args, timeout, argv=argv)
         while not req.done:
-            self._stash.extend(self._poll_once(0.05))
+            got = self._poll_once(0.05)
+            self._stash.extend(got)
         if req.reply is None:
             raise RequestTimeout(req.error or "no reply", actor, command,
                                  time.monotonic() - req.started)

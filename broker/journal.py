@@ -92,11 +92,15 @@ class Journal:
         fsync: bool = False,
         max_sources: int = MAX_SOURCES,
         compact_min_bytes: int = COMPACT_MIN_BYTES,
+        origin: int = 0,
     ) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.path = path
         self.sources = SourceTable(max_sources)
+        # The router epoch that started this gseq numbering: kept in the file, so it changes
+        # exactly when gseq restarts at 1 (no file, a new file, a file set aside).
+        self.origin = origin
         self.first = 1  # gseq of the oldest retained entry (== next_gseq when empty)
         self.next_gseq = 1
         self.bytes = 0
@@ -141,7 +145,8 @@ class Journal:
                 recent.pop((src, epoch), None)
                 recent[(src, epoch)] = seq
 
-        snap = self._file.load(on_entry)
+        snap = self._file.load(on_entry, self.origin)
+        self.origin = snap.origin or self.origin
         self.appended = 0  # loading is not journaling: `appended` counts this run only
         if len(self) == 0:
             self.first = self.next_gseq = snap.first
@@ -160,7 +165,7 @@ class Journal:
             return
         self._file.flush()
         if len(self) and self._file.should_compact(self.first):
-            self._file.compact(Snapshot(self.first, self.sources.snapshot()))
+            self._file.compact(Snapshot(self.first, self.sources.snapshot(), self.origin))
 
     def close(self) -> None:
         if self._file is not None:

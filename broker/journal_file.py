@@ -11,7 +11,9 @@ Layout
 
     type 0x53 "S" snapshot, always the first record:
               msgpack map {"first": gseq of the first entry record that follows,
-                           "sources": [[src, epoch, hc], ...] (oldest first), "written": unix time}
+                           "sources": [[src, epoch, hc], ...] (oldest first),
+                           "origin": router epoch that created the file (gseq 1),
+                           "written": unix time}
     type 0x45 "E" entry, gseq contiguous from the snapshot's "first":
               gseq:u64 epoch:u64 seq:u64 src_len:u16 topic_len:u16 src topic body
 
@@ -68,6 +70,7 @@ EntrySink = Callable[[int, str, int, int, str, bytes], None]
 class Snapshot:
     first: int = 1
     sources: list[tuple[str, int, int]] = field(default_factory=list)
+    origin: int = 0  # the router epoch that started this gseq numbering
 
 
 def _record(payload: bytes) -> bytes:
@@ -76,7 +79,8 @@ def _record(payload: bytes) -> bytes:
 
 def _snapshot_record(snap: Snapshot) -> bytes:
     body = msgpack.packb(
-        {"first": snap.first, "sources": [list(s) for s in snap.sources], "written": time.time()},
+        {"first": snap.first, "sources": [list(s) for s in snap.sources],
+         "origin": snap.origin, "written": time.time()},
         use_bin_type=True,
     )
     return _record(bytes([TYPE_SNAPSHOT]) + body)
@@ -88,7 +92,7 @@ def _parse_snapshot(payload: bytes) -> Snapshot:
     if not isinstance(first, int) or first < 1:
         raise ValueError(f"snapshot first gseq {first!r} is invalid")
     sources = [(str(s), int(e), int(h)) for s, e, h in obj["sources"]]
-    return Snapshot(first=first, sources=sources)
+    return Snapshot(first=first, sources=sources, origin=int(obj.get("origin", 0)))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -117,11 +121,13 @@ class JournalFile:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load(self, on_entry: EntrySink) -> Snapshot:
-        """Open (or create) the file, feed every intact entry to `on_entry`, cut a torn tail."""
+    def load(self, on_entry: EntrySink, origin: int = 0) -> Snapshot:
+        """Open (or create) the file, feed every intact entry to `on_entry`, cut a torn tail.
+
+        `origin` goes into the snapshot of a file created now (none, empty or set aside).
+        """
         if not self.path.exists() or self.path.stat().st_size == 0:
-            self._create(Snapshot())
-            return Snapshot()
+            return self._create(Snapshot(origin=origin))
         with self.path.open("rb") as fh:
             if fh.read(len(MAGIC)) != MAGIC:
                 raise BusError(
@@ -131,7 +137,7 @@ class JournalFile:
             try:
                 snap = self._read_snapshot(fh)
             except Exception as exc:  # any decoding failure means the same: unreadable
-                return self._set_aside(exc)
+                return self._set_aside(exc, origin)
             good_end = self._read_entries(fh, snap.first, on_entry)
         self._cut_tail(good_end)
         self._fh = self.path.open("ab", buffering=0)
@@ -192,19 +198,19 @@ class JournalFile:
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    def _set_aside(self, exc: Exception) -> Snapshot:
+    def _set_aside(self, exc: Exception, origin: int) -> Snapshot:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         log.error("journal %s: snapshot unreadable (%s); moved to %s and starting a new journal",
                   self.path, exc, aside)
         os.replace(self.path, aside)
-        self._create(Snapshot())
-        return Snapshot()
+        return self._create(Snapshot(origin=origin))
 
-    def _create(self, snap: Snapshot) -> None:
+    def _create(self, snap: Snapshot) -> Snapshot:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_new(snap, None, 0)
         self._first = snap.first
         self._offsets = array("q")
+        return snap
 
     # -- writing -----------------------------------------------------------------------------
 

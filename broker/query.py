@@ -125,7 +125,8 @@ class QueryHandler:
             c.egress_gaps += 1
             c.egress_missed += (nxt - pos) + evicted
         header = {"ok": True, "first": j.first, "last": j.last, "next": nxt, "more": nxt <= end,
-                  "evicted": evicted, "count": count, "router_epoch": self.router_epoch}
+                  "evicted": evicted, "count": count, "router_epoch": self.router_epoch,
+                  "origin": j.origin}
         return [wire.pack(header), *frames]
 
     def _collect(self, pos: int, stop: int, match: Matcher, limit: int) -> tuple[int, list[bytes]]:

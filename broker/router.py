@@ -92,7 +92,8 @@ class Router:
         self.config = config
         self.router_epoch = time.time_ns() // 1000
         self.journal = Journal(config.journal_max_messages, config.journal_max_bytes,
-                               config.journal_path, config.journal_fsync)
+                               config.journal_path, config.journal_fsync,
+                               origin=self.router_epoch)
         self.endpoints: dict[str, str] = {}
         self._ctx = zmq.Context()
         self._stopping = threading.Event()
@@ -361,7 +362,7 @@ class Router:
         self.counts["syncs"] += 1
         self._transient(f"ack.{src}", {
             "sync": token, "head": self.journal.last, "first": self.journal.first,
-            "router_epoch": self.router_epoch, "epoch": epoch,
+            "router_epoch": self.router_epoch, "origin": self.journal.origin, "epoch": epoch,
             "seq": self.journal.sources.get((src, epoch)) or 0})
 
     def _bad(self, reason: str, frames: list[bytes], error: str) -> None:
@@ -438,7 +439,7 @@ class Router:
         """The router's counters: the data of sys.router.stats and of the `state` query."""
         j, q, c = self.journal, self._queries.counters, self.counts
         return {
-            "router_epoch": self.router_epoch, "pid": os.getpid(),
+            "router_epoch": self.router_epoch, "origin": j.origin, "pid": os.getpid(),
             "first": j.first, "last": j.last, "persistent": j.persistent,
             "journal": {"messages": len(j), "bytes": j.bytes, "max_messages": j.max_messages,
                         "max_bytes": j.max_bytes, "evicted": j.evicted,

@@ -39,10 +39,11 @@ is forwarded or acked that a router crash could lose.
 
 Control probe ``ctl.sync`` (kind ``system``, seq 0, ``data = {"token": str}``) is never journaled
 or forwarded. The router answers on ``ack.<src>`` with ``data = {"sync": token, "head": gseq,
-"first": gseq, "router_epoch": E, "epoch": e, "seq": hc}`` (hc for the probe's (src, epoch), 0 if
-unknown). A client that receives its own token knows both of its paths to the router are live.
-The answer is queued behind everything the same publisher sent before the probe, so it is also
-a barrier: those messages have been journaled (or refused) and forwarded.
+"first": gseq, "router_epoch": E, "origin": O, "epoch": e, "seq": hc}`` (hc for the probe's
+(src, epoch), 0 if unknown; O as below). A client that receives its own token knows both of its
+paths to the router are live. The answer is queued behind everything the same publisher sent
+before the probe, so it is also a barrier: those messages have been journaled (or refused) and
+forwarded.
 
 Refused as bad (counted by reason, logged, reported on ``sys.router.bad``): ``frames`` (not 2
 frames), ``topic`` (not UTF-8 or not a valid topic), ``too_large`` (body over
@@ -58,20 +59,24 @@ last one.
 Stamps and restarts: every frame out carries the *current* router epoch, replayed ones too, with
 the entry's gseq. With ``journal_path`` set, gseq and the per-(src, epoch) ``hc`` table survive a
 restart (gseq continues; resends of journaled seqs are duplicates). Without it gseq restarts at
-1 under the new router epoch.
+1 under the new router epoch. ``origin`` (in the sync answer, ``state`` and ``since`` headers)
+is the router epoch that started the current gseq numbering: after a router epoch change, the
+same origin means gseq continued; a new origin means gseq restarted at 1, so a subscriber
+should fetch from ``first`` of the new numbering rather than from the first live gseq it sees.
 
 Query ops (request maps)
 ------------------------
 ``{"op": "state"}``
     header ``{"ok": True, "state": {...}}``: router_epoch, first, last (gseq), journal counters,
-    persistent (bool), sources; the same map as the data of ``sys.router.stats``. An empty
+    persistent (bool), sources, origin; the same map as the data of ``sys.router.stats``. An empty
     journal has ``first == last + 1``.
 ``{"op": "since", "gseq": N, "prefixes": [P, ...], "until": U?, "limit": L?, "reason": R?}``
     journaled entries with ``N <= gseq (<= U)`` whose topic `topics.matches` one of the prefixes
     (no prefixes = everything), oldest first. Header ``{"ok": True, "first", "last", "next",
-    "more", "evicted", "count", "router_epoch"}``: ``next`` is where to continue (everything
-    below it has been examined; ``N`` itself when ``N > last``), ``more`` says whether to,
-    ``evicted`` counts requested gseqs already evicted from the journal (lost to this reader).
+    "more", "evicted", "count", "router_epoch", "origin"}``: ``next`` is where to continue
+    (everything below it has been examined; ``N`` itself when ``N > last``), ``more`` says
+    whether to, ``evicted`` counts requested gseqs already evicted from the journal (lost to
+    this reader).
     ``reason = "gap"`` tells the router a subscriber missed live messages; it counts them as
     egress drops in ``sys.router.stats`` (``egress_gaps`` requests, ``egress_missed`` gseqs
     examined or evicted for them). A reply stops at ``REPLAY_SCAN`` entries examined,

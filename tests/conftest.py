@@ -99,7 +99,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         return p
 
     yield _spawn
-    for p in procs:
+    for p in reversed(procs):  # actors before the router they flush to
         try:
             p.stop()
         except subprocess.TimeoutExpired:

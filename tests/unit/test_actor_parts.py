@@ -31,7 +31,7 @@ from actors.commands import (
     parse_call,
 )
 from actors.link import CONNECTING, DOWN, IDLE, UP, Backoff, Link, LinkStateError
-from actors.loop import Loop
+from actors.loop import Loop, TimerHandle
 from actors.registry import actor_class, create_actor
 from broker.config import load_site
 from broker.envelope import Envelope, make
@@ -233,6 +233,7 @@ class FakeLoop:
     def __init__(self) -> None:
         self.timers: list[tuple[float, Callable[..., object], tuple[Any, ...]]] = []
         self.handed_over: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        self.handles: list[TimerHandle] = []
         self.thread = threading.get_ident()
 
     def in_loop_thread(self) -> bool:
@@ -241,9 +242,10 @@ class FakeLoop:
     def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> None:
         self.handed_over.append((fn, args))
 
-    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Any:
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> TimerHandle:
         self.timers.append((delay, fn, args))
-        return None
+        self.handles.append(TimerHandle(delay, fn, args))
+        return self.handles[-1]
 
 
 class Target:
@@ -299,7 +301,7 @@ def test_duplicate_of_a_finished_command_gets_the_cached_reply() -> None:
         h.d.dispatch(cmd("add", a=2, b=3))
     assert h.target.calls == ["add"]
     assert h.sent == [("c1", Outcome("ok", 5, ""))] * 3
-    assert h.counters["duplicates"] == 2 and h.counters["commands"] == 1
+    assert h.counters["command_duplicates"] == 2 and h.counters["commands"] == 1
 
 
 def test_duplicate_of_a_running_command_waits_for_the_one_reply() -> None:
@@ -311,6 +313,7 @@ def test_duplicate_of_a_running_command_waits_for_the_one_reply() -> None:
     h.target.deferred.resolve("done")
     h.target.deferred.resolve("again")  # ignored: first settle wins
     assert h.sent == [("c1", Outcome("ok", "done", ""))]
+    assert h.loop.handles[0].cancelled  # the deadline timer goes with it
     h.d.dispatch(cmd("later"))
     assert len(h.sent) == 2 and h.target.calls == ["later"]
 
@@ -322,7 +325,7 @@ def test_expired_command_is_not_run_and_the_answer_is_cached() -> None:
     assert h.sent == [("c1", Outcome("error", None, "deadline passed 3.2 s ago; not run"))]
     h.now = 900.0  # even a retry that seems on time now gets the same answer
     h.d.dispatch(cmd("add", a=1, deadline=1000.0))
-    assert h.target.calls == [] and h.counters["expired"] == 1
+    assert h.target.calls == [] and h.counters["command_expired"] == 1
 
 
 def test_errors_become_replies() -> None:

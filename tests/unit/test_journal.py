@@ -132,6 +132,25 @@ def test_file_round_trip_restores_entries_gseq_and_sources(tmp_path: Path) -> No
     assert fill(k, 1, "a", 1, start_seq=6) == [10]  # gseq continues
 
 
+def test_origin_is_kept_by_the_file_and_new_when_gseq_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    j = Journal(10, 10**6, path, origin=111, compact_min_bytes=0)
+    j.open()
+    for i in range(30):  # compactions rewrite the snapshot: the origin must survive them too
+        fill(j, 1, start_seq=i + 1)
+        j.flush()
+    assert j._file is not None and j._file.compactions > 0
+    j.close()
+    k = Journal(10, 10**6, path, origin=222)
+    k.open()
+    assert k.origin == 111
+    assert Journal(10, 10**6, origin=333).origin == 333
+    path.write_bytes(journal_file.MAGIC + b"\x00\x00\x00\x05garbage")
+    m = Journal(10, 10**6, path, origin=444)
+    m.open()
+    assert m.origin == 444 and m.last == 0
+
+
 def test_unflushed_records_are_not_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "journal.bin"
     j = reopen(path)
