@@ -149,6 +149,7 @@ class Bus:
         self._catching_up = False
         self._stash: list[Delivery] = []  # deliveries that arrived inside blocking calls
         self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
+        self._origin: int | None = None  # router epoch that started the gseq numbering
         self.counters: dict[str, int] = dict.fromkeys((
             "published", "sent", "resent", "acked", "outbox_dropped", "alarms", "sync_probes",
             "router_restarts", "delivered", "gaps", "gap_filled", "lost", "duplicates",
@@ -308,7 +309,10 @@ class Bus:
             self._apply_subscriptions()
             if gapless and not was_gapless and self._stream.expected is None \
                     and since is None and self.synced:
-                self._stream.start_at(self.head(QUERY_TIMEOUT) + 1)
+                state = self.state(QUERY_TIMEOUT)
+                self._origin = state.get("origin")
+                self._stream.start_at(int(state.get("last", 0)) + 1, state.get("router_epoch"),
+                                      self._origin)
             self._start_pending()
 
     def _apply_subscriptions(self) -> None:
@@ -321,7 +325,7 @@ class Bus:
 
     def _start_pending(self) -> None:
         if self._pending_start is not None and self.synced:
-            self._stream.start_at(self._pending_start)
+            self._stream.start_at(self._pending_start, self.router_epoch, self._origin)
             self._pending_start = None
             self._catching_up = True
             self._request_replay(time.monotonic())
@@ -428,7 +432,7 @@ class Bus:
                 self._on_ack(d)
             return
         if any(self._subs.values()):
-            ready = self._stream.on_live(router_epoch, d)
+            ready = self._stream.on_live(d)
             self._sync_stream_counters()
             if self._stream.wanted() is not None and self._replay_token is None:
                 self._request_replay(time.monotonic())
@@ -467,27 +471,27 @@ class Bus:
             self.counters["bad_frames"] += 1
             return
         data = env.data
-        if "sync" in data:
-            if data["sync"] != self._sync_token or self.synced:
-                return
-            self._on_synced(data)
         if data.get("epoch") == self.epoch and isinstance(data.get("seq"), int):
-            released = self._outbox.ack(data["seq"])
-            if released:
-                self.counters["acked"] += released
-                self._last_progress = time.monotonic()
-                if self._alarm is not None:
-                    self._raise_alarm()
+            self._ack(data["seq"])
+        if data.get("sync") == self._sync_token and not self.synced:
+            self._on_synced(data)
+
+    def _ack(self, seq: int) -> None:
+        released = self._outbox.ack(seq)
+        if released:
+            self.counters["acked"] += released
+            self._last_progress = time.monotonic()
+            if self._alarm is not None:
+                self._raise_alarm()
 
     def _on_synced(self, data: dict[str, Any]) -> None:
         self.synced = True
         self.router_epoch = data.get("router_epoch", self.router_epoch)
+        self._origin = data.get("origin", self._origin)
         head = data.get("head", 0)
         if any(self._subs.values()) and self._stream.expected is None \
                 and self._pending_start is None:
-            self._stream.start_at(int(head) + 1)
-        if data.get("epoch") == self.epoch and isinstance(data.get("seq"), int):
-            self._outbox.ack(data["seq"])
+            self._stream.start_at(int(head) + 1, self.router_epoch, self._origin)
         resent = self._outbox.rewind()
         self.counters["resent"] += resent
         self._last_progress = time.monotonic()
@@ -542,7 +546,9 @@ class Bus:
         if evicted:
             log.warning("%s: %d message(s) were evicted from the router journal before this "
                         "subscriber could fetch them — lost to it", self.name, evicted)
-        ready = self._stream.on_replay(items, int(header.get("next", 0)), evicted)
+        ready = self._stream.on_replay(items, int(header.get("next", 0)), evicted,
+                                       header.get("router_epoch"), header.get("origin"),
+                                       int(header.get("first", 1) or 1))
         self._sync_stream_counters()
         for item in ready:
             self._route(item, out)

@@ -15,8 +15,11 @@ Rules:
   the first gseq the router did not examine: everything below ``next`` is settled.
 - ``evicted`` entries (older than the router's journal) are lost to this subscriber: counted and
   reported by the caller, never silently skipped.
-- A new router epoch whose gseq went backwards means the router restarted without its journal:
-  the stream restarts there and counts a reset.
+- A new router epoch may or may not continue the gseq numbering (a router without journal
+  restarts at 1). Live messages of a new epoch are held *unverified* until a replay answer says
+  which: the same ``origin`` (the epoch that started the numbering) means gseq continued; a new
+  one means the numbering restarted, so whatever was held from the old numbering is released in
+  order, the holes in it are counted as lost, and the stream restarts at the new ``first``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Stamped(Protocol):
     @property
     def gseq(self) -> int: ...
 
+    @property
+    def router_epoch(self) -> int: ...
+
 
 T = TypeVar("T", bound=Stamped)
 
@@ -39,8 +45,10 @@ class Stream(Generic[T]):
     def __init__(self, max_held: int = DEFAULT_MAX_HELD) -> None:
         self.expected: int | None = None
         self.router_epoch: int | None = None
+        self.origin: int | None = None
         self.max_held = max_held
         self._held: dict[int, T] = {}
+        self._unverified: list[T] = []  # live messages of a router epoch not yet checked
         self.duplicates = 0
         self.gaps = 0  # times a live message arrived ahead of `expected`
         self.filled = 0  # messages delivered from replay
@@ -48,21 +56,25 @@ class Stream(Generic[T]):
         self.resets = 0  # router restarts that lost the journal
         self.held_dropped = 0
 
-    def start_at(self, gseq: int) -> None:
+    def start_at(self, gseq: int, router_epoch: int | None = None,
+                 origin: int | None = None) -> None:
         """Deliver from `gseq` on (at subscribe time: the router's head + 1, or --since)."""
         self.expected = max(1, gseq)
         self._held = {g: m for g, m in self._held.items() if g >= self.expected}
+        if router_epoch is not None:
+            self.router_epoch, self.origin = router_epoch, origin
 
-    def on_live(self, router_epoch: int, item: T) -> list[T]:
+    def on_live(self, item: T) -> list[T]:
         g = item.gseq
-        restarted = self.router_epoch is not None and router_epoch != self.router_epoch
-        if restarted and self.expected is not None and g < self.expected:
-            self.resets += 1
-            self._held.clear()
-            self.expected = g
-        self.router_epoch = router_epoch
-        if self.expected is None:
-            self.expected = g
+        if self.router_epoch is None or self.expected is None:
+            self.router_epoch = item.router_epoch
+            self.expected = self.expected or g
+        elif item.router_epoch != self.router_epoch:
+            if len(self._unverified) < self.max_held:
+                self._unverified.append(item)
+            else:
+                self.held_dropped += 1
+            return []
         if g < self.expected:
             self.duplicates += 1
             return []
@@ -91,18 +103,33 @@ class Stream(Generic[T]):
 
     def wanted(self) -> tuple[int, int | None] | None:
         """(from, until) still missing, until=None meaning "up to the head"; None if no gap."""
-        if self.expected is None or not self._held:
+        if self.expected is None:
+            return None
+        if self._unverified:
+            return self.expected, None
+        if not self._held:
             return None
         return self.expected, min(self._held) - 1
 
-    def on_replay(self, items: Iterable[T], next_gseq: int, evicted: int) -> list[T]:
-        """Merge a replay answer; return what can now be delivered, in order."""
+    def on_replay(self, items: Iterable[T], next_gseq: int, evicted: int,
+                  router_epoch: int | None = None, origin: int | None = None,
+                  first: int = 1) -> list[T]:
+        """Merge a replay answer; return what can now be delivered, in order.
+
+        `router_epoch`, `origin` and `first` come from the answer's header; they settle whether
+        a router restart kept the gseq numbering.
+        """
         if self.expected is None:
             return []
+        settled: list[T] = []
+        if router_epoch is not None and router_epoch != self.router_epoch:
+            continued, settled = self._settle_epoch(router_epoch, origin, first)
+            if not continued:
+                return settled  # the answer was asked in the old numbering: ask again
         if evicted > 0:
             self.lost += evicted
             self.expected += evicted
-        out: list[T] = []
+        out: list[T] = settled
         for item in items:
             if item.gseq < self.expected:
                 continue
@@ -133,6 +160,28 @@ class Stream(Generic[T]):
             out.append(self._held.pop(self.expected))
             self.expected += 1
         return out
+
+    def _settle_epoch(self, router_epoch: int, origin: int | None,
+                      first: int) -> tuple[bool, list[T]]:
+        """A replay answer from a new router epoch: keep the numbering, or restart it."""
+        out: list[T] = []
+        assert self.expected is not None
+        if self.origin is None or origin is None:  # numbering unknown: judge by the range
+            continued = first <= self.expected
+        else:
+            continued = origin == self.origin
+        if not continued:
+            self.resets += 1
+            for g in sorted(self._held):  # received before the restart: still deliver them
+                self.lost += g - self.expected
+                out.append(self._held.pop(g))
+                self.expected = g + 1
+            self.expected = max(1, first)
+        self.router_epoch, self.origin = router_epoch, origin
+        pending, self._unverified = self._unverified, []
+        for item in pending:
+            out.extend(self.on_live(item))
+        return continued, out
 
     @property
     def held(self) -> int:

@@ -195,5 +195,6 @@ def test_outbox_overflow_is_counted_and_alarmed(router_factory) -> None:
     router.start()
     assert bus.flush(20)
     watcher.join(20)
-    assert watcher.got and watcher.got[0].envelope.data["alarm"] == "outbox_overflow"
+    assert watcher.got, (watcher.counters, bus.counters)
+    assert watcher.got[0].envelope.data["alarm"] == "outbox_overflow"
     bus.close()

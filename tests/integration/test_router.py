@@ -334,7 +334,8 @@ def test_a_garbage_flood_is_rate_limited(make_router: Any, peers: Any) -> None:
         return bool(suppressed)
 
     wait_for(one_more_reports_the_suppressed, what="a report with the suppressed count")
-    assert suppressed[0] >= 500 - len(reports) - 20
+    # Every bad message is either reported or counted in the next report's `suppressed`.
+    assert sum(r["suppressed"] for r in reports) + suppressed[0] >= 500 - len(reports)
 
 
 # -- queries -------------------------------------------------------------------------------

@@ -84,21 +84,22 @@ class TestOutbox:
 @dataclass(frozen=True)
 class Msg:
     gseq: int
+    router_epoch: int = 1
 
 
 class TestStream:
     def test_in_order_passes_through(self) -> None:
         s: Stream[Msg] = Stream()
-        out = [m.gseq for g in range(1, 6) for m in s.on_live(1, Msg(g))]
+        out = [m.gseq for g in range(1, 6) for m in s.on_live(Msg(g))]
         assert out == [1, 2, 3, 4, 5]
         assert s.wanted() is None
 
     def test_gap_is_held_then_filled_by_replay(self) -> None:
         s: Stream[Msg] = Stream()
         s.start_at(1)
-        assert [m.gseq for m in s.on_live(1, Msg(1))] == [1]
-        assert s.on_live(1, Msg(4)) == []
-        assert s.on_live(1, Msg(5)) == []
+        assert [m.gseq for m in s.on_live(Msg(1))] == [1]
+        assert s.on_live(Msg(4)) == []
+        assert s.on_live(Msg(5)) == []
         assert s.wanted() == (2, 3)
         out = s.on_replay([Msg(2), Msg(3)], next_gseq=4, evicted=0)
         assert [m.gseq for m in out] == [2, 3, 4, 5]
@@ -107,46 +108,58 @@ class TestStream:
     def test_replay_skips_non_matching_gseqs(self) -> None:
         s: Stream[Msg] = Stream()
         s.start_at(10)
-        s.on_live(1, Msg(20))
+        s.on_live(Msg(20))
         out = s.on_replay([Msg(12), Msg(17)], next_gseq=20, evicted=0)
         assert [m.gseq for m in out] == [12, 17, 20]
         assert s.wanted() is None
 
     def test_duplicates_dropped(self) -> None:
         s: Stream[Msg] = Stream()
-        s.on_live(1, Msg(1))
-        assert s.on_live(1, Msg(1)) == []
+        s.on_live(Msg(1))
+        assert s.on_live(Msg(1)) == []
         assert s.duplicates == 1
 
     def test_evicted_is_counted_as_lost(self) -> None:
         s: Stream[Msg] = Stream()
         s.start_at(1)
-        s.on_live(1, Msg(10))
+        s.on_live(Msg(10))
         out = s.on_replay([Msg(6)], next_gseq=10, evicted=5)
         assert [m.gseq for m in out] == [6, 10]
         assert s.lost == 5
 
-    def test_router_restart_without_journal_resets(self) -> None:
+    def test_router_restart_without_journal_restarts_numbering(self) -> None:
         s: Stream[Msg] = Stream()
+        s.start_at(1, router_epoch=1, origin=1)
         for g in range(1, 50):
-            s.on_live(1, Msg(g))
-        out = s.on_live(2, Msg(1))
-        assert [m.gseq for m in out] == [1]
-        assert s.resets == 1
+            s.on_live(Msg(g))
+        s.on_live(Msg(52))  # held: 50, 51 missing when the old router died
+        # the new router (origin 2) numbers from 1; its first live message we see is 7
+        assert s.on_live(Msg(7, router_epoch=2)) == []
+        assert s.wanted() == (50, None)  # asks; the answer settles the numbering
+        out = s.on_replay([], next_gseq=50, evicted=0, router_epoch=2, origin=2, first=1)
+        assert [m.gseq for m in out] == [52]  # what we had from the old router still goes out
+        assert s.lost == 2 and s.resets == 1
+        assert s.wanted() == (1, 6)
+        out = s.on_replay([Msg(g, 2) for g in range(1, 7)], next_gseq=7, evicted=0,
+                          router_epoch=2, origin=2, first=1)
+        assert [m.gseq for m in out] == [1, 2, 3, 4, 5, 6, 7]
 
     def test_router_restart_with_journal_continues(self) -> None:
         s: Stream[Msg] = Stream()
+        s.start_at(1, router_epoch=1, origin=1)
         for g in range(1, 5):
-            s.on_live(1, Msg(g))
-        assert s.on_live(2, Msg(7)) == []
-        assert s.wanted() == (5, 6)
+            s.on_live(Msg(g))
+        assert s.on_live(Msg(7, router_epoch=2)) == []
+        out = s.on_replay([Msg(5, 2), Msg(6, 2)], next_gseq=7, evicted=0, router_epoch=2,
+                          origin=1, first=1)
+        assert [m.gseq for m in out] == [5, 6, 7]
         assert s.resets == 0
 
     def test_held_bound(self) -> None:
         s: Stream[Msg] = Stream(max_held=3)
         s.start_at(1)
         for g in range(2, 10):
-            s.on_live(1, Msg(g))
+            s.on_live(Msg(g))
         assert s.held == 3 and s.held_dropped == 5
         # the replay brings back what the live path had to drop
         out = s.on_replay([Msg(g) for g in range(1, 10)], next_gseq=10, evicted=0)
@@ -163,7 +176,7 @@ def test_stream_delivers_everything_once_in_order(n: int, loss: float, seed: int
     live = [g for g in range(1, n + 1) if rnd.random() >= loss]
     delivered: list[int] = []
     for g in live:
-        delivered += [m.gseq for m in s.on_live(1, Msg(g))]
+        delivered += [m.gseq for m in s.on_live(Msg(g))]
         if rnd.random() < 0.3 and (w := s.wanted()):
             journal = [Msg(x) for x in range(w[0], (w[1] or n) + 1)]
             delivered += [m.gseq for m in s.on_replay(journal, (w[1] or n) + 1, 0)]
