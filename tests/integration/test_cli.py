@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
+from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -111,3 +111,65 @@ def test_status_with_router_up(running: Path) -> None:
     js = json.loads(sctl(running, "status", "--json").stdout)
     assert js["router"]["last"] >= 1
     assert js["actors"]["reader1"]["alive"] is False
+
+
+@pytest.fixture
+def with_actor(tmp_path: Path) -> Path:
+    """Router + EchoActor `reader1` (a real TCP echo device) as `sctl` processes."""
+    from tests.support.echo import EchoServer
+
+    device = EchoServer().start()
+    site = write_site(tmp_path, extra='[actors.reader1]\ntype = "tests.support.actors:EchoActor"\n'
+                      f"port = {device.port}\nheartbeat_interval = 0.2\n")
+    procs = [Proc(sctl_cmd("-c", str(site), "router"), tmp_path / "router.log").start(),
+             Proc(sctl_cmd("-c", str(site), "actor", "reader1"), tmp_path / "actor.log").start()]
+    try:
+        out = sctl(site, "ping", "reader1", "--timeout", "20")
+        assert out.returncode == 0, out.stderr + procs[1].output()
+        yield site
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        device.close()
+
+
+def test_send_positional_and_named_args(with_actor: Path) -> None:
+    out = sctl(with_actor, "send", "reader1", "add", "2", "b=40")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"
+    js = json.loads(sctl(with_actor, "send", "reader1", "add", "5", "--json").stdout)
+    assert js == {"status": "ok", "result": 6, "error": ""}
+
+
+def test_send_error_reply_exits_1_with_the_reason(with_actor: Path) -> None:
+    out = sctl(with_actor, "send", "reader1", "add", "two")
+    assert out.returncode == 1
+    assert "parameter a" in out.stderr and "two" in out.stderr
+    out = sctl(with_actor, "send", "reader1", "no_such_command")
+    assert out.returncode == 1 and "no_such_command" in out.stderr
+    out = sctl(with_actor, "send", "reader1", "fail")
+    assert out.returncode == 1
+
+
+def test_send_escaped_text_reaches_the_device(with_actor: Path) -> None:
+    out = sctl(with_actor, "send", "reader1", "echo", "hello device")
+    assert out.returncode == 0, out.stderr
+    assert "hello device" in out.stdout
+
+
+def test_describe_and_ping(with_actor: Path) -> None:
+    out = sctl(with_actor, "describe", "reader1")
+    assert out.returncode == 0, out.stderr
+    assert "add <a:int> [b:int=1]" in out.stdout and "echo <text:str>" in out.stdout
+    out = sctl(with_actor, "ping", "reader1")
+    assert out.returncode == 0 and "pong in" in out.stdout
+
+
+def test_status_shows_the_running_actor(with_actor: Path) -> None:
+    def link_up() -> bool:
+        a = json.loads(sctl(with_actor, "status", "--json").stdout)["actors"]["reader1"]
+        return bool(a["alive"] and a["state"] == "running" and a["link"]["state"] == "up")
+
+    wait_for(link_up, timeout=20, what="reader1 running with its link up in sctl status")
+    text = sctl(with_actor, "status").stdout
+    assert "reader1" in text and "yes" in text
