@@ -36,10 +36,10 @@ from typing import Any, Final
 import zmq
 
 from broker import envelope as envmod
-from broker import topics, wire
+from broker import ingress, topics, wire
 from broker.config import RouterConfig
 from broker.envelope import Envelope
-from broker.errors import BusError, EnvelopeError, RequestTimeout
+from broker.errors import BusError, EnvelopeError, RequestTimeout, TopicError
 from broker.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Entry, Outbox
 from broker.stream import Stream
 
@@ -49,7 +49,9 @@ SYNC_FIRST: Final = 0.02  # first probe interval; doubles up to SYNC_MAX while u
 SYNC_MAX: Final = 0.5
 RETRY_FIRST: Final = 0.25  # command re-publish interval; doubles up to RETRY_MAX
 RETRY_MAX: Final = 1.0
-REPLAY_TIMEOUT: Final = 2.0
+REPLAY_TIMEOUT: Final = 5.0  # re-ask after this; a late answer is still used
+HEARTBEAT_IVL_MS: Final = 1000  # ZMTP heartbeats: a dead peer or half-open TCP is noticed
+HEARTBEAT_TIMEOUT_MS: Final = 4000
 RECV_BATCH: Final = 2000  # messages drained per socket per handle(), for fairness
 QUERY_TIMEOUT: Final = 5.0
 
@@ -87,6 +89,7 @@ class Request:
     deadline: float  # Unix time
     callback: Callable[[Request], None] | None = None
     started: float = field(default_factory=time.monotonic)
+    expires: float = 0.0  # monotonic: wall-clock steps must not stretch a timeout
     next_retry: float = 0.0
     retries: int = 0
     reply: Envelope | None = None
@@ -105,6 +108,13 @@ def client_name(prefix: str = "sctl") -> str:
 
 def new_epoch() -> int:
     return time.time_ns() // 1000
+
+
+def _liveness(s: zmq.Socket[bytes]) -> None:
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    s.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
 class Bus:
@@ -147,6 +157,7 @@ class Bus:
         self._replay_seq = 0
         self._pending_start: int | None = None
         self._catching_up = False
+        self._awaiting_start = False  # a start probe for a new gapless subscription is out
         self._stash: list[Delivery] = []  # deliveries that arrived inside blocking calls
         self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
         self._origin: int | None = None  # router epoch that started the gseq numbering
@@ -171,7 +182,7 @@ class Bus:
         self._pub.setsockopt(zmq.XPUB_NODROP, 1)
         self._pub.setsockopt(zmq.SNDHWM, 50_000)
         self._sub = self._ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
+        _liveness(self._sub)
         self._sub.setsockopt(zmq.RCVHWM, self._rcvhwm)
         self._apply_subscriptions()
         self._sub.connect(r.connect_url("egress"))
@@ -186,7 +197,7 @@ class Bus:
 
     def _socket(self, kind: int, url: str) -> zmq.Socket[bytes]:
         s: zmq.Socket[bytes] = self._ctx.socket(kind)
-        s.setsockopt(zmq.LINGER, 0)
+        _liveness(s)
         s.connect(url)
         return s
 
@@ -211,10 +222,23 @@ class Bus:
 
     def publish(self, topic: str, kind: str, data: dict[str, Any] | None = None,
                 **extra: Any) -> Envelope:
-        """Queue one envelope for the router; never blocks. Raises EnvelopeError/TopicError."""
-        topics.check_topic(topic)
+        """Queue one envelope for the router; never blocks.
+
+        Raises EnvelopeError/TopicError for anything the router would refuse (bad topic, kind
+        not allowed on it, reserved topic, body over max_message_bytes) before a seq is used:
+        a refused envelope must not leave a hole in this sender's stream.
+        """
+        _, need, special = ingress.topic_rule(topic.encode())
+        if special != ingress.NORMAL:
+            raise TopicError(f"{topic} is reserved for the router")
+        if kind != need and (need is not None or kind == "command"):
+            raise EnvelopeError(f"kind {kind!r} may not be published on {topic} "
+                                f"(expects {need or 'anything but command'})")
         env = envmod.make(self.name, self.epoch, self._seq + 1, kind, data, **extra)
         body = env.encode()
+        if len(body) > self.router.max_message_bytes:
+            raise EnvelopeError(f"{topic}: envelope of {len(body)} bytes is over the router's "
+                                f"max_message_bytes ({self.router.max_message_bytes})")
         self._seq += 1
         self.counters["published"] += 1
         if not self._outbox.inflight and not self._outbox.waiting:
@@ -277,7 +301,9 @@ class Bus:
     def _probe(self, now: float) -> None:
         assert self._pub is not None
         self._sync_token = os.urandom(8).hex()
-        env = envmod.make(self.name, self.epoch, 0, "system", {"token": self._sync_token})
+        held = self._outbox.first_seq
+        env = envmod.make(self.name, self.epoch, 0, "system", {
+            "token": self._sync_token, "next": self._seq + 1 if held is None else held})
         with contextlib.suppress(zmq.Again):
             self._pub.send_multipart((wire.SYNC_TOPIC.encode(), env.encode()), flags=zmq.NOBLOCK)
         self.counters["sync_probes"] += 1
@@ -309,10 +335,9 @@ class Bus:
             self._apply_subscriptions()
             if gapless and not was_gapless and self._stream.expected is None \
                     and since is None and self.synced:
-                state = self.state(QUERY_TIMEOUT)
-                self._origin = state.get("origin")
-                self._stream.start_at(int(state.get("last", 0)) + 1, state.get("router_epoch"),
-                                      self._origin)
+                # the answer's head, taken when the probe reaches the router, is the start
+                self._awaiting_start = True
+                self._probe(time.monotonic())
             self._start_pending()
 
     def _apply_subscriptions(self) -> None:
@@ -376,6 +401,8 @@ class Bus:
 
     def next_deadline(self) -> float:
         """Monotonic time by which `tick()` must run again."""
+        if self._stash:
+            return time.monotonic()  # deliveries from a blocking call wait in the stash
         t = time.monotonic() + 1.0
         if not self.synced:
             t = min(t, self._next_sync)
@@ -432,6 +459,8 @@ class Bus:
                 self._on_ack(d)
             return
         if any(self._subs.values()):
+            if self._stream.expected is None and (not self.synced or self._awaiting_start):
+                return  # the sync answer says where this subscriber starts; replay covers it
             ready = self._stream.on_live(d)
             self._sync_stream_counters()
             if self._stream.wanted() is not None and self._replay_token is None:
@@ -471,9 +500,12 @@ class Bus:
             self.counters["bad_frames"] += 1
             return
         data = env.data
+        if data.get("epoch") == self.epoch and data.get("resync"):
+            self._unsync("the router does not know this sender (restarted without journal?)")
+            return
         if data.get("epoch") == self.epoch and isinstance(data.get("seq"), int):
             self._ack(data["seq"])
-        if data.get("sync") == self._sync_token and not self.synced:
+        if data.get("sync") == self._sync_token:
             self._on_synced(data)
 
     def _ack(self, seq: int) -> None:
@@ -485,22 +517,27 @@ class Bus:
                 self._raise_alarm()
 
     def _on_synced(self, data: dict[str, Any]) -> None:
-        self.synced = True
+        was_synced, self.synced = self.synced, True
+        self._awaiting_start = False
+        self._sync_token = ""  # answered: a duplicate answer must not count twice
         self.router_epoch = data.get("router_epoch", self.router_epoch)
         self._origin = data.get("origin", self._origin)
         head = data.get("head", 0)
         if any(self._subs.values()) and self._stream.expected is None \
                 and self._pending_start is None:
             self._stream.start_at(int(head) + 1, self.router_epoch, self._origin)
-        resent = self._outbox.rewind()
-        self.counters["resent"] += resent
-        self._last_progress = time.monotonic()
-        log.debug("%s: synced with router epoch %s, head %s, resending %d", self.name,
-                  self.router_epoch, head, resent)
-        self._flush()
+        elif self._stream.origin is None and self._stream.router_epoch == self.router_epoch:
+            self._stream.origin = self._origin
+        if not was_synced:
+            resent = self._outbox.rewind()
+            self.counters["resent"] += resent
+            self._last_progress = time.monotonic()
+            log.debug("%s: synced with router epoch %s, head %s, resending %d", self.name,
+                      self.router_epoch, head, resent)
+            self._flush()
+            for req in self._requests.values():
+                req.next_retry = 0.0  # re-send commands promptly after a (re)sync
         self._start_pending()
-        for req in self._requests.values():
-            req.next_retry = 0.0  # re-send commands promptly after a (re)sync
 
     # ---------------------------------------------------------------- replay
 
@@ -527,9 +564,12 @@ class Bus:
                 frames = self._dealer.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if not frames or frames[0] != self._replay_token:
-                continue  # an answer to a replay we already gave up on
-            self._replay_token = None
+            if len(frames) < 2 or not frames[0].startswith(b"r"):
+                continue  # not an answer to a replay of ours
+            if frames[0] == self._replay_token:
+                self._replay_token = None
+            # a late answer to a request we re-asked is still good: the stream skips what
+            # it already has
             try:
                 header, items = parse_reply(frames[1:])
             except BusError as exc:
@@ -554,6 +594,7 @@ class Bus:
             self._route(item, out)
         if not header.get("more"):
             self._catching_up = False
+        self._awaiting_start = False  # a start probe for a new gapless subscription is out
         self._request_replay(time.monotonic())
 
     def _sync_stream_counters(self) -> None:
@@ -604,9 +645,11 @@ class Bus:
         data: dict[str, Any] = {"command": command, "args": dict(args or {})}
         if argv:
             data["argv"] = list(argv)
+        if self._pub is None:
+            raise BusError("request() on a Bus that is not connected (call connect() first)")
         req = Request(id=envmod.new_id(), actor=topics.check_name(actor, "actor"),
                       command=command, data=data, deadline=time.time() + timeout,
-                      callback=callback)
+                      callback=callback, expires=time.monotonic() + timeout)
         self._requests[req.id] = req
         self.counters["requests"] += 1
         self._send_request(req, time.monotonic())
@@ -618,9 +661,8 @@ class Bus:
         req.next_retry = now + min(RETRY_MAX, RETRY_FIRST * 2**req.retries)
 
     def _tick_requests(self, now: float) -> None:
-        wall = time.time()
         for req in list(self._requests.values()):
-            if wall >= req.deadline:
+            if now >= req.expires:
                 self.counters["request_timeouts"] += 1
                 self._finish(req, error=f"no reply from {req.actor} to {req.command!r} within "
                                         f"{now - req.started:.1f} s")
@@ -634,7 +676,11 @@ class Bus:
         self._requests.pop(req.id, None)
         req.reply, req.error = reply, error
         if req.callback is not None:
-            req.callback(req)
+            try:
+                req.callback(req)
+            except Exception:  # runs inside handle(): must not cost the batch's deliveries
+                log.exception("%s: callback of request %s (%s %s) failed", self.name, req.id,
+                              req.actor, req.command)
 
     def request(self, actor: str, command: str, args: dict[str, Any] | None = None,
                 timeout: float = 5.0, argv: list[str] | None = None) -> Envelope:

@@ -238,6 +238,8 @@ def _validate_kind_fields(env: Envelope) -> None:
             topics.check_topic(env.reply_to)
         except TopicError as exc:
             raise EnvelopeError(f"reply_to: {exc}") from None
+        if not env.reply_to.startswith(topics.REPLY + "."):
+            raise EnvelopeError(f"reply_to {env.reply_to!r} is not a rep.<client> topic")
         if env.deadline is not None and not math.isfinite(env.deadline):
             raise EnvelopeError("deadline is not a finite number")
     elif env.reply_to is not None or env.deadline is not None:

@@ -110,6 +110,12 @@ class Outbox:
         return count
 
     @property
+    def first_seq(self) -> int | None:
+        """The oldest seq still held (sent or not), None when empty."""
+        queue = self._inflight or self._waiting
+        return queue[0].seq if queue else None
+
+    @property
     def inflight(self) -> int:
         return len(self._inflight)
 

@@ -65,6 +65,9 @@ class _Gap:
     opened: float  # monotonic
 
 
+RESYNC_EVERY_S: Final = 0.25  # at most one resync request per source per this
+
+
 class _RateLimit:
     """Token bucket: `allow()` is true at most `rate` times per second (burst `rate`)."""
 
@@ -105,13 +108,14 @@ class Router:
         self._pending: list[tuple[bytes, bytes, bytes]] = []  # egress frames of this batch
         self._touched: dict[SourceKey, None] = {}  # pairs to ack after this batch
         self._gaps: dict[SourceKey, _Gap] = {}
+        self._resync_asked: dict[SourceKey, float] = {}
         self._rules: dict[bytes, ingress.TopicRule] = {}
         self._max_body = config.max_message_bytes
         self._bad_limit = _RateLimit(BAD_REPORTS_PER_S)
         self.counts: dict[str, int] = dict.fromkeys(
             ("received", "journaled", "duplicates", "out_of_order", "gaps_opened", "gaps_lost",
              "gaps_filled", "syncs", "sent", "subscriptions", "unsubscriptions",
-             "subscribers", "replies_dropped"), 0)
+             "subscribers", "replies_dropped", "unknown_source"), 0)
         self.bad: dict[str, int] = dict.fromkeys(_BAD_REASONS, 0)
         self._rates = {"in": 0.0, "out": 0.0}
         self._rate_base = (time.monotonic(), 0, 0)
@@ -277,32 +281,57 @@ class Router:
             if len(self._rules) >= TOPIC_CACHE_MAX:
                 self._rules.clear()
             self._rules[tframe] = rule
-        if len(body) > self._max_body:
-            self._bad("too_large", frames, f"body of {len(body)} bytes is over "
-                      f"max_message_bytes {self._max_body}")
-            return
         try:
             f = ingress.fields(body)
         except EnvelopeError as exc:
-            self._bad(ingress.reason_of(exc), frames, str(exc))
+            if len(body) > self._max_body:
+                self._bad("too_large", frames, f"body of {len(body)} bytes is over "
+                          f"max_message_bytes {self._max_body}")
+            else:
+                self._bad(ingress.reason_of(exc), frames, str(exc))
             return
         topic, need, special = rule
-        src, kind = f[0], f[3]
+        src = f[0]
+        refusal = self._refusal(topic, need, special, f, len(body))
         if special == ingress.SYNC:
             self._sync(f, frames)
-        elif special == ingress.RESERVED or src == SRC:
-            self._bad("reserved", frames, f"{topic} / src {src!r} is the router's own")
-        elif kind != need and (need is not None or kind == "command"):
-            self._bad("kind", frames, f"kind {kind!r} on topic {topic}"
-                      f" (expects {need or 'anything but command'})")
-        elif f[2] == 0:
-            self._bad("seq", frames, "seq 0 is only for ctl.sync probes")
+        elif refusal is not None:
+            self._bad(refusal[0], frames, refusal[1])
+            if f[2] > 0 and src != SRC:
+                self._consume(src, f[1], f[2])
         else:
             self._sequence(tframe, topic, body, (src, f[1]), f[2])
+
+    def _refusal(self, topic: str, need: str | None, special: int, f: ingress.Fields,
+                 size: int) -> tuple[str, str] | None:
+        """(reason, error) when a well-formed envelope breaks an ingress rule, else None."""
+        src, kind, seq = f[0], f[3], f[2]
+        if size > self._max_body:
+            return "too_large", f"body of {size} bytes is over max_message_bytes " \
+                                f"{self._max_body}"
+        if special == ingress.RESERVED or src == SRC:
+            return "reserved", f"{topic} / src {src!r} is the router's own"
+        if kind != need and (need is not None or kind == "command"):
+            return "kind", (f"kind {kind!r} on topic {topic}"
+                            f" (expects {need or 'anything but command'})")
+        if seq == 0 and special != ingress.SYNC:
+            return "seq", "seq 0 is only for ctl.sync probes"
+        return None
+
+    def _consume(self, src: str, epoch: int, seq: int) -> None:
+        """A refused envelope still uses up its seq, so the sender's stream does not stall."""
+        key = (src, epoch)
+        hc = self.journal.sources.get(key)
+        if hc is not None and seq == hc + 1:
+            self.journal.sources.put(key, seq)
+            self._touched[key] = None
 
     def _sequence(self, tframe: bytes, topic: str, body: bytes, key: SourceKey,
                   seq: int) -> None:
         hc = self.journal.sources.get(key)
+        if hc is None and seq != 1:
+            self._ask_resync(key, seq)
+            return
         self._touched[key] = None
         if hc is None or seq == hc + 1:
             self._accept(key, tframe, topic, body, seq)
@@ -353,6 +382,35 @@ class Router:
                 gap.expected, gap.got, f", missing {extra['missing']}" if extra else "")
         self._publish_own(topics.ROUTER_GAP, data)
 
+    def _ask_resync(self, key: SourceKey, seq: int) -> None:
+        """An unknown (src, epoch) not starting at seq 1: this router lost its state (restart
+        without journal, evicted pair). Accepting it would turn the sender's resends of older,
+        unacked seqs into "duplicates"; instead drop it and ask the sender to sync, which tells
+        where its outbox starts."""
+        self.counts["unknown_source"] += 1
+        now = time.monotonic()
+        if now - self._resync_asked.get(key, 0.0) < RESYNC_EVERY_S:
+            return
+        if len(self._resync_asked) > 10_000:
+            self._resync_asked.clear()
+        self._resync_asked[key] = now
+        log.info("unknown source %s epoch %d sent seq %d: asking it to sync", key[0], key[1], seq)
+        self._transient(f"ack.{key[0]}", {"epoch": key[1], "seq": 0, "resync": True})
+
+    def _register(self, key: SourceKey, next_seq: Any) -> None:
+        """The sync probe's `next`: the oldest seq the sender still holds. Below it nothing
+        will ever come again: start an unknown pair there, or declare the rest lost."""
+        if not isinstance(next_seq, int) or isinstance(next_seq, bool) or next_seq < 1:
+            return
+        hc = self.journal.sources.get(key)
+        if hc is None:
+            self.journal.sources.put(key, next_seq - 1)
+        elif hc < next_seq - 1:
+            gap = self._gaps.pop(key, None) or _Gap(hc + 1, next_seq, next_seq, time.monotonic())
+            self.counts["gaps_lost"] += 1
+            self._report_gap(key, gap, "lost", missing=[hc + 1, next_seq - 1])
+            self.journal.sources.put(key, next_seq - 1)
+
     def _sync(self, f: ingress.Fields, frames: list[bytes]) -> None:
         src, epoch, seq, kind, data = f
         token = data.get("token")
@@ -360,6 +418,7 @@ class Router:
             self._bad("sync", frames, "ctl.sync needs kind system, seq 0 and data.token (str)")
             return
         self.counts["syncs"] += 1
+        self._register((src, epoch), data.get("next"))
         self._transient(f"ack.{src}", {
             "sync": token, "head": self.journal.last, "first": self.journal.first,
             "router_epoch": self.router_epoch, "origin": self.journal.origin, "epoch": epoch,

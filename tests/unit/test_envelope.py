@@ -165,6 +165,7 @@ def test_every_kind_is_accepted_with_its_fields(kind: str) -> None:
     ({"kind": "command", "reply_to": ""}, "a command needs reply_to"),
     ({"kind": "command", "reply_to": "rep..c"}, "reply_to: topic 'rep..c' has a bad segment"),
     ({"kind": "command", "reply_to": "rep.c."}, "reply_to: "),
+    ({"kind": "command", "reply_to": "ack.c"}, "is not a rep.<client> topic"),
     ({"kind": "command", "reply_to": "rep.c", "deadline": math.inf}, "deadline is not a finite"),
     ({"kind": "command", "reply_to": "rep.c", "deadline": math.nan}, "deadline is not a finite"),
     ({"kind": "event", "reply_to": "rep.c"}, "reply_to and deadline are only for commands"),
@@ -381,7 +382,7 @@ def envelopes(draw: st.DrawFn) -> Envelope:
     if kind == "reply":
         extra["corr"] = draw(st.text(min_size=1, max_size=40))
     if kind == "command":
-        extra["reply_to"] = draw(valid_topics)
+        extra["reply_to"] = "rep." + draw(valid_topics)
         extra["deadline"] = draw(st.none() | st.floats(allow_nan=False, allow_infinity=False))
     return Envelope(
         id=draw(st.text(min_size=1, max_size=envelope.MAX_ID_CHARS)),
