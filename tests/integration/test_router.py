@@ -487,3 +487,57 @@ def test_router_process_exits_nonzero_when_an_endpoint_is_taken(spawn: Any,
         assert proc.popen.wait(timeout=20) == 1
     out = proc.output()
     assert cfg.egress in out and "router.egress" in out, out
+
+
+# -- sources the router does not know, refused envelopes inside a stream ------------------------
+
+
+def test_unknown_source_not_at_seq_1_is_asked_to_resync(make_router: Any, peers: Any) -> None:
+    """A router that lost its state (restart without journal) must not take a sender's later
+    seq as the start: the older, unacked ones would then count as duplicates and vanish."""
+    cfg, running = make_router()
+    p = peers(cfg)
+    p.sync()  # no `next`: an outside client that never said where it starts
+    p.publish(7)
+    ask = p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("resync"))
+    assert data_of(ask)["epoch"] == 1
+    assert not p.events() and running.router.counts["unknown_source"] >= 1
+    # the sender syncs, saying the oldest seq it still holds, then resends from there
+    p.send(wire.SYNC_TOPIC.encode(), p.body(0, kind="system", data={"token": "t", "next": 5}))
+    answer = p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("sync") == "t")
+    assert data_of(answer)["seq"] == 4
+    for seq in (5, 6, 7):
+        p.publish(seq)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 7)
+    assert [m[1]["seq"] for m in p.events()] == [5, 6, 7]
+
+
+def test_sync_next_past_the_known_seq_declares_the_rest_lost(make_router: Any,
+                                                               peers: Any) -> None:
+    cfg, _ = make_router()
+    p = peers(cfg)
+    p.sync()
+    p.publish(1)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 1)
+    # the sender's outbox overflowed: it no longer holds 2..9
+    p.send(wire.SYNC_TOPIC.encode(), p.body(0, kind="system", data={"token": "u", "next": 10}))
+    gap = p.wait(lambda m: m[0] == "sys.router.gap")
+    assert data_of(gap)["state"] == "lost" and data_of(gap)["missing"] == [2, 9]
+    p.publish(10)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 10)
+
+
+def test_refused_envelope_does_not_stall_its_senders_stream(make_router: Any,
+                                                             peers: Any) -> None:
+    cfg, running = make_router("max_message_bytes = 2000")
+    p = peers(cfg)
+    p.sync()
+    p.publish(1)
+    p.publish(2, data={"pad": "x" * 5000})  # too large: refused, but its seq is used up
+    p.publish(3, topic="sys.router.fake")  # the router's own topic: refused, seq used up
+    p.publish(4)
+    ack = p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 4, timeout=5)
+    assert ack is not None
+    assert [m[1]["seq"] for m in p.events()] == [1, 4]
+    assert running.router.bad["too_large"] == 1 and running.router.bad["reserved"] == 1
+    assert running.router.counts["gaps_opened"] == 0
