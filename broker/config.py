@@ -216,6 +216,10 @@ def parse_site(raw: Mapping[str, Any], path: Path) -> SiteConfig:
                               source)
     router_raw = _table(raw, "router", source)
     security = _table(router_raw, "security", source, "router.security")
+    if security:
+        # Refused rather than ignored: an operator must not believe CURVE is on when it is not.
+        raise ConfigError("router.security", "CURVE security is not implemented yet; remove "
+                          "this table (traffic would be unauthenticated plaintext)", source)
     values = parse_settings(router_raw, ROUTER_SETTINGS, "router", source, ignore=("security",))
     jp = values.pop("journal_path")
     journal = None

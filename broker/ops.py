@@ -1,8 +1,9 @@
 """Operator-side questions answered from the router's journal: who is alive, and why no reply.
 
 Heartbeats (`hb.<actor>`) carry ``data.interval``; a heartbeat older than `STALE_FACTOR` intervals
-means the actor is not running (or cannot reach the router). Used by ``sctl send``,
-``sctl status`` and ``sctl ping``; knows nothing of what the actors drive.
+means the actor is not running (or cannot reach the router), and one saying ``state = stopping``
+was its last. Ages use the sender's clock: across hosts, keep clocks in sync (NTP). Used by
+``sctl send``, ``sctl status`` and ``sctl ping``; knows nothing of what the actors drive.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class Heartbeat:
     actor: str
     age: float  # seconds since it was sent
     data: dict[str, Any]
+
+    @property
+    def alive(self) -> bool:
+        """Fresh and not the last words of an actor that stopped (state "stopping")."""
+        return not self.stale and self.data.get("state") != "stopping"
 
     @property
     def stale(self) -> bool:
@@ -60,5 +66,8 @@ def explain_silence(bus: Bus, actor: str, command: str, waited: float) -> str:
                f"the bus — is it running? (sctl status)"
     if hb.stale:
         return f"{actor}: no heartbeat for {hb.age:.0f} s — is it running? (sctl status)"
+    if not hb.alive:
+        return f"{actor}: stopped {hb.age:.0f} s ago (its last heartbeat said so) — " \
+               f"is it being restarted? (sctl status)"
     return f"{actor} is running (heartbeat {hb.age:.1f} s ago) but did not answer " \
            f"{command!r} within {waited:.1f} s"

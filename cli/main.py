@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
@@ -50,11 +51,15 @@ def site_of(ctx: click.Context) -> SiteConfig:
         _fail(str(exc), EXIT_USAGE)
 
 
-def _bus(site: SiteConfig, wait: float) -> Any:
-    """A connected client Bus, or exit 3 saying the router does not answer."""
+def _bus(site: SiteConfig, wait: float,
+         subscribe: Sequence[tuple[str, int | None]] = ()) -> Any:
+    """A connected client Bus, or exit 3 saying the router does not answer. Subscriptions are
+    made before connecting, so the sync handshake fixes where they start."""
     from broker.bus import Bus, client_name
 
     bus = Bus(site.router, client_name())
+    for prefix, since in subscribe:
+        bus.subscribe(prefix, since=since)
     if not bus.connect(wait=wait):
         bus.close()
         _fail(f"the router at {site.router.connect_url('ingress')} did not answer within "
@@ -226,9 +231,8 @@ def sub(ctx: click.Context, prefixes: tuple[str, ...], count: int | None,
             check_prefix(p)
     except SctlError as exc:
         _fail(str(exc), EXIT_USAGE)
-    bus = _bus(site, timeout if timeout is not None else 5.0)
-    for p in prefixes or ("",):
-        bus.subscribe(p, since=since)
+    bus = _bus(site, timeout if timeout is not None else 5.0,
+               subscribe=[(p, since) for p in prefixes or ("",)])
     end = None if timeout is None else time.monotonic() + timeout
     seen = 0
     try:
@@ -323,7 +327,7 @@ def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
         report["actors"][name] = {
             "type": cfg.type,
             "heartbeat_age": None if hb is None else round(hb.age, 1),
-            "alive": hb is not None and not hb.stale,
+            "alive": hb is not None and hb.alive,
             **({} if hb is None else {k: hb.data.get(k) for k in
                                       ("state", "link", "pid", "host", "uptime", "counters")}),
         }

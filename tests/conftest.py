@@ -19,19 +19,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (held open together, so they cannot repeat)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def write_site(tmp_path: Path, extra: str = "", router_extra: str = "") -> Path:
     """A site file on fresh loopback ports; `extra` is appended (actor tables)."""
     path = tmp_path / "site.toml"
+    ingress, egress, query = free_ports(3)
     path.write_text(
         "[router]\n"
-        f'ingress = "tcp://127.0.0.1:{free_port()}"\n'
-        f'egress = "tcp://127.0.0.1:{free_port()}"\n'
-        f'query = "tcp://127.0.0.1:{free_port()}"\n'
+        f'ingress = "tcp://127.0.0.1:{ingress}"\n'
+        f'egress = "tcp://127.0.0.1:{egress}"\n'
+        f'query = "tcp://127.0.0.1:{query}"\n'
         f"{router_extra}\n{extra}\n",
         encoding="utf-8",
     )

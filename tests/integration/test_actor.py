@@ -126,8 +126,7 @@ def drain(bus: Bus, seconds: float, topic: str = "") -> list[Delivery]:
 
 def send_and_collect(bus: Bus, command: str, args: dict[str, Any],
                      done: Callable[[list[Delivery]], bool]) -> list[Delivery]:
-    """Send a command and collect deliveries until `done` and the reply is in. (Not with
-    `Bus.request`: deliveries that arrive during a blocking request are not kept, see report.)"""
+    """Send a command and collect deliveries until `done` and the reply is in."""
     req = bus.start_request("echo1", command, args, timeout=10.0)
     got = collect(bus, lambda g: req.done and done(g))
     assert req.reply is not None and req.reply.data["status"] == "ok", req.error or req.reply

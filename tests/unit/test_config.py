@@ -63,9 +63,6 @@ journal_max_messages = 10
 journal_fsync = true
 stats_interval = 2          # an integer is accepted where a number is expected
 
-[router.security]
-curve = true
-
 [supervisor]
 hosts = ["a", "b"]
 
@@ -84,7 +81,7 @@ type = "bus-link"
     assert r.journal_fsync is True
     assert r.stats_interval == 2.0 and isinstance(r.stats_interval, float)
     assert r.gap_timeout == 10.0
-    assert r.security == {"curve": True}
+    assert r.security == {}
     assert site.supervisor == {"hosts": ["a", "b"]}
     assert set(site.actors) == {"reader1", "bus-link_2"}
     reader = site.actor("reader1")
@@ -246,6 +243,11 @@ def test_top_level_must_be_tables(tmp_path: Path, key: str) -> None:
     err = error_of(tmp_path, f"{key} = 3\n")
     assert err.path == key
     assert err.reason == "must be a table, got an integer"
+
+
+def test_security_is_refused_until_implemented(tmp_path: Path) -> None:
+    err = error_of(tmp_path, '[router]\n[router.security]\ncurve = true\n')
+    assert err.path == "router.security" and "not implemented" in str(err)
 
 
 def test_security_must_be_a_table(tmp_path: Path) -> None:
