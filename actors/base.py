@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Final
 
 import zmq
 
+from actors import recovery
 from actors.buslog import BusLogHandler
 from actors.commands import (
     CommandError,
@@ -94,6 +95,9 @@ BASE_SETTINGS: Final = (
     Setting("reply_cache_size", int, 1000,
             "finished command ids remembered to answer retries without re-running",
             check=positive),
+    Setting("recover_window", int, 50_000,
+            "journal entries searched at start for this actor's command records (0 = off)",
+            check=non_negative),
 )
 
 
@@ -127,6 +131,7 @@ class Actor:
         self._cmd_topic = topics.command(name)
         self._commands = Dispatcher(self.commands, self, self._send_reply, self._loop,
                                     config["reply_cache_size"], self.counters)
+        self._commands.record = self._record_run
         self._subscriptions: list[tuple[str, Callable[[Delivery], object]]] = []
         self._link = Link(Backoff(config["backoff_min"], config["backoff_max"]),
                           config["link_stable_after"])
@@ -241,7 +246,8 @@ class Actor:
 
     # --- built-in commands ------------------------------------------------------------------
 
-    @command("describe", doc="the actor type, its commands with their parameters, its settings")
+    @command("describe", doc="the actor type, its commands with their parameters, its settings",
+             record=False)
     def cmd_describe(self) -> dict[str, Any]:
         return {
             "name": self.name, "type": self.type_name,
@@ -251,7 +257,7 @@ class Actor:
                          for s in self.declared_settings()],
         }
 
-    @command("ping", doc="liveness: pid, host, uptime, state, link")
+    @command("ping", doc="liveness: pid, host, uptime, state, link", record=False)
     def cmd_ping(self) -> dict[str, Any]:
         status = self._status()
         return {k: status[k] for k in ("type", "pid", "host", "version", "uptime", "state", "link")}
@@ -287,6 +293,8 @@ class Actor:
         if not bus.connect(wait=CONNECT_WAIT):
             log.warning("router not reachable at %s yet; carrying on, the outbox keeps events",
                         self.router.connect_url("ingress"))
+        elif self.config["recover_window"]:
+            self._recover_commands()
         self._heartbeat(schedule=False)
         self.on_start()
         self.state = RUNNING
@@ -348,6 +356,25 @@ class Actor:
 
     def _send_reply(self, env: Envelope, outcome: Outcome) -> None:
         self.bus.reply_to(env, outcome.status, outcome.result, outcome.error)
+
+    def _record_run(self, env: Envelope, name: str, outcome: Outcome | None) -> None:
+        """evt.<name>.run before and after a command runs (see actors.recovery)."""
+        if outcome is None:
+            data = recovery.started_record(env.id, name, env.src, env.deadline)
+        else:
+            data = recovery.done_record(env.id, name, env.src, outcome)
+        self.publish_event(recovery.EVENT, data)
+
+    def _recover_commands(self) -> None:
+        records = recovery.read_back(self.bus, self.name, self.config["recover_window"])
+        if records is None:
+            return
+        done, interrupted = recovery.settle(records, time.time())
+        self._commands.preload(done, interrupted)
+        if interrupted:
+            log.warning("actor %s: %d command(s) were running when the previous process "
+                        "ended; retries of them are refused (outcome unknown): %s", self.name,
+                        len(interrupted), ", ".join(interrupted[:5]))
 
     # --- device link ------------------------------------------------------------------------
 

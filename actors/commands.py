@@ -107,6 +107,7 @@ class CommandSpec:
     params: tuple[Param, ...]
     doc: str
     attr: str
+    record: bool = True  # journal evt.<actor>.run started/done (False: read-only built-ins)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "doc": self.doc, "params": [p.describe() for p in self.params]}
@@ -119,9 +120,10 @@ class CommandSpec:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(name: str, *params: Param, doc: str = "") -> Callable[[F], F]:
+def command(name: str, *params: Param, doc: str = "", record: bool = True) -> Callable[[F], F]:
     """Declare a method as the handler of command `name`; it is called with the params as
-    keyword arguments, already converted. `doc` defaults to the method's docstring."""
+    keyword arguments, already converted. `doc` defaults to the method's docstring. `record`
+    False skips the evt.<actor>.run records, for commands that change nothing."""
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise ValueError(f"command {name}: duplicate parameter names {names}")
@@ -134,7 +136,8 @@ def command(name: str, *params: Param, doc: str = "") -> Callable[[F], F]:
 
     def mark(func: F) -> F:
         text = doc or (func.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        setattr(func, COMMAND_ATTR, CommandSpec(name, tuple(params), text, func.__name__))
+        setattr(func, COMMAND_ATTR, CommandSpec(name, tuple(params), text, func.__name__,
+                                                record))
         return func
 
     return mark
@@ -397,6 +400,8 @@ class Dispatcher:
         self.clock = clock
         self.current: Envelope | None = None
         self.stopping = False
+        # (command envelope, command name, None when starting / the outcome when done)
+        self.record: Callable[[Envelope, str, Outcome | None], object] | None = None
         for key in ("commands", "command_errors", "command_duplicates", "command_expired"):
             counters.setdefault(key, 0)
 
@@ -439,6 +444,8 @@ class Dispatcher:
             self._finish(env, Outcome("error", None, str(exc)))
             return
         self.counters["commands"] += 1
+        if spec.record and self.record is not None:
+            self.record(env, spec.name, None)  # before the side effect, for restart recovery
         self.current = env
         try:
             result = getattr(self.target, spec.attr)(**kwargs)
@@ -451,34 +458,50 @@ class Dispatcher:
         finally:
             self.current = None
         if isinstance(result, Deferred):
-            self._adopt(env, spec.name, result)
+            self._adopt(env, spec, result)
         else:
-            self._finish(env, result if isinstance(result, Outcome) else Outcome("ok", result, ""))
+            outcome = result if isinstance(result, Outcome) else Outcome("ok", result, "")
+            self._finish(env, outcome, spec)
 
-    def _adopt(self, env: Envelope, name: str, deferred: Deferred) -> None:
+    def _adopt(self, env: Envelope, spec: CommandSpec, deferred: Deferred) -> None:
         timer: list[Cancellable] = []
+        name = spec.name
         done = deferred._adopt(self.loop,
-                               lambda outcome: self._deferred_done(env, outcome, timer))
+                               lambda outcome: self._deferred_done(env, outcome, timer, spec))
         if done is not None:
-            self._finish(env, done)
+            self._finish(env, done, spec)
             return
         self.running[env.id] = deferred
         if env.deadline is not None:
             timer.append(self.loop.call_later(env.deadline - self.clock(), deferred.fail,
                                               f"{name}: no result by the command's deadline"))
 
-    def _deferred_done(self, env: Envelope, outcome: Outcome, timer: list[Cancellable]) -> None:
+    def _deferred_done(self, env: Envelope, outcome: Outcome, timer: list[Cancellable],
+                       spec: CommandSpec) -> None:
         self.running.pop(env.id, None)
         for handle in timer:
             handle.cancel()
-        self._finish(env, outcome)
+        self._finish(env, outcome, spec)
 
-    def _finish(self, env: Envelope, outcome: Outcome) -> None:
+    def _finish(self, env: Envelope, outcome: Outcome, ran: CommandSpec | None = None) -> None:
         """Reply, and remember the reply so a retry of `env` gets it without running again."""
         outcome = self._send(env, outcome)
         self.replies.put(env.id, outcome)
         if outcome.status != "ok":
             self.counters["command_errors"] += 1
+        if ran is not None and ran.record and self.record is not None:
+            self.record(env, ran.name, outcome)
+
+    def preload(self, done: Mapping[str, Outcome], interrupted: Sequence[str]) -> None:
+        """Outcomes a previous incarnation of this actor recorded (read back from the journal
+        at start): a retry of a finished command gets its reply again; one that was running
+        when the process died is answered without being run a second time."""
+        for command_id, outcome in done.items():
+            self.replies.put(command_id, outcome)
+        for command_id in interrupted:
+            self.replies.put(command_id, Outcome(
+                "error", None, "the actor restarted while this command was running; its "
+                "outcome is unknown, so it is not run again"))
 
     def _send(self, env: Envelope, outcome: Outcome) -> Outcome:
         try:

@@ -1,0 +1,84 @@
+"""Exactly-once across a crash: the actor process is SIGKILLed and supervisord-style restarted;
+retries of its commands are answered from its journaled records, never run twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.bus import Bus, Delivery
+from broker.config import load_site
+from tests.conftest import Proc, write_site
+from tests.support.echo import EchoServer
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def device() -> Iterator[EchoServer]:
+    server = EchoServer().start()
+    yield server
+    server.close()
+
+
+def ask(bus: Bus, got: list[Delivery], command: str, args: dict[str, object], cid: str,
+        timeout: float = 20) -> dict[str, object]:
+    """Publish command `cid` (same id every time, as a requester's retries are) until its reply
+    comes back."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        bus.publish("cmd.echo1", "command", {"command": command, "args": args}, id=cid,
+                    reply_to="rep.tester", deadline=time.time() + 60)
+        resend = time.monotonic() + 1.0
+        while time.monotonic() < resend:
+            got += bus.poll(0.1)
+            for d in got:
+                if d.topic == "rep.tester" and d.envelope.corr == cid:
+                    return dict(d.envelope.data)
+    raise AssertionError(f"no reply to {cid}; got {[d.topic for d in got]}")
+
+
+def wait_topic(bus: Bus, got: list[Delivery], pred: Callable[[Delivery], bool],
+               timeout: float = 20) -> Delivery:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got += bus.poll(0.2)
+        for d in got:
+            if pred(d):
+                return d
+    raise AssertionError(f"not seen; got {[d.topic for d in got]}")
+
+
+def test_retries_after_a_crash_are_not_run_again(tmp_path: Path, device: EchoServer,
+                                                  spawn: Callable[..., Proc]) -> None:
+    site_path = write_site(tmp_path, '[actors.echo1]\ntype = "tests.support.actors:EchoActor"\n'
+                           f"port = {device.port}\nheartbeat_interval = 0.2\n")
+    spawn("-c", str(site_path), "router", name="router")
+    actor = spawn("-c", str(site_path), "actor", "echo1", name="echo1")
+    bus = Bus(load_site(site_path).router, "tester")
+    bus.subscribe("rep.tester")
+    bus.subscribe("evt.echo1.run")
+    assert bus.connect(wait=15)
+    got: list[Delivery] = []
+    try:
+        assert ask(bus, got, "add", {"a": 2}, "cmd-a") == {"status": "ok", "result": 3,
+                                                           "error": ""}
+        bus.publish("cmd.echo1", "command", {"command": "slow", "args": {"seconds": 30}},
+                    id="cmd-b", reply_to="rep.tester", deadline=time.time() + 60)
+        wait_topic(bus, got, lambda d: d.topic == "evt.echo1.run"
+                   and d.envelope.data["id"] == "cmd-b")  # started, journaled
+        assert actor.kill() != 0  # SIGKILL mid-command
+        actor.start()
+        got.clear()
+        # a retry of the finished command, then of the interrupted one
+        assert ask(bus, got, "add", {"a": 2}, "cmd-a") == {"status": "ok", "result": 3,
+                                                           "error": ""}
+        reply = ask(bus, got, "slow", {"seconds": 30}, "cmd-b")
+        assert reply["status"] == "error" and "not run again" in str(reply["error"])
+        runs = ask(bus, got, "runs", {}, "cmd-runs")["result"]
+        assert isinstance(runs, dict) and "cmd-a" not in runs and "cmd-b" not in runs
+    finally:
+        bus.close()

@@ -1,0 +1,61 @@
+"""Command records (evt.<actor>.run) and their read-back: exactly-once across restarts."""
+
+from __future__ import annotations
+
+from actors.commands import Outcome
+from actors.recovery import done_record, settle, started_record
+from tests.unit.test_actor_parts import Harness, cmd
+
+
+def test_dispatcher_records_start_before_running_and_outcome_after() -> None:
+    h = Harness()
+    seen: list[tuple[str, str, Outcome | None, list[str]]] = []
+    h.d.record = lambda env, name, outcome: seen.append((env.id, name, outcome,
+                                                         list(h.target.calls)))
+    h.d.dispatch(cmd("add", a=2))
+    assert seen[0] == ("c1", "add", None, [])  # recorded before the handler ran
+    assert seen[1][:3] == ("c1", "add", Outcome("ok", 3, ""))
+
+
+def test_deferred_is_recorded_when_it_settles() -> None:
+    h = Harness()
+    seen: list[Outcome | None] = []
+    h.d.record = lambda env, name, outcome: seen.append(outcome)
+    h.d.dispatch(cmd("later"))
+    assert seen == [None]
+    assert h.target.deferred is not None
+    h.target.deferred.resolve("fine")
+    assert seen == [None, Outcome("ok", "fine", "")]
+
+
+def test_rejected_commands_are_not_recorded() -> None:
+    h = Harness()
+    seen: list[object] = []
+    h.d.record = lambda *a: seen.append(a)
+    h.d.dispatch(cmd("nope"))
+    h.d.dispatch(cmd("add", id="late", deadline=1.0, a=1))
+    assert seen == []
+
+
+def test_settle_finished_interrupted_and_expired() -> None:
+    done = Outcome("ok", 3, "")
+    records = [
+        started_record("a", "add", "sctl-x", 200.0), done_record("a", "add", "sctl-x", done),
+        started_record("b", "slow", "sctl-x", 200.0),  # died while running
+        started_record("c", "slow", "sctl-x", 50.0),  # died, but its deadline is past
+        started_record("d", "open", "sctl-x", None),  # no deadline: a retry may still come
+        {"state": "started"}, {"id": 5},  # malformed records are skipped
+    ]
+    finished, interrupted = settle(records, now=100.0)
+    assert finished == {"a": done}
+    assert sorted(interrupted) == ["b", "d"]
+
+
+def test_preloaded_outcomes_answer_retries_without_running() -> None:
+    h = Harness()
+    h.d.preload({"a": Outcome("ok", 3, "")}, ["b"])
+    h.d.dispatch(cmd("add", id="a", a=100))
+    h.d.dispatch(cmd("later", id="b"))
+    assert h.target.calls == []
+    assert h.sent[0] == ("a", Outcome("ok", 3, ""))
+    assert h.sent[1][1].status == "error" and "not run again" in h.sent[1][1].error
