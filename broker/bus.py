@@ -50,6 +50,13 @@ SYNC_MAX: Final = 0.5
 RETRY_FIRST: Final = 0.25  # command re-publish interval; doubles up to RETRY_MAX
 RETRY_MAX: Final = 1.0
 REPLAY_TIMEOUT: Final = 5.0  # re-ask after this; a late answer is still used
+RULE_CACHE: Final = 4096  # topics whose ingress rule is remembered
+# pyzmq's C-level send/recv: its Python-level wrappers cost about 1 us per frame
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+_MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+_LAST: Final = int(zmq.NOBLOCK)
 HEARTBEAT_IVL_MS: Final = 1000  # ZMTP heartbeats: a dead peer or half-open TCP is noticed
 HEARTBEAT_TIMEOUT_MS: Final = 4000
 RECV_BATCH: Final = 2000  # messages drained per socket per handle(), for fairness
@@ -159,6 +166,7 @@ class Bus:
         self._catching_up = False
         self._awaiting_start = False  # a start probe for a new gapless subscription is out
         self._stash: list[Delivery] = []  # deliveries that arrived inside blocking calls
+        self._rules: dict[bytes, ingress.TopicRule] = {}
         self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
         self._origin: int | None = None  # router epoch that started the gseq numbering
         self.counters: dict[str, int] = dict.fromkeys((
@@ -228,7 +236,14 @@ class Bus:
         not allowed on it, reserved topic, body over max_message_bytes) before a seq is used:
         a refused envelope must not leave a hole in this sender's stream.
         """
-        _, need, special = ingress.topic_rule(topic.encode())
+        tframe = topic.encode()
+        rule = self._rules.get(tframe)
+        if rule is None:
+            rule = ingress.topic_rule(tframe)
+            if len(self._rules) >= RULE_CACHE:
+                self._rules.clear()
+            self._rules[tframe] = rule
+        _, need, special = rule
         if special != ingress.NORMAL:
             raise TopicError(f"{topic} is reserved for the router")
         if kind != need and (need is not None or kind == "command"):
@@ -243,7 +258,7 @@ class Bus:
         self.counters["published"] += 1
         if not self._outbox.inflight and not self._outbox.waiting:
             self._last_progress = time.monotonic()
-        overflow = self._outbox.add(Entry(env.seq, topic.encode(), body))
+        overflow = self._outbox.add(Entry(env.seq, tframe, body))
         if overflow is not None:
             self._on_overflow(overflow.dropped, overflow.first_seq, overflow.new_episode)
         self._flush()
@@ -288,12 +303,15 @@ class Bus:
         if not self.synced or self._pub is None or self._blocked:
             return
         entry = self._outbox.next_unsent()
+        pub = self._pub
         while entry is not None:
             try:
-                self._pub.send_multipart((entry.topic, entry.body), flags=zmq.NOBLOCK)
+                # XPUB_NODROP refuses at a message's first frame only, never mid-message
+                _send(pub, entry.topic, _MORE)
             except zmq.Again:
                 self._blocked = True  # pipe full: POLLOUT in pollables() resumes us
                 return
+            _send(pub, entry.body, _LAST)
             self._outbox.mark_sent()
             self.counters["sent"] += 1
             entry = self._outbox.next_unsent()
@@ -433,12 +451,15 @@ class Bus:
     # ---------------------------------------------------------------- receiving
 
     def _drain_sub(self, out: list[Delivery]) -> None:
-        assert self._sub is not None
+        sub = self._sub
+        assert sub is not None
         for _ in range(RECV_BATCH):
             try:
-                frames = self._sub.recv_multipart(flags=zmq.NOBLOCK)
+                frames = [_recv(sub, _LAST)]
             except zmq.Again:
                 return
+            while _get(sub, zmq.RCVMORE):
+                frames.append(_recv(sub, 0))
             self._on_frames(frames, out)
 
     def _on_frames(self, frames: list[bytes], out: list[Delivery]) -> None:
