@@ -130,29 +130,34 @@ class Stream(Generic[T]):
             self.lost += evicted
             self.expected += evicted
         out: list[T] = settled
+        held = sorted(self._held)  # one ascending walk over what live delivery is holding
+        at = 0
         for item in items:
             if item.gseq < self.expected:
                 continue
             # Entries between matches did not match the prefixes: skipping them is not a loss.
-            self._release_below(item.gseq, out)
+            at = self._release_below(item.gseq, held, at, out)
             self.expected = item.gseq + 1
             self._held.pop(item.gseq, None)
             out.append(item)
             self.filled += 1
-        self._release_below(next_gseq, out)
+        self._release_below(next_gseq, held, at, out)
         if next_gseq > self.expected:
             self.expected = next_gseq
         return self._advance_held(out)
 
-    def _release_below(self, gseq: int, out: list[T]) -> None:
-        """Held live messages below `gseq` (and at/after `expected`) go out first, in order."""
+    def _release_below(self, gseq: int, held: list[int], at: int, out: list[T]) -> int:
+        """Held live messages below `gseq` go out first, in order; returns the new position
+        in `held` (its sorted keys)."""
         assert self.expected is not None
-        for g in sorted(k for k in self._held if k < gseq):
-            if g >= self.expected:
-                out.append(self._held.pop(g))
+        while at < len(held) and held[at] < gseq:
+            g = held[at]
+            at += 1
+            item = self._held.pop(g, None)
+            if item is not None and g >= self.expected:
+                out.append(item)
                 self.expected = g + 1
-            else:
-                del self._held[g]
+        return at
 
     def _advance_held(self, out: list[T]) -> list[T]:
         assert self.expected is not None
