@@ -29,7 +29,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -198,10 +198,22 @@ class Bus:
         self._probe(time.monotonic())
         if wait > 0:
             deadline = time.monotonic() + wait
-            while not self.synced and time.monotonic() < deadline:
-                got = self._poll_once(min(0.05, wait))
-                self._stash.extend(got)  # handle() swaps _stash: bind it after the call
+            with self._stashing() as got:
+                while not self.synced and time.monotonic() < deadline:
+                    got.extend(self._poll_once(min(0.05, wait)))
         return self.synced
+
+    @contextlib.contextmanager
+    def _stashing(self) -> Iterator[list[Delivery]]:
+        """Deliveries that arrive during a blocking call, kept for the next poll()/handle().
+        Collected apart from the stash until the call ends: a non-empty stash makes
+        next_deadline() "now", which would turn the blocking call into a busy loop."""
+        earlier, self._stash = self._stash, []
+        got: list[Delivery] = []
+        try:
+            yield got
+        finally:
+            self._stash = earlier + self._stash + got
 
     def _socket(self, kind: int, url: str) -> zmq.Socket[bytes]:
         s: zmq.Socket[bytes] = self._ctx.socket(kind)
@@ -221,9 +233,9 @@ class Bus:
     def flush(self, timeout: float) -> bool:
         """Pump until every published envelope is acked, for up to `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while len(self._outbox) and time.monotonic() < deadline:
-            got = self._poll_once(max(0.0, min(0.05, deadline - time.monotonic())))
-            self._stash.extend(got)
+        with self._stashing() as got:
+            while len(self._outbox) and time.monotonic() < deadline:
+                got.extend(self._poll_once(max(0.0, min(0.05, deadline - time.monotonic()))))
         return len(self._outbox) == 0
 
     # ---------------------------------------------------------------- publishing
@@ -318,7 +330,9 @@ class Bus:
 
     def _probe(self, now: float) -> None:
         assert self._pub is not None
-        self._sync_token = os.urandom(8).hex()
+        # One token per sync episode: an answer slower than the probe interval still counts.
+        if not self._sync_token:
+            self._sync_token = os.urandom(8).hex()
         held = self._outbox.first_seq
         env = envmod.make(self.name, self.epoch, 0, "system", {
             "token": self._sync_token, "next": self._seq + 1 if held is None else held})
@@ -332,6 +346,7 @@ class Bus:
         if self.synced:
             log.info("%s: re-synchronising with the router (%s)", self.name, why)
         self.synced = False
+        self._sync_token = ""  # a new episode: answers to older probes no longer count
         self._sync_interval = SYNC_FIRST
         self._next_sync = 0.0
 
@@ -355,6 +370,8 @@ class Bus:
                     and since is None and self.synced:
                 # the answer's head, taken when the probe reaches the router, is the start
                 self._awaiting_start = True
+                self._sync_token = ""
+                self._sync_interval = SYNC_FIRST
                 self._probe(time.monotonic())
             self._start_pending()
 
@@ -422,7 +439,7 @@ class Bus:
         if self._stash:
             return time.monotonic()  # deliveries from a blocking call wait in the stash
         t = time.monotonic() + 1.0
-        if not self.synced:
+        if not self.synced or self._awaiting_start:
             t = min(t, self._next_sync)
         elif self._outbox.inflight:
             t = min(t, self._last_progress + self.resend_after)
@@ -437,7 +454,7 @@ class Bus:
         if self._pub is None:
             return
         now = time.monotonic()
-        if not self.synced:
+        if not self.synced or self._awaiting_start:
             if now >= self._next_sync:
                 self._probe(now)
         elif self._outbox.inflight and now - self._last_progress >= self.resend_after:
@@ -481,7 +498,11 @@ class Bus:
             return
         if any(self._subs.values()):
             if self._stream.expected is None and (not self.synced or self._awaiting_start):
-                return  # the sync answer says where this subscriber starts; replay covers it
+                # the sync answer says where this subscriber starts; replay covers the rest.
+                # Replies to our own requests must not wait for that.
+                if d.topic == self._reply_topic:
+                    self._route(d, out)
+                return
             ready = self._stream.on_live(d)
             self._sync_stream_counters()
             if self._stream.wanted() is not None and self._replay_token is None:
@@ -587,29 +608,37 @@ class Bus:
                 return
             if len(frames) < 2 or not frames[0].startswith(b"r"):
                 continue  # not an answer to a replay of ours
-            if frames[0] == self._replay_token:
+            current = frames[0] == self._replay_token
+            if current:
                 self._replay_token = None
-            # a late answer to a request we re-asked is still good: the stream skips what
-            # it already has
             try:
                 header, items = parse_reply(frames[1:])
             except BusError as exc:
                 log.warning("%s: bad replay answer: %s", self.name, exc)
                 continue
-            self._on_replay(header, items, out)
+            self._on_replay(header, items, out, current)
 
     def _on_replay(self, header: dict[str, Any], items: list[Delivery],
-                   out: list[Delivery]) -> None:
+                   out: list[Delivery], current: bool) -> None:
+        """Merge a replay answer. A late answer (to a request already re-asked) still gives
+        its entries, but its `next` and the evicted count are left to the current request."""
         if not header.get("ok"):
             log.warning("%s: replay refused by the router: %s", self.name, header.get("error"))
             return
-        evicted = int(header.get("evicted", 0))
+        if not current:
+            ready = self._stream.on_replay(items, 0, 0)
+            self._sync_stream_counters()
+            for item in ready:
+                self._route(item, out)
+            return
+        first = int(header.get("first", 1) or 1)
+        expected = self._stream.expected or first
+        evicted = max(0, first - expected) if header.get("evicted") else 0
         if evicted:
             log.warning("%s: %d message(s) were evicted from the router journal before this "
                         "subscriber could fetch them — lost to it", self.name, evicted)
         ready = self._stream.on_replay(items, int(header.get("next", 0)), evicted,
-                                       header.get("router_epoch"), header.get("origin"),
-                                       int(header.get("first", 1) or 1))
+                                       header.get("router_epoch"), header.get("origin"), first)
         self._sync_stream_counters()
         for item in ready:
             self._route(item, out)
@@ -707,9 +736,9 @@ class Bus:
                 timeout: float = 5.0, argv: list[str] | None = None) -> Envelope:
         """Blocking command round trip; raises RequestTimeout when no reply came in time."""
         req = self.start_request(actor, command, args, timeout, argv=argv)
-        while not req.done:
-            got = self._poll_once(0.05)
-            self._stash.extend(got)
+        with self._stashing() as got:
+            while not req.done:
+                got.extend(self._poll_once(0.05))
         if req.reply is None:
             raise RequestTimeout(req.error or "no reply", actor, command,
                                  time.monotonic() - req.started)

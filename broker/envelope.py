@@ -167,9 +167,6 @@ def decode(raw: bytes) -> Envelope:
     unknown = set(obj) - _REQUIRED.keys() - _OPTIONAL.keys()
     if unknown:
         raise EnvelopeError(f"unknown keys {sorted(map(str, unknown))}", raw)
-    if not _check_plain(obj["data"], 0):
-        raise EnvelopeError("data holds a msgpack timestamp or nests deeper than "
-                            f"{MAX_DEPTH} levels", raw)
     try:
         return Envelope(
             id=obj["id"],
@@ -222,6 +219,9 @@ def _validate(env: Envelope) -> None:
         raise EnvelopeError(f"kind {env.kind!r} is not one of {sorted(KINDS)}")
     if not all(isinstance(k, str) for k in env.data):
         raise EnvelopeError("data keys must be strings")
+    if not _check_plain(env.data, 0):
+        raise EnvelopeError(f"data holds a timestamp/datetime or nests deeper than {MAX_DEPTH} "
+                            "levels")
     _validate_kind_fields(env)
 
 

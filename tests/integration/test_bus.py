@@ -215,6 +215,7 @@ def test_router_restart_without_journal_loses_no_unacked_envelope(router_factory
     sub = Collector(site_path, "evt.load.", 10**9, stop_at=last)
     sub.start()  # subscribes before it connects, while this thread keeps publishing
     acked_at_kill = 0
+    kill_at = max(kill_at, 1)
     for i in range(n):
         bus.publish("evt.load.n", "event", {"i": i})
         if i % 100 == 0:
@@ -222,6 +223,7 @@ def test_router_restart_without_journal_loses_no_unacked_envelope(router_factory
         if i > kill_at:
             time.sleep(0.0005)  # keep publishing while the new router comes up
         if i == kill_at:  # the router dies with messages in its buffers, unacked
+            assert sub.ready.wait(15) and sub.error is None, sub.error
             acked_at_kill = bus._outbox.acked  # seq of i is i + 1
             router.kill()
             router.start()
@@ -235,5 +237,104 @@ def test_router_restart_without_journal_loses_no_unacked_envelope(router_factory
     never_acked = {i for i in range(n) if i + 1 > acked_at_kill}
     assert never_acked - got == set(), f"lost unacked: {sorted(never_acked - got)[:20]}"
     assert set(range(n, last + 1)) <= got
-    assert sub.counters["resets"] >= 1
+    bus.close()
+
+
+def test_publish_refuses_what_the_router_would_refuse_without_using_a_seq(tmp_path: Path) -> None:
+    """A refused envelope must not leave a hole in the sender's stream: checked before a seq."""
+    from broker.errors import EnvelopeError, TopicError
+
+    site = load_site(write_site(tmp_path, router_extra="max_message_bytes = 1000"))
+    bus = Bus(site.router, "checker")
+    deep: dict[str, object] = {}
+    for _ in range(40):
+        deep = {"d": deep}
+    with pytest.raises(TopicError):
+        bus.publish("sys.router.stats", "system", {})
+    with pytest.raises(TopicError):
+        bus.publish("ack.someone", "system", {})
+    with pytest.raises(EnvelopeError, match=r"kind 'event' may not be published on cmd\.x"):
+        bus.publish("cmd.x", "event", {})
+    with pytest.raises(EnvelopeError, match="max_message_bytes"):
+        bus.publish("evt.x.big", "event", {"pad": "x" * 2000})
+    with pytest.raises(EnvelopeError, match="nests deeper"):
+        bus.publish("evt.x.deep", "event", deep)
+    with pytest.raises(EnvelopeError, match=r"rep\.<client>"):
+        bus.publish("cmd.x", "command", {}, reply_to="ack.x")
+    assert bus.publish("evt.x.ok", "event", {}).seq == 1
+
+
+def test_subscription_after_connect_survives_a_lost_start_probe(router_factory,
+                                                                monkeypatch) -> None:
+    site_path, _ = router_factory()
+    bus = Bus(load_site(site_path).router, "late-subscriber")
+    assert bus.connect(wait=10)
+    real_probe = Bus._probe
+    dropped = []
+
+    def lossy_probe(self: Bus, now: float) -> None:
+        if not dropped:  # the first start probe never reaches the router
+            dropped.append(now)
+            self._next_sync = now + 0.05
+            return
+        real_probe(self, now)
+
+    monkeypatch.setattr(Bus, "_probe", lossy_probe)
+    bus.subscribe("evt.after.")
+    other = Bus(load_site(site_path).router, "talker")
+    assert other.connect(wait=10)
+    got: list[Delivery] = []
+    for i in range(5):
+        other.publish("evt.after.n", "event", {"i": i})
+        other.flush(5)
+        got += bus.poll(0.3)
+    end = time.monotonic() + 10
+    while len(got) < 5 and time.monotonic() < end:
+        got += bus.poll(0.2)
+    assert dropped, "the fault was not injected"
+    assert [d.envelope.data["i"] for d in got][-3:] == [2, 3, 4]
+    other.close()
+    bus.close()
+
+
+def test_a_raising_request_callback_loses_no_delivery(router_factory) -> None:
+    site_path, _ = router_factory()
+    bus = Bus(load_site(site_path).router, "cb-owner")
+    bus.subscribe("evt.cb.")
+    assert bus.connect(wait=10)
+
+    def explode(req: object) -> None:
+        raise RuntimeError("callback bug")
+
+    bus.start_request("nobody", "ping", timeout=0.3, callback=explode)
+    bus.publish("evt.cb.n", "event", {"i": 1})
+    got: list[Delivery] = []
+    end = time.monotonic() + 5
+    while time.monotonic() < end and not got:
+        got += bus.poll(0.1)
+    time.sleep(0.4)  # the request's deadline passes; its callback raises inside poll()
+    bus.publish("evt.cb.n", "event", {"i": 2})
+    end = time.monotonic() + 5
+    while time.monotonic() < end and len(got) < 2:
+        got += bus.poll(0.1)
+    assert [d.envelope.data["i"] for d in got] == [1, 2]
+    bus.close()
+
+
+def test_blocking_request_does_not_spin_while_deliveries_wait(router_factory) -> None:
+    site_path, _ = router_factory()
+    bus = Bus(load_site(site_path).router, "spinner")
+    bus.subscribe("evt.spin.")
+    assert bus.connect(wait=10)
+    bus.publish("evt.spin.n", "event", {})
+    assert bus.flush(5)  # the delivery now waits in the stash for the next poll()
+    cpu, wall = time.process_time(), time.monotonic()
+    from broker.errors import RequestTimeout
+
+    with pytest.raises(RequestTimeout):
+        bus.request("nobody", "ping", timeout=1.0)
+    used, took = time.process_time() - cpu, time.monotonic() - wall
+    assert took < 2.0
+    assert used < 0.5 * took, f"busy loop: {used:.2f} s CPU in {took:.2f} s"
+    assert [d.topic for d in bus.poll(0.5)] == ["evt.spin.n"]
     bus.close()
