@@ -95,8 +95,9 @@ BASE_SETTINGS: Final = (
     Setting("reply_cache_size", int, 1000,
             "finished command ids remembered to answer retries without re-running",
             check=positive),
-    Setting("recover_window", int, 50_000,
-            "journal entries searched at start for this actor's command records (0 = off)",
+    Setting("recover_horizon", float, 600.0,
+            "seconds of the router journal searched at start for this actor's command "
+            "records, so a retried command never runs twice across a restart (0 = off)",
             check=non_negative),
 )
 
@@ -132,6 +133,9 @@ class Actor:
         self._commands = Dispatcher(self.commands, self, self._send_reply, self._loop,
                                     config["reply_cache_size"], self.counters)
         self._commands.record = self._record_run
+        self._commands.when_recorded = self._when_recorded
+        self._recovered = not config["recover_horizon"]  # commands wait for the read-back
+        self._next_recovery = 0.0
         self._subscriptions: list[tuple[str, Callable[[Delivery], object]]] = []
         self._link = Link(Backoff(config["backoff_min"], config["backoff_max"]),
                           config["link_stable_after"])
@@ -293,7 +297,7 @@ class Actor:
         if not bus.connect(wait=CONNECT_WAIT):
             log.warning("router not reachable at %s yet; carrying on, the outbox keeps events",
                         self.router.connect_url("ingress"))
-        elif self.config["recover_window"]:
+        else:
             self._recover_commands()
         self._heartbeat(schedule=False)
         self.on_start()
@@ -348,6 +352,12 @@ class Actor:
                 log.warning("actor %s: undecodable command (gseq %d): %s; body %s", self.name,
                             delivery.gseq, exc, delivery.body[:64].hex())
                 return
+            if not self._recover_commands():
+                self.counters["commands_held"] = self.counters.get("commands_held", 0) + 1
+                log.info("actor %s: command %s from %s not run yet: command records not read "
+                         "back (router journal unreachable); the sender retries", self.name,
+                         env.id, env.src)
+                return
             self._commands.dispatch(env)
             return
         for prefix, callback in self._subscriptions:
@@ -357,24 +367,40 @@ class Actor:
     def _send_reply(self, env: Envelope, outcome: Outcome) -> None:
         self.bus.reply_to(env, outcome.status, outcome.result, outcome.error)
 
-    def _record_run(self, env: Envelope, name: str, outcome: Outcome | None) -> None:
-        """evt.<name>.run before and after a command runs (see actors.recovery)."""
+    def _record_run(self, env: Envelope, name: str, outcome: Outcome | None) -> int | None:
+        """evt.<name>.run before and after a command runs (see actors.recovery); returns the
+        started record's seq, which the command waits on (write-ahead)."""
         if outcome is None:
-            data = recovery.started_record(env.id, name, env.src, env.deadline)
-        else:
-            data = recovery.done_record(env.id, name, env.src, outcome)
-        self.publish_event(recovery.EVENT, data)
+            return self.publish_event(
+                recovery.EVENT, recovery.started_record(env.id, name, env.src, env.deadline)).seq
+        try:
+            self.publish_event(recovery.EVENT, recovery.done_record(env.id, name, env.src,
+                                                                    outcome))
+        except EnvelopeError:  # a result too big for the record: keep the outcome without it
+            self.publish_event(recovery.EVENT, recovery.done_record(
+                env.id, name, env.src, outcome._replace(result=None), omitted=True))
+        return None
 
-    def _recover_commands(self) -> None:
-        records = recovery.read_back(self.bus, self.name, self.config["recover_window"])
+    def _when_recorded(self, seq: int, go: Callable[[bool], object]) -> None:
+        self.bus.on_acked(seq, go)
+
+    def _recover_commands(self) -> bool:
+        """Read this actor's recent command records back (at most once a second); until that
+        has worked, commands are not run: they are retried by their senders."""
+        if self._recovered or not self.bus.synced or time.monotonic() < self._next_recovery:
+            return self._recovered
+        self._next_recovery = time.monotonic() + 1.0
+        records = recovery.read_back(self.bus, self.name, self.config["recover_horizon"])
         if records is None:
-            return
+            return False
+        self._recovered = True
         done, interrupted = recovery.settle(records, time.time())
         self._commands.preload(done, interrupted)
         if interrupted:
             log.warning("actor %s: %d command(s) were running when the previous process "
                         "ended; retries of them are refused (outcome unknown): %s", self.name,
                         len(interrupted), ", ".join(interrupted[:5]))
+        return True
 
     # --- device link ------------------------------------------------------------------------
 

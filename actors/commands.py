@@ -400,8 +400,12 @@ class Dispatcher:
         self.clock = clock
         self.current: Envelope | None = None
         self.stopping = False
-        # (command envelope, command name, None when starting / the outcome when done)
-        self.record: Callable[[Envelope, str, Outcome | None], object] | None = None
+        # Write-ahead records (actors.recovery): record(env, name, None) before a command runs
+        # returns a ticket; when_recorded(ticket, go) calls go(True) once it is durable (the
+        # router journaled it), go(False) if it never will be. record(env, name, outcome) after.
+        self.record: Callable[[Envelope, str, Outcome | None], int | None] | None = None
+        self.when_recorded: Callable[[int, Callable[[bool], object]], None] | None = None
+        self.parked: dict[str, Envelope] = {}  # waiting for their started record
         for key in ("commands", "command_errors", "command_duplicates", "command_expired"):
             counters.setdefault(key, 0)
 
@@ -410,7 +414,7 @@ class Dispatcher:
             log.warning("ignoring a %s envelope %s from %s on a command topic", env.kind,
                         env.id, env.src)
             return
-        if env.id in self.running:
+        if env.id in self.running or env.id in self.parked:
             self.counters["command_duplicates"] += 1
             return
         cached = self.replies.get(env.id)
@@ -428,9 +432,12 @@ class Dispatcher:
             self._execute(env)
 
     def fail_running(self, message: str) -> None:
-        """Answer every command still running with `message` (teardown)."""
+        """Answer every command still running or waiting to run with `message` (teardown)."""
         for deferred in list(self.running.values()):
             deferred.fail(message)
+        for env in list(self.parked.values()):
+            self.parked.pop(env.id, None)
+            self._finish(env, Outcome("error", None, f"{message}; not run"))
 
     def _execute(self, env: Envelope) -> None:
         try:
@@ -443,9 +450,34 @@ class Dispatcher:
         except CommandError as exc:
             self._finish(env, Outcome("error", None, str(exc)))
             return
-        self.counters["commands"] += 1
         if spec.record and self.record is not None:
-            self.record(env, spec.name, None)  # before the side effect, for restart recovery
+            ticket = self.record(env, spec.name, None)  # before the side effect
+            if ticket is not None and self.when_recorded is not None:
+                self.parked[env.id] = env
+                self.when_recorded(ticket, lambda ok: self._recorded(env, spec, kwargs, ok))
+                return
+        self._run(env, spec, kwargs)
+
+    def _recorded(self, env: Envelope, spec: CommandSpec, kwargs: dict[str, Any],
+                  ok: bool) -> None:
+        """The started record is journaled (ok) or lost: run the command, or refuse it."""
+        if self.parked.pop(env.id, None) is None:
+            return  # already answered (teardown)
+        late = self.clock() - env.deadline if env.deadline is not None else 0.0
+        if not ok:
+            reason = "the router never journaled its record (outbox overflow)"
+        elif self.stopping:
+            reason = "actor stopping"
+        elif late > 0:
+            self.counters["command_expired"] += 1
+            reason = f"deadline passed {late:.1f} s ago while its record was being journaled"
+        else:
+            self._run(env, spec, kwargs)
+            return
+        self._finish(env, Outcome("error", None, f"{reason}; not run"), spec)
+
+    def _run(self, env: Envelope, spec: CommandSpec, kwargs: dict[str, Any]) -> None:
+        self.counters["commands"] += 1
         self.current = env
         try:
             result = getattr(self.target, spec.attr)(**kwargs)
@@ -484,13 +516,17 @@ class Dispatcher:
         self._finish(env, outcome, spec)
 
     def _finish(self, env: Envelope, outcome: Outcome, ran: CommandSpec | None = None) -> None:
-        """Reply, and remember the reply so a retry of `env` gets it without running again."""
-        outcome = self._send(env, outcome)
-        self.replies.put(env.id, outcome)
-        if outcome.status != "ok":
-            self.counters["command_errors"] += 1
-        if ran is not None and ran.record and self.record is not None:
+        """Record the outcome (before the reply: a retry after a crash must find it), reply,
+        and remember the reply so a retry of `env` gets it without running again."""
+        recorded = ran is not None and ran.record and self.record is not None
+        if recorded and self.record is not None and ran is not None:
             self.record(env, ran.name, outcome)
+        sent = self._send(env, outcome)
+        if sent != outcome and recorded and self.record is not None and ran is not None:
+            self.record(env, ran.name, sent)  # the reply had to change: the later record wins
+        self.replies.put(env.id, sent)
+        if sent.status != "ok":
+            self.counters["command_errors"] += 1
 
     def preload(self, done: Mapping[str, Outcome], interrupted: Sequence[str]) -> None:
         """Outcomes a previous incarnation of this actor recorded (read back from the journal

@@ -10,8 +10,13 @@ records; one that had started but not finished (the process died in between) is 
 an error and never run a second time. Its outcome is unknown; running it again could open a
 door twice.
 
-The read-back scans at most `window` journal entries and `budget` seconds; older commands are
-past any sensible deadline.
+Write-ahead: a command runs only once the router has journaled its ``started`` record, and its
+``done`` record goes out before the reply, so a crash at any point leaves a record saying what
+may have happened.
+
+The read-back covers the journal entries of the last `horizon` seconds (found by a binary search
+on the entries' timestamps), within `READ_BUDGET` seconds; older commands are past any sensible
+deadline. It cannot see past what the router's journal still holds (``journal_max_messages``).
 """
 
 from __future__ import annotations
@@ -38,9 +43,14 @@ def started_record(command_id: str, name: str, sender: str,
             "deadline": deadline}
 
 
-def done_record(command_id: str, name: str, sender: str, outcome: Outcome) -> dict[str, Any]:
-    return {"state": "done", "id": command_id, "command": name, "from": sender,
-            "status": outcome.status, "result": outcome.result, "error": outcome.error}
+def done_record(command_id: str, name: str, sender: str, outcome: Outcome,
+                omitted: bool = False) -> dict[str, Any]:
+    """`omitted`: the result was too big to record; a retry gets the status without it."""
+    record = {"state": "done", "id": command_id, "command": name, "from": sender,
+              "status": outcome.status, "result": outcome.result, "error": outcome.error}
+    if omitted:
+        record["result_omitted"] = True
+    return record
 
 
 def settle(records: Iterable[dict[str, Any]], now: float) -> tuple[dict[str, Outcome], list[str]]:
@@ -62,15 +72,19 @@ def settle(records: Iterable[dict[str, Any]], now: float) -> tuple[dict[str, Out
     return done, interrupted
 
 
-def read_back(bus: Bus, actor: str, window: int,
+def read_back(bus: Bus, actor: str, horizon: float,
               budget: float = READ_BUDGET) -> list[dict[str, Any]] | None:
-    """This actor's records among the newest `window` journal entries; None if unreachable."""
+    """This actor's records journaled in the last `horizon` seconds; None if they could not
+    all be read (router unreachable, or more than `budget` seconds needed)."""
     topic = f"evt.{actor}.{EVENT}"
+    end = time.monotonic() + budget
     try:
         state = bus.state(timeout=min(budget, 2.0))
-        gseq = max(int(state.get("first", 1)), int(state.get("last", 0)) - window + 1, 1)
+        first, last = max(1, int(state.get("first", 1))), int(state.get("last", 0))
+        if last < first:
+            return []
+        gseq = _first_after(bus, first, last, time.time() - horizon, end)
         records: list[dict[str, Any]] = []
-        end = time.monotonic() + budget
         while time.monotonic() < end:
             header, items = bus.query({"op": wire.OP_SINCE, "gseq": gseq, "prefixes": [topic]},
                                       timeout=max(0.1, end - time.monotonic()))
@@ -78,13 +92,31 @@ def read_back(bus: Bus, actor: str, window: int,
             gseq = int(header.get("next", gseq))
             if not header.get("more"):
                 return records
-        log.warning("actor %s: reading back command records took over %.0f s; using the "
-                    "%d found", actor, budget, len(records))
-        return records
-    except (BusError, ValueError, TypeError) as exc:
-        log.warning("actor %s: cannot read back its command records (%s): a command retried "
-                    "across this restart could run twice", actor, exc)
+        log.error("actor %s: reading back its command records takes over %.0f s; commands "
+                  "wait until it succeeds", actor, budget)
         return None
+    except (BusError, ValueError, TypeError, EnvelopeError) as exc:
+        log.warning("actor %s: cannot read back its command records yet (%s); its commands "
+                    "wait until it can", actor, exc)
+        return None
+
+
+def _first_after(bus: Bus, lo: int, hi: int, since: float, end: float) -> int:
+    """The first gseq in lo..hi journaled at or after Unix time `since` (hi + 1 if none).
+    Journal order is arrival order, so timestamps are close to sorted: a binary search on them
+    (a few sender-clock outliers only move the start a little)."""
+    hi += 1
+    while lo < hi and time.monotonic() < end:
+        mid = (lo + hi) // 2
+        _, items = bus.query({"op": wire.OP_SINCE, "gseq": mid, "limit": 1},
+                             timeout=max(0.1, end - time.monotonic()))
+        if not items:
+            return lo  # evicted meanwhile: scan from what is there
+        if items[0].envelope.ts < since:
+            lo = items[0].gseq + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _own(items: list[Delivery], actor: str) -> list[dict[str, Any]]:

@@ -117,6 +117,13 @@ def new_epoch() -> int:
     return time.time_ns() // 1000
 
 
+def _call(callback: Callable[[bool], object], ok: bool) -> None:
+    try:
+        callback(ok)
+    except Exception:  # runs inside handle(): must not cost the batch's deliveries
+        log.exception("ack callback failed")
+
+
 def _liveness(s: zmq.Socket[bytes]) -> None:
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
@@ -169,6 +176,7 @@ class Bus:
         self._rules: dict[bytes, ingress.TopicRule] = {}
         self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
         self._origin: int | None = None  # router epoch that started the gseq numbering
+        self._ack_waiters: dict[int, list[Callable[[bool], object]]] = {}
         self.counters: dict[str, int] = dict.fromkeys((
             "published", "sent", "resent", "acked", "outbox_dropped", "alarms", "sync_probes",
             "router_restarts", "delivered", "gaps", "gap_filled", "lost", "duplicates",
@@ -224,6 +232,7 @@ class Bus:
     def close(self, linger: float = 0.0) -> bool:
         """Wait up to `linger` seconds for the outbox to be acked, then close; True if empty."""
         flushed = self.flush(linger) if linger > 0 else len(self._outbox) == 0
+        self._settle_waiters(self._seq, False)
         for s in (self._pub, self._sub, self._dealer):
             if s is not None:
                 s.close(0)
@@ -291,6 +300,8 @@ class Bus:
         evicted; sent when acks flow again it reaches the router with the episode's totals.
         """
         self.counters["outbox_dropped"] += dropped
+        if self._ack_waiters:
+            self._settle_waiters(first_seq + dropped - 1, False)
         if new_episode:
             self.counters["alarms"] += 1
             log.warning("%s: outbox full (%d messages / %d bytes): router unreachable or too "
@@ -557,6 +568,21 @@ class Bus:
             self._last_progress = time.monotonic()
             if self._alarm is not None:
                 self._raise_alarm()
+            self._settle_waiters(self._outbox.acked, True)
+
+    def on_acked(self, seq: int, callback: Callable[[bool], object]) -> None:
+        """Call `callback(True)` once the router has journaled our envelope `seq` (at once if
+        it already has), or `callback(False)` if the outbox dropped it on overflow or the Bus
+        closed first. Runs on the Bus's thread, inside poll()/handle()."""
+        if seq <= self._outbox.acked:
+            _call(callback, True)
+        else:
+            self._ack_waiters.setdefault(seq, []).append(callback)
+
+    def _settle_waiters(self, upto: int, ok: bool) -> None:
+        for seq in [s for s in self._ack_waiters if s <= upto]:
+            for callback in self._ack_waiters.pop(seq):
+                _call(callback, ok)
 
     def _on_synced(self, data: dict[str, Any]) -> None:
         was_synced, self.synced = self.synced, True

@@ -52,11 +52,18 @@ def wait_topic(bus: Bus, got: list[Delivery], pred: Callable[[Delivery], bool],
     raise AssertionError(f"not seen; got {[d.topic for d in got]}")
 
 
+@pytest.mark.parametrize("scenario", ["plain", "router_late", "flood"])
 def test_retries_after_a_crash_are_not_run_again(tmp_path: Path, device: EchoServer,
-                                                  spawn: Callable[..., Proc]) -> None:
-    site_path = write_site(tmp_path, '[actors.echo1]\ntype = "tests.support.actors:EchoActor"\n'
-                           f"port = {device.port}\nheartbeat_interval = 0.2\n")
-    spawn("-c", str(site_path), "router", name="router")
+                                                  spawn: Callable[..., Proc],
+                                                  scenario: str) -> None:
+    """plain: only the actor dies. router_late: the router (with its journal file) dies too and
+    comes back after the actor has restarted, so the actor must hold commands until it can read
+    its records. flood: 60 000 other messages are journaled between the crash and the retry."""
+    site_path = write_site(
+        tmp_path, '[actors.echo1]\ntype = "tests.support.actors:EchoActor"\n'
+        f"port = {device.port}\nheartbeat_interval = 0.2\n",
+        router_extra=f'journal_path = "{tmp_path / "journal.bin"}"')
+    router = spawn("-c", str(site_path), "router", name="router")
     actor = spawn("-c", str(site_path), "actor", "echo1", name="echo1")
     bus = Bus(load_site(site_path).router, "tester")
     bus.subscribe("rep.tester")
@@ -71,11 +78,26 @@ def test_retries_after_a_crash_are_not_run_again(tmp_path: Path, device: EchoSer
         wait_topic(bus, got, lambda d: d.topic == "evt.echo1.run"
                    and d.envelope.data["id"] == "cmd-b")  # started, journaled
         assert actor.kill() != 0  # SIGKILL mid-command
-        actor.start()
+        if scenario == "flood":  # before the actor is back: its records are 60 000 back
+            flooder = Bus(load_site(site_path).router, "flooder")
+            assert flooder.connect(wait=10)
+            for i in range(60_000):
+                flooder.publish("evt.flood.n", "event", {"i": i})
+                if i % 500 == 0:
+                    flooder.poll(0)
+            assert flooder.flush(60)
+            flooder.close()
+        if scenario == "router_late":
+            router.kill()
+            actor.start()
+            time.sleep(3.0)  # the actor starts, cannot reach the router, holds commands
+            router.start()
+        else:
+            actor.start()
         got.clear()
         # a retry of the finished command, then of the interrupted one
-        assert ask(bus, got, "add", {"a": 2}, "cmd-a") == {"status": "ok", "result": 3,
-                                                           "error": ""}
+        assert ask(bus, got, "add", {"a": 2}, "cmd-a", timeout=30) == {
+            "status": "ok", "result": 3, "error": ""}
         reply = ask(bus, got, "slow", {"seconds": 30}, "cmd-b")
         assert reply["status"] == "error" and "not run again" in str(reply["error"])
         runs = ask(bus, got, "runs", {}, "cmd-runs")["result"]

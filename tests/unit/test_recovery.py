@@ -59,3 +59,62 @@ def test_preloaded_outcomes_answer_retries_without_running() -> None:
     assert h.target.calls == []
     assert h.sent[0] == ("a", Outcome("ok", 3, ""))
     assert h.sent[1][1].status == "error" and "not run again" in h.sent[1][1].error
+
+
+def test_command_waits_until_its_started_record_is_journaled() -> None:
+    h = Harness()
+    waiting: list[tuple[int, object]] = []
+    h.d.record = lambda env, name, outcome: 7 if outcome is None else None
+    h.d.when_recorded = lambda ticket, go: waiting.append((ticket, go))
+    h.d.dispatch(cmd("add", a=2))
+    h.d.dispatch(cmd("add", a=2))  # a retry while it waits: ignored, not run twice
+    assert h.target.calls == [] and len(waiting) == 1 and waiting[0][0] == 7
+    go = waiting[0][1]
+    go(True)  # type: ignore[operator]
+    assert h.target.calls == ["add"] and h.sent == [("c1", Outcome("ok", 3, ""))]
+
+
+def test_command_whose_record_was_lost_is_refused() -> None:
+    h = Harness()
+    gos: list[object] = []
+    h.d.record = lambda env, name, outcome: 1 if outcome is None else None
+    h.d.when_recorded = lambda ticket, go: gos.append(go)
+    h.d.dispatch(cmd("add", a=2))
+    gos[0](False)  # type: ignore[operator]
+    assert h.target.calls == []
+    assert h.sent[0][1].status == "error" and "not run" in h.sent[0][1].error
+
+
+def test_command_past_its_deadline_when_recorded_is_refused() -> None:
+    h = Harness()
+    gos: list[object] = []
+    h.d.record = lambda env, name, outcome: 1 if outcome is None else None
+    h.d.when_recorded = lambda ticket, go: gos.append(go)
+    h.d.dispatch(cmd("add", a=2, deadline=1001.0))
+    h.now = 1005.0
+    gos[0](True)  # type: ignore[operator]
+    assert h.target.calls == [] and "deadline passed" in h.sent[0][1].error
+
+
+def test_done_is_recorded_before_the_reply() -> None:
+    h = Harness()
+    order: list[str] = []
+    h.d.record = lambda env, name, outcome: order.append("record") if outcome else None
+    real_send = h.send
+
+    def send(env: object, outcome: Outcome) -> None:
+        order.append("reply")
+        real_send(env, outcome)  # type: ignore[arg-type]
+
+    h.d.send = send  # type: ignore[assignment]
+    h.d.dispatch(cmd("add", a=1))
+    assert order == ["record", "reply"]
+
+
+def test_teardown_answers_parked_commands() -> None:
+    h = Harness()
+    h.d.record = lambda env, name, outcome: 1 if outcome is None else None
+    h.d.when_recorded = lambda ticket, go: None
+    h.d.dispatch(cmd("add", a=2))
+    h.d.fail_running("actor stopping")
+    assert h.target.calls == [] and "actor stopping; not run" in h.sent[0][1].error
