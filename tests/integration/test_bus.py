@@ -57,6 +57,13 @@ class Collector(threading.Thread):
         return [d.envelope.data["i"] for d in self.got]
 
 
+def poll_until(bus: Bus, got: list[Delivery], n: int, timeout: float = 5.0) -> None:
+    """Add `bus`'s deliveries to `got` until it holds `n` or `timeout` passes."""
+    end = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < end:
+        got += bus.poll(0.1)
+
+
 def start_router(site_path: Path, tmp_path: Path) -> Proc:
     proc = Proc(sctl_cmd("-c", str(site_path), "router"), tmp_path / "router.log").start()
     bus = Bus(load_site(site_path).router, "probe")
@@ -288,9 +295,7 @@ def test_subscription_after_connect_survives_a_lost_start_probe(router_factory,
         other.publish("evt.after.n", "event", {"i": i})
         other.flush(5)
         got += bus.poll(0.3)
-    end = time.monotonic() + 10
-    while len(got) < 5 and time.monotonic() < end:
-        got += bus.poll(0.2)
+    poll_until(bus, got, 5, timeout=10)
     assert dropped, "the fault was not injected"
     assert [d.envelope.data["i"] for d in got][-3:] == [2, 3, 4]
     other.close()
@@ -309,14 +314,10 @@ def test_a_raising_request_callback_loses_no_delivery(router_factory) -> None:
     bus.start_request("nobody", "ping", timeout=0.3, callback=explode)
     bus.publish("evt.cb.n", "event", {"i": 1})
     got: list[Delivery] = []
-    end = time.monotonic() + 5
-    while time.monotonic() < end and not got:
-        got += bus.poll(0.1)
+    poll_until(bus, got, 1)
     time.sleep(0.4)  # the request's deadline passes; its callback raises inside poll()
     bus.publish("evt.cb.n", "event", {"i": 2})
-    end = time.monotonic() + 5
-    while time.monotonic() < end and len(got) < 2:
-        got += bus.poll(0.1)
+    poll_until(bus, got, 2)
     assert [d.envelope.data["i"] for d in got] == [1, 2]
     bus.close()
 
