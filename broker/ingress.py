@@ -11,11 +11,16 @@ reported. The subset property (``fast_fields(b) is not None`` implies ``envelope
 succeeds with the same fields) is a property test in tests/unit/test_ingress.py.
 
 Topic rules are decided once per distinct topic (`topic_rule`) and cached by the router.
+
+`sequence_fields` reads only (src, epoch, seq) from the head of a body, without decoding the
+payload: the router uses it on bodies it refuses unread (too large) or that fail `fields`, so
+that a refused envelope still uses up its seq (see `broker.wire`).
 """
 
 from __future__ import annotations
 
 import math
+from io import BytesIO
 from typing import Any, Final
 
 import msgpack
@@ -32,6 +37,9 @@ _KIND_OF_ROOT: Final = {"cmd": "command", "rep": "reply", "hb": "heartbeat", "lo
 _FAST_KINDS: Final = envelope.KINDS - {"command", "reply"}
 _KEYS: Final = frozenset({"v", "id", "src", "epoch", "seq", "ts", "kind", "data"})
 _MAX_KNOWN_SRC: Final = 10_000
+_SEQ_KEYS: Final = frozenset({"src", "epoch", "seq"})
+SEQ_MAX_KEYS: Final = 16  # keys examined by sequence_fields (an envelope has at most 11)
+_SEQ_LIMIT: Final = 256  # longest str/bin and largest container unpacked (skip() ignores it)
 _known_src: set[str] = set()  # names that passed topics.check_name
 
 # (src, epoch, seq, kind, data) of a valid envelope
@@ -139,3 +147,42 @@ def reason_of(exc: EnvelopeError) -> str:
     if " has type " in msg or msg.startswith("body is a msgpack"):
         return "wrong_type"
     return "invalid"
+
+
+def sequence_fields(body: bytes) -> tuple[str, int, int] | None:
+    """(src, epoch, seq) read from the head of `body`, or None when they cannot be read.
+
+    Only keys are unpacked, and the values of src/epoch/seq; every other value is skipped
+    without building objects, and reading stops once all three are found (encoders write them
+    before ``data``, so the payload is normally not even scanned). The body is read through a
+    file object, so it is never copied whole. Types and ranges are those of `envelope.decode`.
+    """
+    try:
+        unpacker = msgpack.Unpacker(
+            BytesIO(body), raw=False, max_buffer_size=max(len(body), 1024),
+            max_str_len=_SEQ_LIMIT, max_bin_len=_SEQ_LIMIT, max_array_len=_SEQ_LIMIT,
+            max_map_len=_SEQ_LIMIT, max_ext_len=_SEQ_LIMIT)
+        found = _read_sequence_keys(unpacker, unpacker.read_map_header())
+    except Exception:  # garbage, truncated or over a limit: all mean "not readable"
+        return None
+    if found is None:
+        return None
+    src, epoch, seq = found["src"], found["epoch"], found["seq"]
+    if (type(src) is not str or not _src_ok(src)
+            or type(epoch) is not int or not 0 <= epoch <= envelope.MAX_U63
+            or type(seq) is not int or not 0 <= seq <= envelope.MAX_U63):
+        return None
+    return src, epoch, seq
+
+
+def _read_sequence_keys(unpacker: msgpack.Unpacker, size: int) -> dict[str, Any] | None:
+    found: dict[str, Any] = {}
+    for _ in range(min(size, SEQ_MAX_KEYS)):
+        key = unpacker.unpack()
+        if type(key) is str and key in _SEQ_KEYS:
+            found[key] = unpacker.unpack()
+            if len(found) == len(_SEQ_KEYS):
+                return found
+        else:
+            unpacker.skip()
+    return None

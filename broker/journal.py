@@ -14,9 +14,15 @@ The journal also keeps the two tables a router restart must not lose:
   most recently active `MAX_SOURCES` pairs so clients that restart forever cannot grow it;
 - a last-value cache, topic -> newest gseq, pruned of evicted gseqs as it grows.
 
+A pair's hc only ever rises. It rises with an entry (`append`, after `SourceTable.put` of the
+next seq) or without one (`advance`: a refused envelope used up its seq, a sync probe started
+the pair or skipped a lost range, a gap was declared lost).
+
 With a path, every entry is also queued for `broker.journal_file.JournalFile` and written by
-`flush`, and loading the file rebuilds entries, next gseq and the source table (the file's
-snapshot plus every entry record after it).
+`flush`, and so is, once per pair per flush, every pair's hc raised by `advance`; loading the
+file rebuilds entries, next gseq and the source table (the file's snapshot plus every entry
+and advance record after it). Without both kinds of record a restart would take a pair back to
+its last entry, and the sender's next seq would open a gap that ends as a loss never suffered.
 """
 
 from __future__ import annotations
@@ -112,6 +118,7 @@ class Journal:
         self._last: dict[str, int] = {}
         self._last_prune_at = _MIN_LAST_PRUNE
         self._file = None if path is None else JournalFile(path, fsync, compact_min_bytes)
+        self._advanced: dict[SourceKey, None] = {}  # pairs advanced since the last flush
 
     @property
     def persistent(self) -> bool:
@@ -135,17 +142,22 @@ class Journal:
         """Load the file (if any): entries, next gseq and the source table come back."""
         if self._file is None:
             return
-        recent: dict[SourceKey, int] = {}  # pair -> newest seq in the records, newest pair last
+        recent: dict[SourceKey, int] = {}  # pair -> highest seq in the records, newest last
 
         def on_entry(gseq: int, src: str, epoch: int, seq: int, topic: str, body: bytes) -> None:
             if gseq != self.next_gseq:  # only the first record: the file's gseqs are contiguous
                 self.first = self.next_gseq = gseq
             self._append_memory(topic, body)
             if src != _UNTRACKED_SRC:
-                recent.pop((src, epoch), None)
-                recent[(src, epoch)] = seq
+                key = (src, epoch)
+                recent[key] = max(recent.pop(key, seq), seq)
 
-        snap = self._file.load(on_entry, self.origin)
+        def on_advance(src: str, epoch: int, hc: int) -> None:
+            if src != _UNTRACKED_SRC:
+                key = (src, epoch)
+                recent[key] = max(recent.pop(key, hc), hc)
+
+        snap = self._file.load(on_entry, self.origin, on_advance)
         self.origin = snap.origin or self.origin
         self.appended = 0  # loading is not journaling: `appended` counts this run only
         if len(self) == 0:
@@ -163,13 +175,35 @@ class Journal:
         """Write queued records (fsync if configured); compact the file when it is too big."""
         if self._file is None:
             return
+        self._queue_advances(self._file)
         self._file.flush()
         if len(self) and self._file.should_compact(self.first):
             self._file.compact(Snapshot(self.first, self.sources.snapshot(), self.origin))
 
     def close(self) -> None:
         if self._file is not None:
+            self._queue_advances(self._file)
             self._file.close()
+
+    def _queue_advances(self, file: JournalFile) -> None:
+        """One advance record per pair advanced since the last flush, with its current hc."""
+        for key in self._advanced:
+            hc = self.sources.get(key)
+            if hc is not None:  # an evicted pair is forgotten, in the file too
+                file.add_advance(key[0], key[1], hc)
+        self._advanced.clear()
+
+    def advance(self, key: SourceKey, hc: int) -> bool:
+        """Raise a pair's hc without an entry (never lowers it); True when it rose.
+
+        With a file, the pair's hc is written at the next `flush`, before the router acks."""
+        old = self.sources.get(key)
+        if old is not None and hc <= old:
+            return False
+        self.sources.put(key, hc)
+        if self._file is not None and key[0] != _UNTRACKED_SRC:
+            self._advanced[key] = None
+        return True
 
     # -- entries -----------------------------------------------------------------------------
 

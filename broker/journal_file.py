@@ -5,7 +5,7 @@ Layout
 ::
 
     file     = MAGIC record*
-    MAGIC    = b"SCTLJNL\\x01"                     (8 bytes; the last byte is the format version)
+    MAGIC    = b"SCTLJNL" version:u8             (8 bytes; this module writes version 2)
     record   = length:u32 crc32:u32 payload      (big-endian; crc32 of payload, zlib polynomial)
     payload  = type:u8 ...
 
@@ -16,21 +16,38 @@ Layout
                            "written": unix time}
     type 0x45 "E" entry, gseq contiguous from the snapshot's "first":
               gseq:u64 epoch:u64 seq:u64 src_len:u16 topic_len:u16 src topic body
+    type 0x41 "A" advance (version 2): a (src, epoch) whose hc rose without an entry (a refused
+              envelope used up its seq, a sync probe's ``next`` started the pair or skipped a
+              lost range, a timed-out gap was declared lost):
+              epoch:u64 hc:u64 src_len:u16 src
 
-Writes are batched: `add` only queues the record bytes and `flush` writes the batch with one
-``write`` (and ``fsync`` when asked). The router flushes before it publishes or acks a batch, so
-an acknowledged message is at least in the OS page cache (SIGKILL-safe) or on disk (with fsync).
+The source table is rebuilt as: the snapshot's pairs, then every entry record's (src, epoch,
+seq) and every advance record's (src, epoch, hc), each only ever raising a pair's hc (hc never
+goes down in the router, so the order of records does not matter for the value).
 
-Loading reads records until one is short, fails its CRC, has an unknown type or breaks gseq
-continuity: that is a torn tail (the process died mid-write) and the file is truncated there
-with a warning that says how many bytes were dropped. A file without our magic is refused (the
-path is probably wrong; we never truncate someone else's file); a file whose snapshot is
-unreadable is moved aside to ``<path>.corrupt-<time>`` and a fresh journal is started.
+Versions: version 1 files (no "A" records) are read as they are, and their version byte is
+rewritten to 2 before anything is appended, so that an older router, which would take an "A"
+record for a torn tail and cut the file there, refuses the file instead (bad magic). A file
+with a higher version is refused.
+
+Writes are batched: `add`/`add_advance` only queue the record bytes and `flush` writes the batch
+with one ``write`` (and ``fsync`` when asked). The router flushes before it publishes or acks a
+batch, so an acknowledged message is at least in the OS page cache (SIGKILL-safe) or on disk
+(with fsync).
+
+Loading reads records until one is short, fails its CRC, has an unknown type, is malformed or
+breaks gseq continuity: that is a torn tail (the process died mid-write) and the file is
+truncated there with a warning that says how many bytes were dropped. A file without our magic
+is refused (the path is probably wrong; we never truncate someone else's file); a file whose
+snapshot is unreadable is moved aside to ``<path>.corrupt-<time>`` and a fresh journal is
+started.
 
 Compaction keeps the file near the in-memory bound: when the bytes before the oldest entry still
 held in memory outgrow the bytes after it, a new file is written (magic, a fresh snapshot of the
-source table, then the retained records copied byte for byte), fsynced and renamed over the old
-one. An offset per entry record makes finding the copy start O(1).
+source table, then the records from that entry on copied byte for byte), fsynced and renamed
+over the old one. The snapshot carries every advance made so far, so dropping the advance
+records before the copy start loses nothing. An offset per entry record makes finding the copy
+start O(1).
 """
 
 from __future__ import annotations
@@ -53,17 +70,24 @@ from broker.errors import BusError
 
 log = logging.getLogger(__name__)
 
-MAGIC: Final = b"SCTLJNL\x01"
+MAGIC_PREFIX: Final = b"SCTLJNL"
+VERSION: Final = 2
+MAGIC: Final = MAGIC_PREFIX + bytes([VERSION])
+MAGIC_V1: Final = MAGIC_PREFIX + b"\x01"
 REC: Final = struct.Struct(">II")
 ENTRY: Final = struct.Struct(">BQQQHH")
+ADVANCE: Final = struct.Struct(">BQQH")
 TYPE_SNAPSHOT: Final = 0x53
 TYPE_ENTRY: Final = 0x45
+TYPE_ADVANCE: Final = 0x41
 # Bodies are capped far below this by the router; a larger length field is a torn/garbage header.
 MAX_RECORD: Final = 128 * 1024 * 1024
 COMPACT_MIN_BYTES: Final = 4 * 1024 * 1024
 
 # on_entry(gseq, src, epoch, seq, topic, body) is called for every entry record while loading.
 EntrySink = Callable[[int, str, int, int, str, bytes], None]
+# on_advance(src, epoch, hc) is called for every advance record while loading.
+AdvanceSink = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -95,6 +119,41 @@ def _parse_snapshot(payload: bytes) -> Snapshot:
     return Snapshot(first=first, sources=sources, origin=int(obj.get("origin", 0)))
 
 
+def _parse_entry(payload: bytes, expect: int) -> tuple[int, str, int, int, str, bytes] | None:
+    """(gseq, src, epoch, seq, topic, body) of an entry record with gseq `expect`, else None."""
+    if payload[0] != TYPE_ENTRY or len(payload) < ENTRY.size:
+        return None
+    _, gseq, epoch, seq, src_len, topic_len = ENTRY.unpack_from(payload)
+    end_src = ENTRY.size + src_len
+    end_topic = end_src + topic_len
+    if gseq != expect or end_topic > len(payload):
+        return None
+    try:
+        src = payload[ENTRY.size:end_src].decode()
+        topic = payload[end_src:end_topic].decode()
+    except UnicodeDecodeError:
+        return None
+    return gseq, src, epoch, seq, topic, payload[end_topic:]
+
+
+def _advance_record(src: str, epoch: int, hc: int) -> bytes:
+    src_b = src.encode()
+    return _record(ADVANCE.pack(TYPE_ADVANCE, epoch, hc, len(src_b)) + src_b)
+
+
+def _parse_advance(payload: bytes) -> tuple[str, int, int] | None:
+    """(src, epoch, hc) of an advance record, None when it is malformed."""
+    if len(payload) < ADVANCE.size:
+        return None
+    _, epoch, hc, src_len = ADVANCE.unpack_from(payload)
+    if len(payload) != ADVANCE.size + src_len:
+        return None
+    try:
+        return payload[ADVANCE.size:].decode(), epoch, hc
+    except UnicodeDecodeError:
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     # A rename is only durable once the directory entry is on disk.
     fd = os.open(path.parent, os.O_RDONLY)
@@ -121,28 +180,48 @@ class JournalFile:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load(self, on_entry: EntrySink, origin: int = 0) -> Snapshot:
-        """Open (or create) the file, feed every intact entry to `on_entry`, cut a torn tail.
+    def load(self, on_entry: EntrySink, origin: int = 0,
+             on_advance: AdvanceSink | None = None) -> Snapshot:
+        """Open (or create) the file, feed every intact entry to `on_entry` and every advance
+        record to `on_advance`, cut a torn tail.
 
         `origin` goes into the snapshot of a file created now (none, empty or set aside).
         """
         if not self.path.exists() or self.path.stat().st_size == 0:
             return self._create(Snapshot(origin=origin))
         with self.path.open("rb") as fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                raise BusError(
-                    f"journal file {self.path} is not an sctl journal (bad magic); "
-                    "check router.journal_path or move the file away"
-                )
+            magic = self._check_magic(fh.read(len(MAGIC)))
             try:
                 snap = self._read_snapshot(fh)
             except Exception as exc:  # any decoding failure means the same: unreadable
                 return self._set_aside(exc, origin)
-            good_end = self._read_entries(fh, snap.first, on_entry)
+            good_end = self._read_records(fh, snap.first, on_entry, on_advance)
         self._cut_tail(good_end)
+        if magic == MAGIC_V1:
+            self._upgrade()
         self._fh = self.path.open("ab", buffering=0)
         self.size = good_end
         return snap
+
+    def _check_magic(self, magic: bytes) -> bytes:
+        if magic in (MAGIC, MAGIC_V1):
+            return magic
+        if len(magic) == len(MAGIC) and magic.startswith(MAGIC_PREFIX):
+            raise BusError(f"journal file {self.path} has format version {magic[-1]}; this "
+                           f"router reads versions 1..{VERSION} (written by a newer sctl?)")
+        raise BusError(
+            f"journal file {self.path} is not an sctl journal (bad magic); "
+            "check router.journal_path or move the file away"
+        )
+
+    def _upgrade(self) -> None:
+        """Mark a version 1 file as version 2 before an advance record can be appended."""
+        with self.path.open("r+b") as fh:
+            fh.seek(len(MAGIC) - 1)
+            fh.write(MAGIC[-1:])
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.info("journal %s: format version 1 upgraded to %d", self.path, VERSION)
 
     def _read_snapshot(self, fh: BinaryIO) -> Snapshot:
         payload = self._read_record(fh)
@@ -163,27 +242,27 @@ class JournalFile:
             return None
         return payload
 
-    def _read_entries(self, fh: BinaryIO, first: int, on_entry: EntrySink) -> int:
+    def _read_records(self, fh: BinaryIO, first: int, on_entry: EntrySink,
+                      on_advance: AdvanceSink | None) -> int:
+        """Feed records to the sinks up to the first torn/invalid one; returns its offset."""
         self._first = first
         self._offsets = array("q")
         expect = first
         good_end = fh.tell()
         while (payload := self._read_record(fh)) is not None:
-            if payload[0] != TYPE_ENTRY or len(payload) < ENTRY.size:
-                break
-            _, gseq, epoch, seq, src_len, topic_len = ENTRY.unpack_from(payload)
-            if gseq != expect:
-                break
-            end_src = ENTRY.size + src_len
-            end_topic = end_src + topic_len
-            try:
-                src = payload[ENTRY.size:end_src].decode()
-                topic = payload[end_src:end_topic].decode()
-            except UnicodeDecodeError:
-                break
-            on_entry(gseq, src, epoch, seq, topic, payload[end_topic:])
-            self._offsets.append(good_end)
-            expect += 1
+            if payload[0] == TYPE_ADVANCE:
+                advance = _parse_advance(payload)
+                if advance is None:
+                    break
+                if on_advance is not None:
+                    on_advance(*advance)
+            else:
+                entry = _parse_entry(payload, expect)
+                if entry is None:
+                    break
+                on_entry(*entry)
+                self._offsets.append(good_end)
+                expect += 1
             good_end = fh.tell()
         return good_end
 
@@ -225,6 +304,12 @@ class JournalFile:
         # Three pieces, joined once in flush: the body is copied once, not per concatenation.
         self._pending += (rec, head, body)
         self.size += REC.size + len(head) + len(body)
+
+    def add_advance(self, src: str, epoch: int, hc: int) -> None:
+        """Queue an advance record: (src, epoch)'s hc rose to `hc` without an entry."""
+        rec = _advance_record(src, epoch, hc)
+        self._pending.append(rec)
+        self.size += len(rec)
 
     def flush(self) -> None:
         if not self._pending or self._fh is None:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import zmq
+
 from broker import topics, wire
 from broker.envelope import pack_stamp
 from broker.errors import BusError, TopicError
@@ -81,6 +83,26 @@ class QueryHandler:
         self.router_epoch = router_epoch
         self.state = state
         self.counters = QueryCounters()
+
+    def serve(self, sock: zmq.Socket[bytes], batch: int) -> int:
+        """Answer up to `batch` waiting requests on the ROUTER `sock`; returns replies dropped
+        (peer gone, with ROUTER_MANDATORY, or its queue full: it retries)."""
+        dropped = 0
+        for _ in range(batch):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            req_id = frames[1] if len(frames) > 1 else b""
+            if len(frames) != 3:
+                reply = self.error(f"a request is 2 frames [req_id, map], got {len(frames) - 1}")
+            else:
+                reply = self.answer(frames[2])
+            try:
+                sock.send_multipart([frames[0], req_id, *reply], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                dropped += 1
+        return dropped
 
     def answer(self, raw: bytes) -> list[bytes]:
         """Reply frames (header first) for one request body."""

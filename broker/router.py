@@ -4,8 +4,11 @@ One thread runs everything through a `zmq.Poller` over four sockets: XSUB ingres
 (subscription messages, counted), ROUTER query (`broker.query`) and an inproc PULL that `stop`
 pokes. Ingress is drained in batches of up to `INGRESS_BATCH` messages; per batch the router
 
-1. decodes and checks each message once (`broker.ingress`: topic rules, size, envelope),
-   applies the per-(src, epoch) sequencing of `broker.wire` and journals accepted ones;
+1. checks each message once (`broker.ingress`: topic rules, then size before any decoding,
+   then the envelope), applies the per-(src, epoch) sequencing of `broker.wire` and journals
+   accepted ones; a refused one still uses up its seq (only src/epoch/seq are read from a body
+   that is too large or invalid) and raises hc through `Journal.advance`, which the journal
+   file keeps too;
 2. flushes the journal file (fsync if configured), so nothing below is ever ahead of the disk;
 3. publishes the batch's accepted envelopes, then one ``ack.<src>`` per pair it touched.
 
@@ -215,7 +218,7 @@ class Router:
         if self._xpub in events:
             self._read_subscriptions()
         if self._query in events:
-            self._serve_queries()
+            self.counts["replies_dropped"] += self._queries.serve(self._query, QUERY_BATCH)
         if self._monitor in events:
             self._read_monitor()
         if self._wake in events:
@@ -273,105 +276,138 @@ class Router:
         tframe, body = frames
         rule = self._rules.get(tframe)
         if rule is None:
-            try:
-                rule = ingress.topic_rule(tframe)
-            except TopicError as exc:
-                self._bad("topic", frames, str(exc))
+            rule = self._rule(frames)
+            if rule is None:
                 return
-            if len(self._rules) >= TOPIC_CACHE_MAX:
-                self._rules.clear()
-            self._rules[tframe] = rule
+        if len(body) > self._max_body:  # before any decoding: a huge body costs nothing more
+            self._bad("too_large", frames, f"body of {len(body)} bytes is over "
+                      f"max_message_bytes {self._max_body}")
+            self._consume_unread(body)
+            return
         try:
             f = ingress.fields(body)
         except EnvelopeError as exc:
-            if len(body) > self._max_body:
-                self._bad("too_large", frames, f"body of {len(body)} bytes is over "
-                          f"max_message_bytes {self._max_body}")
-            else:
-                self._bad(ingress.reason_of(exc), frames, str(exc))
+            self._bad(ingress.reason_of(exc), frames, str(exc))
+            self._consume_unread(body)
             return
         topic, need, special = rule
         src = f[0]
-        refusal = self._refusal(topic, need, special, f, len(body))
-        if special == ingress.SYNC:
+        if special == ingress.SYNC and src != SRC:
             self._sync(f, frames)
-        elif refusal is not None:
+            return
+        refusal = self._refusal(topic, need, special, f)
+        if refusal is not None:
             self._bad(refusal[0], frames, refusal[1])
-            if f[2] > 0 and src != SRC:
-                self._consume(src, f[1], f[2])
+            self._consume(src, f[1], f[2])
         else:
-            self._sequence(tframe, topic, body, (src, f[1]), f[2])
+            self._sequence((src, f[1]), f[2], tframe, topic, body)
 
-    def _refusal(self, topic: str, need: str | None, special: int, f: ingress.Fields,
-                 size: int) -> tuple[str, str] | None:
+    def _rule(self, frames: list[bytes]) -> ingress.TopicRule | None:
+        """Decide and cache the rule of a topic not seen before; None (reported) if invalid."""
+        tframe = frames[0]
+        try:
+            rule = ingress.topic_rule(tframe)
+        except TopicError as exc:
+            self._bad("topic", frames, str(exc))
+            return None
+        if len(self._rules) >= TOPIC_CACHE_MAX:
+            self._rules.clear()
+        self._rules[tframe] = rule
+        return rule
+
+    def _refusal(self, topic: str, need: str | None, special: int,
+                 f: ingress.Fields) -> tuple[str, str] | None:
         """(reason, error) when a well-formed envelope breaks an ingress rule, else None."""
         src, kind, seq = f[0], f[3], f[2]
-        if size > self._max_body:
-            return "too_large", f"body of {size} bytes is over max_message_bytes " \
-                                f"{self._max_body}"
         if special == ingress.RESERVED or src == SRC:
             return "reserved", f"{topic} / src {src!r} is the router's own"
         if kind != need and (need is not None or kind == "command"):
             return "kind", (f"kind {kind!r} on topic {topic}"
                             f" (expects {need or 'anything but command'})")
-        if seq == 0 and special != ingress.SYNC:
+        if seq == 0:
             return "seq", "seq 0 is only for ctl.sync probes"
         return None
 
-    def _consume(self, src: str, epoch: int, seq: int) -> None:
-        """A refused envelope still uses up its seq, so the sender's stream does not stall."""
-        key = (src, epoch)
-        hc = self.journal.sources.get(key)
-        if hc is not None and seq == hc + 1:
-            self.journal.sources.put(key, seq)
-            self._touched[key] = None
+    def _consume_unread(self, body: bytes) -> None:
+        """A body refused before it was decoded still uses up its seq, if that can be read."""
+        head = ingress.sequence_fields(body)
+        if head is not None:
+            self._consume(*head)
 
-    def _sequence(self, tframe: bytes, topic: str, body: bytes, key: SourceKey,
-                  seq: int) -> None:
+    def _consume(self, src: str, epoch: int, seq: int) -> None:
+        """A refused envelope still uses up its seq, so the sender's stream does not stall:
+        it is sequenced like an accepted one, only nothing is journaled or forwarded."""
+        if seq > 0 and src != SRC:
+            self._sequence((src, epoch), seq)
+
+    def _sequence(self, key: SourceKey, seq: int, tframe: bytes = b"", topic: str = "",
+                  body: bytes | None = None) -> None:
+        """The per-(src, epoch) ingress rules of `broker.wire`; `body` None: a refused one."""
         hc = self.journal.sources.get(key)
-        if hc is None and seq != 1:
-            self._ask_resync(key, seq)
-            return
+        if hc is None:
+            if seq != 1:
+                self._ask_resync(key, seq)
+                return
+            hc = 0
         self._touched[key] = None
-        if hc is None or seq == hc + 1:
-            self._accept(key, tframe, topic, body, seq)
+        if seq == hc + 1:
+            if body is None:
+                self.journal.advance(key, seq)
+            else:
+                self._accept(key, tframe, topic, body, seq)
+            if self._gaps:
+                self._close_gap(key, seq)
         elif seq <= hc:
-            self.counts["duplicates"] += 1
+            if body is not None:
+                self.counts["duplicates"] += 1
         elif self._out_of_order(key, hc, seq):
-            self._sequence(tframe, topic, body, key, seq)  # the lost range was skipped: retry
+            self._sequence(key, seq, tframe, topic, body)  # the lost range was skipped: retry
 
     def _accept(self, key: SourceKey, tframe: bytes, topic: str, body: bytes, seq: int) -> None:
         self.journal.sources.put(key, seq)
         gseq = self.journal.append(topic, body, key[0], key[1], seq)
         self._pending.append((tframe, body, STAMP.pack(self.router_epoch, gseq)))
         self.counts["journaled"] += 1
-        if self._gaps:
-            gap = self._gaps.get(key)
-            if gap is not None and seq + 1 >= gap.got:
-                del self._gaps[key]
-                self.counts["gaps_filled"] += 1
-                self._report_gap(key, gap, "filled")
+
+    def _close_gap(self, key: SourceKey, seq: int) -> None:
+        """hc just rose to `seq`: a gap whose missing range that completes is filled."""
+        gap = self._gaps.get(key)
+        if gap is not None and seq + 1 >= gap.got:
+            del self._gaps[key]
+            self.counts["gaps_filled"] += 1
+            self._report_gap(key, gap, "filled")
 
     def _out_of_order(self, key: SourceKey, hc: int, seq: int) -> bool:
         """Count/drop an early seq; True when a timed-out gap was just declared lost."""
         gap = self._gaps.get(key)
-        now = time.monotonic()
         if gap is None:
-            self.counts["out_of_order"] += 1
             self.counts["gaps_opened"] += 1
-            gap = self._gaps[key] = _Gap(expected=hc + 1, got=seq, low=seq, opened=now)
+            gap = self._gaps[key] = _Gap(expected=hc + 1, got=seq, low=seq,
+                                         opened=time.monotonic())
             self._report_gap(key, gap, "open")
-            return False
+        elif self._gap_timed_out(gap, hc, seq):
+            # Skip only up to the oldest seq the sender has shown it still holds: everything
+            # from there on is in its outbox and will be resent, so it must not be lost.
+            del self._gaps[key]
+            self.counts["gaps_lost"] += 1
+            self._report_gap(key, gap, "lost", missing=[hc + 1, gap.low - 1])
+            self.journal.advance(key, gap.low - 1)
+            return True
+        self.counts["out_of_order"] += 1
+        return False
+
+    def _gap_timed_out(self, gap: _Gap, hc: int, seq: int) -> bool:
+        """Note an early seq; True when the gap is to be declared lost up to ``gap.low - 1``
+        (always above hc, so hc only ever rises)."""
         gap.low = min(gap.low, seq)
+        now = time.monotonic()
         if now - gap.opened < self.config.gap_timeout:
-            self.counts["out_of_order"] += 1
             return False
-        # Skip only up to the oldest seq the sender has shown it still holds: everything from
-        # there on is in its outbox and will be resent, so it must not be declared lost.
-        del self._gaps[key]
-        self.counts["gaps_lost"] += 1
-        self._report_gap(key, gap, "lost", missing=[hc + 1, gap.low - 1])
-        self.journal.sources.put(key, gap.low - 1)
+        if gap.low <= hc + 1:
+            # The lowest early seq seen has arrived since, or is next: which later ones the
+            # sender still holds is unknown. Skip nothing; the episode starts over from here.
+            gap.low, gap.opened = seq, now
+            return False
         return True
 
     def _report_gap(self, key: SourceKey, gap: _Gap, state: str, **extra: Any) -> None:
@@ -400,22 +436,23 @@ class Router:
     def _register(self, key: SourceKey, next_seq: Any) -> None:
         """The sync probe's `next`: the oldest seq the sender still holds. Below it nothing
         will ever come again: start an unknown pair there, or declare the rest lost."""
-        if not isinstance(next_seq, int) or isinstance(next_seq, bool) or next_seq < 1:
+        if type(next_seq) is not int or not 1 <= next_seq <= envelope.MAX_U63:
             return
         hc = self.journal.sources.get(key)
         if hc is None:
-            self.journal.sources.put(key, next_seq - 1)
+            self.journal.advance(key, next_seq - 1)
         elif hc < next_seq - 1:
             gap = self._gaps.pop(key, None) or _Gap(hc + 1, next_seq, next_seq, time.monotonic())
             self.counts["gaps_lost"] += 1
             self._report_gap(key, gap, "lost", missing=[hc + 1, next_seq - 1])
-            self.journal.sources.put(key, next_seq - 1)
+            self.journal.advance(key, next_seq - 1)
 
     def _sync(self, f: ingress.Fields, frames: list[bytes]) -> None:
         src, epoch, seq, kind, data = f
         token = data.get("token")
         if kind != "system" or seq != 0 or not isinstance(token, str):
             self._bad("sync", frames, "ctl.sync needs kind system, seq 0 and data.token (str)")
+            self._consume(src, epoch, seq)
             return
         self.counts["syncs"] += 1
         self._register((src, epoch), data.get("next"))
@@ -475,24 +512,6 @@ class Router:
                 self.counts["subscribers"] += 1
             elif event == zmq.EVENT_DISCONNECTED:
                 self.counts["subscribers"] = max(0, self.counts["subscribers"] - 1)
-
-    def _serve_queries(self) -> None:
-        for _ in range(QUERY_BATCH):
-            try:
-                frames = self._query.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            ident = frames[0]
-            req_id = frames[1] if len(frames) > 1 else b""
-            if len(frames) != 3:
-                reply = self._queries.error(
-                    f"a request is 2 frames [req_id, map], got {len(frames) - 1}")
-            else:
-                reply = self._queries.answer(frames[2])
-            try:
-                self._query.send_multipart([ident, req_id, *reply], zmq.NOBLOCK)
-            except zmq.ZMQError:  # peer gone (ROUTER_MANDATORY) or its queue full: it retries
-                self.counts["replies_dropped"] += 1
 
     def state(self) -> dict[str, Any]:
         """The router's counters: the data of sys.router.stats and of the `state` query."""

@@ -262,15 +262,23 @@ def test_gap_is_declared_lost_after_gap_timeout(make_router: Any, peers: Any) ->
 
 
 def garbage(p: Peer) -> dict[str, int]:
-    """Send one of each kind of bad input; returns the expected count per reason."""
+    """Send one of each kind of bad input; returns the expected count per reason.
+
+    The envelopes come from src g1 at seq 50, a pair the router does not know: a refused
+    envelope uses up its seq, and seq 50 from p's own pair would be an early seq in its stream.
+    """
     def raw(obj: Any) -> bytes:
         return bytes(msgpack.packb(obj))
 
-    good = envelope.make("t1", 1, 50, "event", {}).to_map()
+    def body(seq: int, kind: str = "event", data: dict[str, Any] | None = None,
+             **extra: Any) -> bytes:
+        return envelope.make("g1", 1, seq, kind, data or {}, **extra).encode()
+
+    good = envelope.make("g1", 1, 50, "event", {}).to_map()
     p.send(b"evt.t1.x")  # one frame
-    p.send(b"evt.t1.x", p.body(50), b"extra")  # three frames
-    p.send(b"\xff\xfe", p.body(50))  # topic not UTF-8
-    p.send(b"evt..x", p.body(50))  # empty segment
+    p.send(b"evt.t1.x", body(50), b"extra")  # three frames
+    p.send(b"\xff\xfe", body(50))  # topic not UTF-8
+    p.send(b"evt..x", body(50))  # empty segment
     p.send(b"evt.t1.x", os.urandom(300))  # random bytes
     p.send(b"evt.t1.x", b"\xc1\xc1\xc1")  # 0xc1 is never valid msgpack
     p.send(b"evt.t1.x", raw({**good, "seq": "seven"}))  # wrong type
@@ -278,12 +286,12 @@ def garbage(p: Peer) -> dict[str, int]:
     p.send(b"evt.t1.x", raw({k: v for k, v in good.items() if k != "src"}))  # missing key
     p.send(b"evt.t1.x", raw({**good, "kind": "nonsense"}))  # invalid value
     p.send(b"evt.t1.x", b"\x00" * (10 * 1024 * 1024))  # 10 MB
-    p.send(b"cmd.t1", p.body(50))  # an event on a command topic
-    p.send(b"evt.t1.x", p.body(50, kind="command", reply_to="rep.t1"))  # a command elsewhere
-    p.send(b"ack.t1", p.body(50))  # only the router acks
-    p.send(b"sys.router.stats", p.body(50))  # only the router reports
-    p.send(b"evt.t1.x", p.body(0))  # seq 0 outside ctl.sync
-    p.send(b"ctl.sync", p.body(0, kind="system", data={"no": "token"}))
+    p.send(b"cmd.t1", body(50))  # an event on a command topic
+    p.send(b"evt.t1.x", body(50, kind="command", reply_to="rep.t1"))  # a command elsewhere
+    p.send(b"ack.t1", body(50))  # only the router acks
+    p.send(b"sys.router.stats", body(50))  # only the router reports
+    p.send(b"evt.t1.x", body(0))  # seq 0 outside ctl.sync
+    p.send(b"ctl.sync", body(0, kind="system", data={"no": "token"}))
     return {"frames": 2, "topic": 2, "msgpack": 2, "wrong_type": 2, "missing_key": 1,
             "invalid": 1, "too_large": 1, "kind": 2, "reserved": 2, "seq": 1, "sync": 1}
 
@@ -541,3 +549,162 @@ def test_refused_envelope_does_not_stall_its_senders_stream(make_router: Any,
     assert [m[1]["seq"] for m in p.events()] == [1, 4]
     assert running.router.bad["too_large"] == 1 and running.router.bad["reserved"] == 1
     assert running.router.counts["gaps_opened"] == 0
+
+
+def raw_body(p: Peer, seq: int, data: Any) -> bytes:
+    """An envelope map with any `data`, packed without envelope.make's validation."""
+    m = envelope.make(p.name, p.epoch, seq, "event", {}).to_map()
+    return bytes(msgpack.packb({**m, "data": data}, use_bin_type=True))
+
+
+def test_too_large_body_is_refused_unread_and_consumes_its_seq(
+        make_router: Any, peers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body over max_message_bytes is refused before it is decoded (a 20 MiB list of small
+    ints takes seconds to decode and check), yet its seq is read from the head and used up."""
+    cfg, running = make_router("max_message_bytes = 1048576\n")
+    router = running.router
+    took: list[tuple[int, float]] = []
+    real_ingest = router._ingest
+
+    def timed(frames: list[bytes]) -> None:
+        started = time.perf_counter()
+        real_ingest(frames)
+        took.append((len(frames[-1]), time.perf_counter() - started))
+
+    monkeypatch.setattr(router, "_ingest", timed)
+    p = peers(cfg)
+    p.sync()
+    p.publish(1)
+    n = 20 * 1024 * 1024
+    head = envelope.make("t1", 1, 2, "event", {"l": []}).encode()
+    assert head.endswith(b"\x90")  # data is the last key: {"l": []}, the list is 0x90
+    p.send(b"evt.t1.x", head[:-1] + b"\xdd" + n.to_bytes(4, "big") + b"\x00" * n)
+    p.publish(3)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 3)
+    big = [t for size, t in took if size > n]
+    assert len(big) == 1 and big[0] < 0.2, big
+    assert [m[1]["seq"] for m in p.events()] == [1, 3]
+    assert router.bad["too_large"] == 1 and router.counts["gaps_opened"] == 0
+    reports = [data_of(m) for m in p.seen if m[0] == "sys.router.bad"]
+    assert [(r["reason"], r["size"] > n) for r in reports] == [("too_large", True)]
+
+
+def test_envelope_nested_too_deep_is_refused_and_consumes_its_seq(make_router: Any,
+                                                                   peers: Any) -> None:
+    cfg, running = make_router()
+    p = peers(cfg)
+    p.sync()
+    p.publish(1)
+    deep: Any = 1
+    for _ in range(envelope.MAX_DEPTH + 5):
+        deep = {"k": deep}
+    p.send(b"evt.t1.x", raw_body(p, 2, {"a": deep}))
+    p.publish(3)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 3, timeout=5)
+    assert [m[1]["seq"] for m in p.events()] == [1, 3]
+    assert running.router.bad == {**running.router.bad, "invalid": 1}
+    assert running.router.counts["gaps_opened"] == 0
+
+
+def test_refused_first_envelope_still_starts_its_pair(make_router: Any, peers: Any) -> None:
+    """A raw client (sync without `next`) whose seq 1 is refused is not asked to resync for
+    seq 2: seq 1 starts a pair whether it is journaled or refused."""
+    cfg, running = make_router()
+    p = peers(cfg)
+    p.sync()
+    p.publish(1, topic="sys.router.fake")  # refused: reserved
+    p.publish(2)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 2, timeout=5)
+    assert [m[1]["seq"] for m in p.events()] == [2]
+    assert not [m for m in p.seen if m[0] == "ack.t1" and data_of(m).get("resync")]
+    assert running.router.counts["unknown_source"] == 0
+
+
+def test_gap_filled_by_a_refused_envelope_is_reported_filled(make_router: Any,
+                                                             peers: Any) -> None:
+    cfg, _ = make_router()
+    p = peers(cfg)
+    p.sync()
+    p.publish(1)
+    p.publish(3)  # early: a gap opens, expecting 2
+    p.wait(lambda m: m[0] == "sys.router.gap" and data_of(m)["state"] == "open")
+    p.publish(2, topic="sys.router.fake")  # 2 arrives, refused: it fills the gap all the same
+    filled = p.wait(lambda m: m[0] == "sys.router.gap")
+    assert data_of(filled) == {"src": "t1", "epoch": 1, "expected": 2, "got": 3,
+                               "state": "filled"}
+    p.publish(3)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 3)
+    assert [m[1]["seq"] for m in p.events()] == [1, 3]
+    counts = p.state()["counts"]
+    assert counts["gaps_open"] == 0 and counts["gaps_filled"] == 1 and counts["gaps_lost"] == 0
+
+
+def test_a_timed_out_gap_never_moves_the_known_seq_backwards(make_router: Any,
+                                                             peers: Any) -> None:
+    """The lowest early seq seen (3) arrives, and more after it, while the gap stays open: a
+    late loss declaration must not skip back to 2 (3 and 4 would then be journaled twice)."""
+    cfg, _ = make_router("gap_timeout = 0.3\n")
+    p = peers(cfg)
+    p.sync()
+    p.publish(1)
+    p.publish(10)  # a gap opens: expected 2, got 10
+    p.publish(3)  # early too: the lowest early seq is now 3
+    for seq in (2, 3, 4):
+        p.publish(seq)  # hc 4, the gap (up to 9) is still open
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 4)
+    time.sleep(0.4)
+    p.publish(12)  # the gap timed out, but 3 has arrived: nothing below 5 may be skipped
+    for seq in range(3, 13):
+        p.publish(seq)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 12)
+    assert [m[1]["seq"] for m in p.events()] == list(range(1, 13))
+    gaps = [data_of(m) for m in p.seen if m[0] == "sys.router.gap"]
+    assert [g["state"] for g in gaps] == ["open", "filled"], gaps
+
+
+def test_seq_advances_without_entries_survive_a_restart(make_router: Any, peers: Any,
+                                                        tmp_path: Path) -> None:
+    """hc raised by a refusal, by a probe's `next` (new pair, lost range) or by a timed-out gap
+    is in the journal file: after a restart the next seqs are simply next, no gap, no loss."""
+    cfg, first_run = make_router(f'journal_path = "{tmp_path / "journal.bin"}"\n'
+                                 "gap_timeout = 0.2\n")
+    refused, fresh, skipped, timed_out = (peers(cfg, name) for name in ("ta", "tb", "tc", "td"))
+    for p in (refused, fresh, skipped, timed_out):
+        p.sync()
+    refused.publish(1)
+    refused.publish(2, topic="sys.router.fake")  # refused: 2 used up
+    fresh.send(wire.SYNC_TOPIC.encode(),
+               fresh.body(0, kind="system", data={"token": "n", "next": 5}))  # starts at 5
+    skipped.publish(1)
+    skipped.send(wire.SYNC_TOPIC.encode(),
+                 skipped.body(0, kind="system", data={"token": "n", "next": 7}))  # 2..6 lost
+    timed_out.publish(1)
+    timed_out.publish(4)  # a gap: 2, 3 missing
+    time.sleep(0.3)
+    timed_out.publish(5)  # 2..3 declared lost (4 is held), hc 3; 5 opens a new gap
+    expected = {"ta": 2, "tb": 4, "tc": 6, "td": 3}
+    for p in (refused, fresh, skipped, timed_out):
+        assert p.sync()["seq"] == expected[p.name]
+    first_run.stop()
+
+    make_router(cfg=cfg)
+    for p in (refused, fresh, skipped, timed_out):
+        assert p.sync()["seq"] == expected[p.name], p.name
+        p.publish(expected[p.name] + 1)
+    for p in (refused, fresh, skipped, timed_out):
+        p.wait(lambda m, p=p: m[0] == f"ack.{p.name}"
+               and data_of(m).get("seq") == expected[p.name] + 1, timeout=5)
+    counts = refused.state()["counts"]
+    assert counts["gaps_opened"] == 0 and counts["gaps_lost"] == 0
+
+
+def test_sync_probe_from_src_router_is_refused(make_router: Any, peers: Any) -> None:
+    cfg, running = make_router()
+    p = peers(cfg)
+    p.sync()
+    fake = envelope.make("router", 1, 0, "system", {"token": "x", "next": 3}).encode()
+    p.send(wire.SYNC_TOPIC.encode(), fake)
+    p.sync()
+    router = running.router
+    assert router.bad["reserved"] == 1 and ("router", 1) not in router.journal.sources
+    assert not [m for m in p.seen if m[0] == "ack.router"]

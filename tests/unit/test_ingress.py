@@ -139,3 +139,57 @@ def test_reasons(body: bytes, reason: str) -> None:
     with pytest.raises(EnvelopeError) as info:
         ingress.fields(body)
     assert ingress.reason_of(info.value) == reason
+
+
+# -- sequence_fields: src/epoch/seq from the head of a body the router will not decode -------
+
+
+@settings(max_examples=800, deadline=None)
+@given(envelope_maps())
+def test_sequence_fields_agree_with_decode(m: dict[Any, Any]) -> None:
+    body = msgpack.packb(m, use_bin_type=True)
+    truth = outcome(body)
+    if not isinstance(truth, str):
+        assert ingress.sequence_fields(body) == truth[:3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_sequence_fields_never_raise(raw: bytes) -> None:
+    got = ingress.sequence_fields(raw)
+    assert got is None or (isinstance(got[0], str) and got[1] >= 0 and got[2] >= 0)
+
+
+def test_sequence_fields_read_only_the_head() -> None:
+    head = msgpack.packb(BASE, use_bin_type=True)
+    assert ingress.sequence_fields(head) == ("reader1", 7, 3)
+    # refused by decode, but the seq is readable: nesting too deep, unknown keys, bad kind
+    deep: Any = 1
+    for _ in range(envelope.MAX_DEPTH + 3):
+        deep = [deep]
+    for bad in ({**BASE, "data": {"a": deep}}, {**BASE, "x": 1}, {**BASE, "kind": "nope"}):
+        body = msgpack.packb(bad, use_bin_type=True)
+        with pytest.raises(EnvelopeError):
+            envelope.decode(body)
+        assert ingress.sequence_fields(body) == ("reader1", 7, 3)
+    # the payload after seq is never read: here it is cut off and would not even parse
+    cut = msgpack.packb({**BASE, "data": {"big": "x" * 1000}}, use_bin_type=True)[:-500]
+    assert ingress.sequence_fields(cut) == ("reader1", 7, 3)
+    # the keys may come in any order: a large payload first is skipped, not decoded
+    data_first = msgpack.packb({"data": {"l": list(range(5000))}, **BASE}, use_bin_type=True)
+    assert ingress.sequence_fields(data_first) == ("reader1", 7, 3)
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb("src"),
+    msgpack.packb({k: v for k, v in BASE.items() if k != "seq"}),
+    msgpack.packb({**BASE, "seq": "3"}), msgpack.packb({**BASE, "seq": True}),
+    msgpack.packb({**BASE, "seq": -1}), msgpack.packb({**BASE, "seq": 2**63}),
+    msgpack.packb({**BASE, "epoch": 1.0}), msgpack.packb({**BASE, "src": "a b"}),
+    msgpack.packb({**BASE, "src": "x" * 300}), msgpack.packb({**BASE, "src": b"reader1"}),
+    msgpack.packb({**{f"k{i}": i for i in range(ingress.SEQ_MAX_KEYS)}, **BASE}),
+    msgpack.packb({(1,) * 1000: 1, **BASE}),  # a key that is a large array is not unpacked
+    msgpack.packb(BASE)[:30],  # cut before seq
+])
+def test_sequence_fields_unreadable(body: bytes) -> None:
+    assert ingress.sequence_fields(body) is None

@@ -257,3 +257,93 @@ def test_fsync_after_each_flush_when_asked(tmp_path: Path, monkeypatch: pytest.M
     j.flush()
     j.flush()  # nothing queued: no write, no fsync
     assert len(calls) == 1
+
+
+# -- hc raised without an entry (refused envelope, sync `next`, lost range) --------------------
+
+
+def test_advance_only_raises_and_survives_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    j = reopen(path)
+    fill(j, 2, "a", 1)
+    assert j.advance(("a", 1), 3) and j.sources.get(("a", 1)) == 3  # seq 3 was refused
+    assert not j.advance(("a", 1), 1) and j.sources.get(("a", 1)) == 3  # never down
+    assert j.advance(("b", 2), 9)  # a probe's `next` 10 started a pair without entries
+    j.advance(("b", 2), 10)
+    j.advance(("router", 5), 4)  # the router's own pairs are not kept in the file
+    j.flush()
+    assert j._file is not None
+    raw = path.read_bytes()
+    assert raw.count(bytes([journal_file.TYPE_ADVANCE])) >= 2
+    fill(j, 1, "c", 1)
+    j.flush()
+    j.close()
+    k = reopen(path)
+    assert k.sources.get(("a", 1)) == 3 and k.sources.get(("b", 2)) == 10
+    assert ("router", 5) not in k.sources and k.last == 3
+    assert [s for s, _, _ in k.sources.snapshot()] == ["a", "b", "c"]  # recency kept
+    fill(k, 1, "a", 1, start_seq=4)
+    assert k.last == 4
+
+
+def test_unflushed_advance_is_not_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    j = reopen(path)
+    fill(j, 1)
+    j.flush()
+    j.advance(("a", 1), 2)  # the router dies before the batch is flushed (and acked)
+    assert reopen(path).sources.get(("a", 1)) == 1
+
+
+def test_compaction_keeps_advances_in_the_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    j = reopen(path, max_messages=5, compact_min_bytes=0)
+    j.advance(("quiet", 1), 7)  # only an advance record, soon before the copied range
+    for i in range(50):
+        fill(j, 1, "a", 1, start_seq=2 * i + 1, size=40)
+        j.advance(("a", 1), 2 * i + 2)  # every other seq refused
+        j.flush()
+    assert j._file is not None and j._file.compactions > 3
+    k = reopen(path, max_messages=5)
+    assert k.sources.get(("quiet", 1)) == 7 and k.sources.get(("a", 1)) == 100
+    assert (k.first, k.last) == (j.first, j.last) and bodies(k) == bodies(j)
+
+
+def test_torn_advance_record_is_cut_like_any_tail(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    j = reopen(path)
+    fill(j, 2)
+    j.flush()
+    j.advance(("a", 1), 3)
+    j.close()
+    full = path.read_bytes()
+    for cut in range(1, 20):
+        path.write_bytes(full[:-cut])
+        k = reopen(path)
+        assert k.last == 2 and k.sources.get(("a", 1)) == 2
+        k.close()
+
+
+def test_version_1_file_is_read_then_marked_version_2(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    j = reopen(path)
+    fill(j, 3)
+    j.close()
+    path.write_bytes(journal_file.MAGIC_V1 + path.read_bytes()[len(journal_file.MAGIC):])
+    k = reopen(path)
+    assert k.last == 3 and k.sources.get(("a", 1)) == 3
+    k.advance(("a", 1), 4)
+    k.close()
+    # an older router would cut the file at the advance record: it must see a newer version
+    assert path.read_bytes()[:len(journal_file.MAGIC)] == journal_file.MAGIC
+    assert reopen(path).sources.get(("a", 1)) == 4
+
+
+def test_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "journal.bin"
+    reopen(path).close()
+    raw = path.read_bytes()
+    path.write_bytes(journal_file.MAGIC_PREFIX + b"\x03" + raw[len(journal_file.MAGIC):])
+    with pytest.raises(BusError, match="format version 3"):
+        reopen(path)
+    assert path.read_bytes()[len(journal_file.MAGIC):] == raw[len(journal_file.MAGIC):]
