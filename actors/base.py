@@ -29,19 +29,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
-from types import FrameType
 from typing import Any, ClassVar, Final
 
 import zmq
 
 from actors import recovery
-from actors.buslog import BusLogHandler
 from actors.commands import (
     CommandError,
     CommandSpec,
@@ -60,7 +57,6 @@ from broker.config import (
     ActorConfig,
     RouterConfig,
     Setting,
-    SiteConfig,
     non_negative,
     parse_settings,
     positive,
@@ -68,8 +64,7 @@ from broker.config import (
 from broker.envelope import Envelope
 from broker.errors import ConfigError, EnvelopeError
 
-__all__ = ["Actor", "BusLogHandler", "CommandError", "Deferred", "Param", "Setting", "command",
-           "run_actor"]
+__all__ = ["Actor", "CommandError", "Deferred", "Param", "Setting", "command"]
 
 log = logging.getLogger(__name__)
 
@@ -478,44 +473,6 @@ class Actor:
 
 
 Actor.commands = collect(Actor)  # __init_subclass__ does this for every subclass
-
-
-def run_actor(site: SiteConfig, name: str, *, log_to_bus: bool = True) -> int:
-    """Process entry point for ``sctl actor NAME``: build the actor from the site file, install
-    SIGTERM/SIGINT handlers that ask for a graceful stop, run it, return the exit code.
-
-    A site file that does not describe a runnable actor (unknown type, bad setting) is logged
-    with its key path and gives `EXIT_CONFIG` before anything opens. With `log_to_bus`, a
-    `BusLogHandler` on the root logger sends WARNING+ records to ``log.<name>`` while it runs.
-    """
-    from actors.registry import create_actor  # registry imports this module
-
-    try:
-        actor = create_actor(site, name)
-    except ConfigError as exc:
-        log.error("cannot run actor %s: %s", name, exc)
-        return EXIT_CONFIG
-    handler = BusLogHandler(actor) if log_to_bus else None
-    if handler is not None:
-        logging.getLogger().addHandler(handler)
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, _stop_handler(actor))
-    try:
-        return actor.run()
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-
-
-def _stop_handler(actor: Actor) -> Callable[[int, FrameType | None], None]:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        actor.request_stop(signal.Signals(signum).name)
-
-    return handle
 
 
 def _describe_setting(s: Setting, value: Any) -> dict[str, Any]:

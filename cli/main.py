@@ -95,7 +95,7 @@ def router(ctx: click.Context) -> None:
 @click.pass_context
 def actor(ctx: click.Context, name: str) -> None:
     """Run actor NAME from the site file (any registered type)."""
-    from actors.base import run_actor
+    from actors.runner import run_actor
 
     _setup_logging(ctx.obj["verbose"], logging.INFO)
     site = site_of(ctx)
