@@ -185,15 +185,23 @@ def decode(raw: bytes) -> Envelope:
         raise EnvelopeError(str(exc), raw) from None
 
 
+_SCALARS: Final = frozenset({str, int, float, bytes, bool, type(None)})
+
+
 def _check_plain(value: Any, depth: int) -> bool:
     """True when `value` holds only msgpack-native types (no datetime) within MAX_DEPTH."""
     if depth > MAX_DEPTH:
         return False
     if isinstance(value, dict):
-        return all(_check_plain(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return all(_check_plain(v, depth + 1) for v in value)
-    return not isinstance(value, datetime)
+        items: Any = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return not isinstance(value, datetime)
+    for v in items:  # noqa: SIM110 - a loop, not all(): per-publish hot path, scalars skip the call
+        if type(v) not in _SCALARS and not _check_plain(v, depth + 1):
+            return False
+    return True
 
 
 def _check_type(obj: dict[Any, Any], key: str, typ: Any, raw: bytes) -> None:

@@ -10,7 +10,8 @@ goes through `envelope.decode`, which either accepts it after all or raises the 
 reported. The subset property (``fast_fields(b) is not None`` implies ``envelope.decode(b)``
 succeeds with the same fields) is a property test in tests/unit/test_ingress.py.
 
-Topic rules are decided once per distinct topic (`topic_rule`) and cached by the router.
+Topic rules are decided once per distinct topic (`topic_rule`) and cached by the router;
+`refusal` applies them to a decoded envelope (reserved topic or src, kind against topic, seq 0).
 
 `sequence_fields` reads only (src, epoch, seq) from the head of a body, without decoding the
 payload: the router uses it on bodies it refuses unread (too large) or that fail `fields`, so
@@ -31,6 +32,7 @@ from broker.errors import EnvelopeError, TopicError
 NORMAL: Final = 0
 SYNC: Final = 1
 RESERVED: Final = 2  # only the router publishes here (ack.*, sys.router.*), or ctl.* but sync
+ROUTER_SRC: Final = "router"  # the router's own src: no peer may send with it
 
 _RESERVED_PREFIXES: Final = ("ack", "sys.router", "ctl")
 _KIND_OF_ROOT: Final = {"cmd": "command", "rep": "reply", "hb": "heartbeat", "log": "log"}
@@ -61,6 +63,21 @@ def topic_rule(tframe: bytes) -> TopicRule:
     elif any(topics.matches(topic, p) for p in _RESERVED_PREFIXES):
         special = RESERVED
     return topic, _KIND_OF_ROOT.get(topic.split(".", 1)[0]), special
+
+
+def refusal(rule: TopicRule, f: Fields) -> tuple[str, str] | None:
+    """(reason, error) when a valid envelope other than a sync probe breaks a topic or seq
+    rule of `broker.wire`, else None."""
+    topic, need, special = rule
+    src, kind, seq = f[0], f[3], f[2]
+    if special == RESERVED or src == ROUTER_SRC:
+        return "reserved", f"{topic} / src {src!r} is the router's own"
+    if kind != need and (need is not None or kind == "command"):
+        return "kind", (f"kind {kind!r} on topic {topic}"
+                        f" (expects {need or 'anything but command'})")
+    if seq == 0:
+        return "seq", "seq 0 is only for ctl.sync probes"
+    return None
 
 
 def _src_ok(src: str) -> bool:

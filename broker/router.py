@@ -12,19 +12,21 @@ pokes. Ingress is drained in batches of up to `INGRESS_BATCH` messages; per batc
 2. flushes the journal file (fsync if configured), so nothing below is ever ahead of the disk;
 3. publishes the batch's accepted envelopes, then one ``ack.<src>`` per pair it touched.
 
-Bad input is counted by reason, logged with a hex excerpt and reported on ``sys.router.bad``
-(reports and their log lines rate-limited together; the next report carries the number
-suppressed). Nothing a peer sends can raise out of the loop.
+The decisions live in I/O-free parts, and this module carries them out: `broker.sequencer`
+says whether a seq is next, a duplicate, early, from an unknown pair or ends a lost range (and
+keeps the gap state); the router journals, advances hc, publishes the gap reports and sends the
+acks and resync requests. Bad input is counted by reason in `broker.bad_input`, which also
+rate-limits the reports; the router logs each report with its hex excerpt and publishes it on
+``sys.router.bad``. `broker.router_stats` builds the ``sys.router.stats`` map. Nothing a peer
+sends can raise out of the loop.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
 
@@ -32,63 +34,33 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from broker import envelope, ingress, topics
+from broker.bad_input import BadInput
 from broker.config import RouterConfig
 from broker.envelope import STAMP
 from broker.errors import BusError, EnvelopeError, TopicError
 from broker.journal import Journal, SourceKey
 from broker.query import QueryHandler
+from broker.router_stats import COUNTS, Rates, state_map
+from broker.sequencer import GapEvent, GapState, Sequencer, Verdict
 
 log = logging.getLogger(__name__)
 
-SRC: Final = "router"
+SRC: Final = ingress.ROUTER_SRC
 INGRESS_BATCH: Final = 1000
 QUERY_BATCH: Final = 100
 MAX_POLL_S: Final = 0.25  # stop() is also a flag: bound how long a missed wake-up can delay it
 XSUB_MAXMSGSIZE: Final = 64 * 1024 * 1024  # hard memory guard; max_message_bytes is the policy
 INGRESS_HWM: Final = 10_000
 TOPIC_CACHE_MAX: Final = 10_000
-BAD_REPORTS_PER_S: Final = 10.0
-EXCERPT: Final = 64
 
-_BAD_REASONS: Final = ("frames", "topic", "too_large", "msgpack", "missing_key", "wrong_type",
-                       "invalid", "kind", "reserved", "seq", "sync", "internal")
+_GAP_COUNTS: Final[dict[GapState, str]] = {
+    "open": "gaps_opened", "filled": "gaps_filled", "lost": "gaps_lost"}
 # pyzmq's Python layer costs ~1 us per frame; the router calls the Cython socket methods directly.
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 _get = zmq.backend.Socket.get
 _MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST: Final = int(zmq.NOBLOCK)
-
-
-@dataclass(slots=True)
-class _Gap:
-    expected: int  # first missing seq when the gap opened
-    got: int  # the out-of-order seq that opened it
-    low: int  # lowest out-of-order seq seen since: the oldest the sender still holds
-    opened: float  # monotonic
-
-
-RESYNC_EVERY_S: Final = 0.25  # at most one resync request per source per this
-
-
-class _RateLimit:
-    """Token bucket: `allow()` is true at most `rate` times per second (burst `rate`)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.at = time.monotonic()
-        self.suppressed = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        self.suppressed += 1
-        return False
 
 
 class Router:
@@ -110,18 +82,13 @@ class Router:
         self._own_seq = 0
         self._pending: list[tuple[bytes, bytes, bytes]] = []  # egress frames of this batch
         self._touched: dict[SourceKey, None] = {}  # pairs to ack after this batch
-        self._gaps: dict[SourceKey, _Gap] = {}
-        self._resync_asked: dict[SourceKey, float] = {}
+        self._sequencer = Sequencer(self.journal.sources, config.gap_timeout)
         self._rules: dict[bytes, ingress.TopicRule] = {}
         self._max_body = config.max_message_bytes
-        self._bad_limit = _RateLimit(BAD_REPORTS_PER_S)
-        self.counts: dict[str, int] = dict.fromkeys(
-            ("received", "journaled", "duplicates", "out_of_order", "gaps_opened", "gaps_lost",
-             "gaps_filled", "syncs", "sent", "subscriptions", "unsubscriptions",
-             "subscribers", "replies_dropped", "unknown_source"), 0)
-        self.bad: dict[str, int] = dict.fromkeys(_BAD_REASONS, 0)
-        self._rates = {"in": 0.0, "out": 0.0}
-        self._rate_base = (time.monotonic(), 0, 0)
+        self._bad_input = BadInput()
+        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
+        self.bad = self._bad_input.counts
+        self._rates = Rates()
         self._next_stats = time.monotonic() + config.stats_interval
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -290,17 +257,16 @@ class Router:
             self._bad(ingress.reason_of(exc), frames, str(exc))
             self._consume_unread(body)
             return
-        topic, need, special = rule
         src = f[0]
-        if special == ingress.SYNC and src != SRC:
+        if rule[2] == ingress.SYNC and src != SRC:
             self._sync(f, frames)
             return
-        refusal = self._refusal(topic, need, special, f)
+        refusal = ingress.refusal(rule, f)
         if refusal is not None:
             self._bad(refusal[0], frames, refusal[1])
             self._consume(src, f[1], f[2])
         else:
-            self._sequence((src, f[1]), f[2], tframe, topic, body)
+            self._sequence((src, f[1]), f[2], tframe, rule[0], body)
 
     def _rule(self, frames: list[bytes]) -> ingress.TopicRule | None:
         """Decide and cache the rule of a topic not seen before; None (reported) if invalid."""
@@ -314,19 +280,6 @@ class Router:
             self._rules.clear()
         self._rules[tframe] = rule
         return rule
-
-    def _refusal(self, topic: str, need: str | None, special: int,
-                 f: ingress.Fields) -> tuple[str, str] | None:
-        """(reason, error) when a well-formed envelope breaks an ingress rule, else None."""
-        src, kind, seq = f[0], f[3], f[2]
-        if special == ingress.RESERVED or src == SRC:
-            return "reserved", f"{topic} / src {src!r} is the router's own"
-        if kind != need and (need is not None or kind == "command"):
-            return "kind", (f"kind {kind!r} on topic {topic}"
-                            f" (expects {need or 'anything but command'})")
-        if seq == 0:
-            return "seq", "seq 0 is only for ctl.sync probes"
-        return None
 
     def _consume_unread(self, body: bytes) -> None:
         """A body refused before it was decoded still uses up its seq, if that can be read."""
@@ -342,26 +295,31 @@ class Router:
 
     def _sequence(self, key: SourceKey, seq: int, tframe: bytes = b"", topic: str = "",
                   body: bytes | None = None) -> None:
-        """The per-(src, epoch) ingress rules of `broker.wire`; `body` None: a refused one."""
-        hc = self.journal.sources.get(key)
-        if hc is None:
-            if seq != 1:
-                self._ask_resync(key, seq)
-                return
-            hc = 0
+        """Act on the sequencer's verdict (see `broker.sequencer`); `body` None: a refused one."""
+        verdict, gap = self._sequencer.check(key, seq)
+        if verdict is Verdict.UNKNOWN:
+            self._ask_resync(key, seq)
+            return
         self._touched[key] = None
-        if seq == hc + 1:
+        if gap is not None:
+            self._report_gap(gap)
+            if verdict is Verdict.LOST:  # hc skips the range just reported; look at seq again
+                self.journal.advance(key, gap.missing[-1])
+                self._sequence(key, seq, tframe, topic, body)
+                return
+        if verdict is Verdict.NEXT:
             if body is None:
                 self.journal.advance(key, seq)
             else:
                 self._accept(key, tframe, topic, body, seq)
-            if self._gaps:
-                self._close_gap(key, seq)
-        elif seq <= hc:
+            filled = self._sequencer.took(key, seq)
+            if filled is not None:
+                self._report_gap(filled)
+        elif verdict is Verdict.DUPLICATE:
             if body is not None:
                 self.counts["duplicates"] += 1
-        elif self._out_of_order(key, hc, seq):
-            self._sequence(key, seq, tframe, topic, body)  # the lost range was skipped: retry
+        else:
+            self.counts["out_of_order"] += 1
 
     def _accept(self, key: SourceKey, tframe: bytes, topic: str, body: bytes, seq: int) -> None:
         self.journal.sources.put(key, seq)
@@ -369,83 +327,22 @@ class Router:
         self._pending.append((tframe, body, STAMP.pack(self.router_epoch, gseq)))
         self.counts["journaled"] += 1
 
-    def _close_gap(self, key: SourceKey, seq: int) -> None:
-        """hc just rose to `seq`: a gap whose missing range that completes is filled."""
-        gap = self._gaps.get(key)
-        if gap is not None and seq + 1 >= gap.got:
-            del self._gaps[key]
-            self.counts["gaps_filled"] += 1
-            self._report_gap(key, gap, "filled")
-
-    def _out_of_order(self, key: SourceKey, hc: int, seq: int) -> bool:
-        """Count/drop an early seq; True when a timed-out gap was just declared lost."""
-        gap = self._gaps.get(key)
-        if gap is None:
-            self.counts["gaps_opened"] += 1
-            gap = self._gaps[key] = _Gap(expected=hc + 1, got=seq, low=seq,
-                                         opened=time.monotonic())
-            self._report_gap(key, gap, "open")
-        elif self._gap_timed_out(gap, hc, seq):
-            # Skip only up to the oldest seq the sender has shown it still holds: everything
-            # from there on is in its outbox and will be resent, so it must not be lost.
-            del self._gaps[key]
-            self.counts["gaps_lost"] += 1
-            self._report_gap(key, gap, "lost", missing=[hc + 1, gap.low - 1])
-            self.journal.advance(key, gap.low - 1)
-            return True
-        self.counts["out_of_order"] += 1
-        return False
-
-    def _gap_timed_out(self, gap: _Gap, hc: int, seq: int) -> bool:
-        """Note an early seq; True when the gap is to be declared lost up to ``gap.low - 1``
-        (always above hc, so hc only ever rises)."""
-        gap.low = min(gap.low, seq)
-        now = time.monotonic()
-        if now - gap.opened < self.config.gap_timeout:
-            return False
-        if gap.low <= hc + 1:
-            # The lowest early seq seen has arrived since, or is next: which later ones the
-            # sender still holds is unknown. Skip nothing; the episode starts over from here.
-            gap.low, gap.opened = seq, now
-            return False
-        return True
-
-    def _report_gap(self, key: SourceKey, gap: _Gap, state: str, **extra: Any) -> None:
-        data = {"src": key[0], "epoch": key[1], "expected": gap.expected, "got": gap.got,
-                "state": state, **extra}
-        log.log(logging.INFO if state == "filled" else logging.WARNING,
-                "ingress gap %s: %s epoch %d expected seq %d, got %d%s", state, key[0], key[1],
-                gap.expected, gap.got, f", missing {extra['missing']}" if extra else "")
-        self._publish_own(topics.ROUTER_GAP, data)
+    def _report_gap(self, gap: GapEvent) -> None:
+        self.counts[_GAP_COUNTS[gap.state]] += 1
+        log.log(logging.INFO if gap.state == "filled" else logging.WARNING,
+                "ingress gap %s: %s epoch %d expected seq %d, got %d%s", gap.state, gap.key[0],
+                gap.key[1], gap.expected, gap.got,
+                f", missing {list(gap.missing)}" if gap.missing else "")
+        self._publish_own(topics.ROUTER_GAP, gap.data())
 
     def _ask_resync(self, key: SourceKey, seq: int) -> None:
         """An unknown (src, epoch) not starting at seq 1: this router lost its state (restart
-        without journal, evicted pair). Accepting it would turn the sender's resends of older,
-        unacked seqs into "duplicates"; instead drop it and ask the sender to sync, which tells
-        where its outbox starts."""
+        without journal, evicted pair); the sender's sync will tell where its outbox starts."""
         self.counts["unknown_source"] += 1
-        now = time.monotonic()
-        if now - self._resync_asked.get(key, 0.0) < RESYNC_EVERY_S:
+        if not self._sequencer.resync_due(key):
             return
-        if len(self._resync_asked) > 10_000:
-            self._resync_asked.clear()
-        self._resync_asked[key] = now
         log.info("unknown source %s epoch %d sent seq %d: asking it to sync", key[0], key[1], seq)
         self._transient(f"ack.{key[0]}", {"epoch": key[1], "seq": 0, "resync": True})
-
-    def _register(self, key: SourceKey, next_seq: Any) -> None:
-        """The sync probe's `next`: the oldest seq the sender still holds. Below it nothing
-        will ever come again: start an unknown pair there, or declare the rest lost."""
-        if type(next_seq) is not int or not 1 <= next_seq <= envelope.MAX_U63:
-            return
-        hc = self.journal.sources.get(key)
-        if hc is None:
-            self.journal.advance(key, next_seq - 1)
-        elif hc < next_seq - 1:
-            gap = self._gaps.pop(key, None) or _Gap(hc + 1, next_seq, next_seq, time.monotonic())
-            self.counts["gaps_lost"] += 1
-            self._report_gap(key, gap, "lost", missing=[hc + 1, next_seq - 1])
-            self.journal.advance(key, next_seq - 1)
 
     def _sync(self, f: ingress.Fields, frames: list[bytes]) -> None:
         src, epoch, seq, kind, data = f
@@ -455,28 +352,26 @@ class Router:
             self._consume(src, epoch, seq)
             return
         self.counts["syncs"] += 1
-        self._register((src, epoch), data.get("next"))
+        start = self._sequencer.register((src, epoch), data.get("next"))
+        if start is not None:  # before answering: the answer's hc must include `next`
+            hc, lost = start
+            if lost is not None:
+                self._report_gap(lost)
+            self.journal.advance((src, epoch), hc)
         self._transient(f"ack.{src}", {
             "sync": token, "head": self.journal.last, "first": self.journal.first,
             "router_epoch": self.router_epoch, "origin": self.journal.origin, "epoch": epoch,
             "seq": self.journal.sources.get((src, epoch)) or 0})
 
     def _bad(self, reason: str, frames: list[bytes], error: str) -> None:
-        self.bad[reason] += 1
-        if not self._bad_limit.allow():
+        report = self._bad_input.refuse(reason, frames, error)
+        if report is None:
             return
-        body = frames[1] if len(frames) == 2 else b"".join(f[:EXCERPT] for f in frames)
-        excerpt = body[:EXCERPT].hex()
-        topic = frames[0][:120].decode("utf-8", "backslashreplace") if frames else ""
-        size = sum(len(f) for f in frames)
-        suppressed, self._bad_limit.suppressed = self._bad_limit.suppressed, 0
         log.warning("bad ingress message (%s): %s; topic %r, %d bytes, %d frames, excerpt %s"
-                    " (%d similar reports suppressed before this one)", reason, error, topic,
-                    size, len(frames), excerpt, suppressed)
-        self._publish_own(topics.ROUTER_BAD, {
-            "reason": reason, "error": error[:200], "topic": topic, "excerpt": excerpt,
-            "size": size, "frames": len(frames), "count": self.bad[reason],
-            "suppressed": suppressed})
+                    " (%d similar reports suppressed before this one)", reason, error,
+                    report["topic"], report["size"], report["frames"], report["excerpt"],
+                    report["suppressed"])
+        self._publish_own(topics.ROUTER_BAD, report)
 
     # -- the router's own messages -----------------------------------------------------------
 
@@ -515,44 +410,13 @@ class Router:
 
     def state(self) -> dict[str, Any]:
         """The router's counters: the data of sys.router.stats and of the `state` query."""
-        j, q, c = self.journal, self._queries.counters, self.counts
-        return {
-            "router_epoch": self.router_epoch, "origin": j.origin, "pid": os.getpid(),
-            "first": j.first, "last": j.last, "persistent": j.persistent,
-            "journal": {"messages": len(j), "bytes": j.bytes, "max_messages": j.max_messages,
-                        "max_bytes": j.max_bytes, "evicted": j.evicted,
-                        "persistent": j.persistent, "path": str(j.path or ""),
-                        "file_bytes": j.file_bytes},
-            "rates": dict(self._rates),
-            "counts": {
-                "received": c["received"], "journaled": c["journaled"],
-                "duplicates": c["duplicates"], "out_of_order": c["out_of_order"],
-                "bad": {"total": sum(self.bad.values()),
-                        "by_reason": {k: v for k, v in self.bad.items() if v},
-                        "suppressed_reports": self._bad_limit.suppressed},
-                "gaps_open": len(self._gaps), "gaps_opened": c["gaps_opened"],
-                "gaps_lost": c["gaps_lost"], "gaps_filled": c["gaps_filled"],
-                "syncs": c["syncs"], "sent": c["sent"],
-                "replay_requests": q.replay_requests, "replayed": q.replayed,
-                "queries": q.requests, "query_errors": q.errors,
-                "replies_dropped": c["replies_dropped"],
-                "egress_gaps": q.egress_gaps, "egress_missed": q.egress_missed,
-                "subscriptions": c["subscriptions"], "unsubscriptions": c["unsubscriptions"],
-            },
-            "subscribers": c["subscribers"],
-            "sources": len(j.sources),
-        }
+        return state_map(self.router_epoch, self.journal, self.counts, self._bad_input,
+                         self._sequencer.open_gaps, self._queries.counters, self._rates.current)
 
     def _publish_stats(self) -> None:
         now = time.monotonic()
-        at, received, sent = self._rate_base
-        dt = max(now - at, 1e-6)
-        self._rates = {"in": round((self.counts["received"] - received) / dt, 1),
-                       "out": round((self.counts["sent"] - sent) / dt, 1)}
-        self._rate_base = (now, self.counts["received"], self.counts["sent"])
-        # Gaps of pairs evicted from the source table can never be filled or lost: forget them.
-        for key in [k for k in self._gaps if k not in self.journal.sources]:
-            del self._gaps[key]
+        self._rates.update(now, self.counts["received"], self.counts["sent"])
+        self._sequencer.forget_evicted()
         self._publish_own(topics.ROUTER_STATS, self.state())
         self._next_stats = now + self.config.stats_interval
 

@@ -1,0 +1,178 @@
+"""The sending half of a Bus: numbering, the outbox, acks (at-least-once ingress, DESIGN §4.1).
+
+`publish` numbers envelopes 1, 2, 3 ... per (name, epoch) and keeps them in the `Outbox` until
+the router's ack covers their seq. Whatever the router would refuse is refused here first, as
+an exception the caller sees (the router reports refusals only on ``sys.router.bad``), and
+before a seq is taken: a refused envelope must not leave a hole in this sender's stream.
+
+Acks release outbox entries and settle `on_acked` waiters (a command runs only once its
+"started" record is journaled); an overflow settles the dropped seqs' waiters as failed. The
+overflow alarm waits for the acks to flow again (see `_on_overflow`).
+
+The Bus owns the PUB socket and the sync handshake that decides when sending may start: after
+each enqueue the Publisher calls the `flush` hook it was given, and the Bus, when it may send,
+lends it the socket (`send_unsent`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import zmq
+
+from broker import envelope as envmod
+from broker import ingress, topics
+from broker.envelope import Envelope
+from broker.errors import EnvelopeError, TopicError
+from broker.outbox import Entry, Outbox
+
+log = logging.getLogger(__name__)
+
+RULE_CACHE: Final = 4096  # topics whose ingress rule is remembered
+# pyzmq's C-level send: its Python-level wrapper costs about 1 us per frame
+_send = zmq.backend.Socket.send
+_MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+_LAST: Final = int(zmq.NOBLOCK)
+
+
+def _call(callback: Callable[[bool], object], ok: bool) -> None:
+    try:
+        callback(ok)
+    except Exception:  # runs inside handle(): must not cost the batch's deliveries
+        log.exception("ack callback failed")
+
+
+class Publisher:
+    def __init__(self, name: str, epoch: int, max_message_bytes: int, outbox: Outbox,
+                 counters: dict[str, int], flush: Callable[[], None]) -> None:
+        self.name = name
+        self.epoch = epoch
+        self.max_message_bytes = max_message_bytes
+        self.outbox = outbox
+        self.seq = 0  # the last seq used
+        self.last_progress = time.monotonic()  # the resend timer runs from here
+        self._counters = counters  # the Bus's
+        self._flush = flush
+        self._rules: dict[bytes, ingress.TopicRule] = {}
+        self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
+        self._ack_waiters: dict[int, list[Callable[[bool], object]]] = {}
+
+    def publish(self, topic: str, kind: str, data: dict[str, Any] | None,
+                **extra: Any) -> Envelope:
+        """`Bus.publish`: raises before a seq is used for what the router would refuse."""
+        tframe = topic.encode()
+        _, need, special = self._rule(tframe)
+        if special != ingress.NORMAL:
+            raise TopicError(f"{topic} is reserved for the router")
+        if kind != need and (need is not None or kind == "command"):
+            raise EnvelopeError(f"kind {kind!r} may not be published on {topic} "
+                                f"(expects {need or 'anything but command'})")
+        env = envmod.make(self.name, self.epoch, self.seq + 1, kind, data, **extra)
+        body = env.encode()
+        if len(body) > self.max_message_bytes:
+            raise EnvelopeError(f"{topic}: envelope of {len(body)} bytes is over the router's "
+                                f"max_message_bytes ({self.max_message_bytes})")
+        self.seq += 1
+        self._counters["published"] += 1
+        if not self.outbox.inflight and not self.outbox.waiting:
+            self.last_progress = time.monotonic()
+        overflow = self.outbox.add(Entry(env.seq, tframe, body))
+        if overflow is not None:
+            self._on_overflow(overflow.dropped, overflow.first_seq, overflow.new_episode)
+        self._flush()
+        return env
+
+    def send_unsent(self, pub: zmq.Socket[bytes]) -> bool:
+        """Hand the unsent entries to ZeroMQ, oldest first; False when the pipe is full."""
+        entry = self.outbox.next_unsent()
+        while entry is not None:
+            try:
+                # XPUB_NODROP refuses at a message's first frame only, never mid-message
+                _send(pub, entry.topic, _MORE)
+            except zmq.Again:
+                return False
+            _send(pub, entry.body, _LAST)
+            self.outbox.mark_sent()
+            self._counters["sent"] += 1
+            entry = self.outbox.next_unsent()
+        return True
+
+    def _rule(self, tframe: bytes) -> ingress.TopicRule:
+        rule = self._rules.get(tframe)
+        if rule is None:
+            rule = ingress.topic_rule(tframe)
+            if len(self._rules) >= RULE_CACHE:
+                self._rules.clear()
+            self._rules[tframe] = rule
+        return rule
+
+    @property
+    def held_from(self) -> int:
+        """The oldest seq still held, sent or not (the sync probe's ``next``)."""
+        held = self.outbox.first_seq
+        return self.seq + 1 if held is None else held
+
+    def _on_overflow(self, dropped: int, first_seq: int, new_episode: bool) -> None:
+        """Count and log now; the sys.alarm goes out once the router acknowledges again.
+
+        Published right away it would sit at the tail of a full outbox and be the next thing
+        evicted; sent when acks flow again it reaches the router with the episode's totals.
+        """
+        self._counters["outbox_dropped"] += dropped
+        if self._ack_waiters:
+            self._settle_waiters(first_seq + dropped - 1, False)
+        if new_episode:
+            self._counters["alarms"] += 1
+            log.warning("%s: outbox full (%d messages / %d bytes): router unreachable or too "
+                        "slow; dropping the oldest unacknowledged envelopes from seq %d",
+                        self.name, self.outbox.max_messages, self.outbox.max_bytes, first_seq)
+            self._alarm = {"alarm": "outbox_overflow", "source": self.name,
+                           "first_seq": first_seq, "dropped": 0}
+        if self._alarm is not None:
+            self._alarm["dropped"] += dropped
+            self._alarm["last_seq"] = first_seq + dropped - 1
+
+    def _raise_alarm(self) -> None:
+        alarm, self._alarm = self._alarm, None
+        if alarm is None:
+            return
+        alarm["dropped_total"] = self.outbox.dropped_total
+        alarm["message"] = (f"{self.name}: outbox overflow dropped {alarm['dropped']} "
+                            f"envelope(s), seq {alarm['first_seq']}..{alarm['last_seq']}")
+        self.publish(topics.ALARM, "system", alarm)
+
+    def ack(self, seq: int) -> None:
+        """The router acknowledged every seq up to `seq` of our epoch."""
+        released = self.outbox.ack(seq)
+        if released:
+            self._counters["acked"] += released
+            self.last_progress = time.monotonic()
+            if self._alarm is not None:
+                self._raise_alarm()
+            self._settle_waiters(self.outbox.acked, True)
+
+    def resend(self) -> int:
+        """After a (re)sync: everything unacked goes out again; returns how many."""
+        resent = self.outbox.rewind()
+        self._counters["resent"] += resent
+        self.last_progress = time.monotonic()
+        return resent
+
+    def on_acked(self, seq: int, callback: Callable[[bool], object]) -> None:
+        """`Bus.on_acked`."""
+        if seq <= self.outbox.acked:
+            _call(callback, True)
+        else:
+            self._ack_waiters.setdefault(seq, []).append(callback)
+
+    def close(self) -> None:
+        """Nothing unacked can be acked any more."""
+        self._settle_waiters(self.seq, False)
+
+    def _settle_waiters(self, upto: int, ok: bool) -> None:
+        for seq in [s for s in self._ack_waiters if s <= upto]:
+            for callback in self._ack_waiters.pop(seq):
+                _call(callback, ok)
