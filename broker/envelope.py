@@ -198,6 +198,8 @@ def _check_plain(value: Any, depth: int) -> bool:
         items = value
     else:
         return not isinstance(value, datetime)
+    if depth == MAX_DEPTH:
+        return not items  # any child would sit at MAX_DEPTH + 1
     for v in items:  # noqa: SIM110 - a loop, not all(): per-publish hot path, scalars skip the call
         if type(v) not in _SCALARS and not _check_plain(v, depth + 1):
             return False

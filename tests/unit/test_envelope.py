@@ -537,3 +537,22 @@ def test_property_prefix_matching_is_segment_aligned(
 def test_property_matches_implies_zmq_prefix(topic: str, prefix: str) -> None:
     if topics.matches(topic, prefix):
         assert topic.encode().startswith(topics.zmq_prefix(prefix))
+
+
+@pytest.mark.parametrize("container", ["list", "dict"])
+def test_data_depth_limit_is_exact(container: str) -> None:
+    """data is at depth 0; a value may sit at MAX_DEPTH at the deepest, never below it."""
+    from broker.envelope import MAX_DEPTH, make
+
+    def nest(levels: int, leaf: object = 1) -> object:
+        value: object = leaf
+        for _ in range(levels):
+            value = [value] if container == "list" else {"k": value}
+        return value
+
+    ok = make("a", 1, 1, "event", {"d": nest(MAX_DEPTH - 1)})  # the 1 sits at MAX_DEPTH
+    assert decode(ok.encode()) == ok
+    with pytest.raises(EnvelopeError, match="nests deeper"):
+        make("a", 1, 1, "event", {"d": nest(MAX_DEPTH)})  # the 1 would sit at MAX_DEPTH + 1
+    empty = make("a", 1, 1, "event", {"d": nest(MAX_DEPTH - 1, leaf=[])})  # [] at MAX_DEPTH
+    assert decode(empty.encode()) == empty
