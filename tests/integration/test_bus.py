@@ -57,6 +57,15 @@ class Collector(threading.Thread):
         return [d.envelope.data["i"] for d in self.got]
 
 
+def connected(site_path: Path, name: str, *prefixes: str) -> Bus:
+    """A Bus subscribed to `prefixes` (before connecting) and synced with the router."""
+    bus = Bus(load_site(site_path).router, name)
+    for prefix in prefixes:
+        bus.subscribe(prefix)
+    assert bus.connect(wait=10), f"{name} could not sync with the router"
+    return bus
+
+
 def poll_until(bus: Bus, got: list[Delivery], n: int, timeout: float = 5.0) -> None:
     """Add `bus`'s deliveries to `got` until it holds `n` or `timeout` passes."""
     end = time.monotonic() + timeout
@@ -304,9 +313,7 @@ def test_subscription_after_connect_survives_a_lost_start_probe(router_factory,
 
 def test_a_raising_request_callback_loses_no_delivery(router_factory) -> None:
     site_path, _ = router_factory()
-    bus = Bus(load_site(site_path).router, "cb-owner")
-    bus.subscribe("evt.cb.")
-    assert bus.connect(wait=10)
+    bus = connected(site_path, "cb-owner", "evt.cb.")
 
     def explode(req: object) -> None:
         raise RuntimeError("callback bug")
@@ -324,9 +331,7 @@ def test_a_raising_request_callback_loses_no_delivery(router_factory) -> None:
 
 def test_blocking_request_does_not_spin_while_deliveries_wait(router_factory) -> None:
     site_path, _ = router_factory()
-    bus = Bus(load_site(site_path).router, "spinner")
-    bus.subscribe("evt.spin.")
-    assert bus.connect(wait=10)
+    bus = connected(site_path, "spinner", "evt.spin.")
     bus.publish("evt.spin.n", "event", {})
     assert bus.flush(5)  # the delivery now waits in the stash for the next poll()
     cpu, wall = time.process_time(), time.monotonic()
