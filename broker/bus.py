@@ -104,6 +104,7 @@ class Bus:
             "published", "sent", "resent", "acked", "outbox_dropped", "alarms", "sync_probes",
             "router_restarts", "delivered", "gaps", "gap_filled", "lost", "duplicates",
             "bad_frames", "requests", "request_retries", "request_timeouts", "resets",
+            "held_dropped",
         ), 0)
         self._outbox = Outbox(outbox_max_messages, outbox_max_bytes)
         self._publisher = Publisher(self.name, self.epoch, router.max_message_bytes,

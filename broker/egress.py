@@ -144,6 +144,7 @@ class Egress:
         self._counters["lost"] = s.lost
         self._counters["duplicates"] = s.duplicates
         self._counters["resets"] = s.resets
+        self._counters["held_dropped"] = s.held_dropped  # refetched from the journal
 
     # ---------------------------------------------------------------- replay
 

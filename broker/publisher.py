@@ -27,7 +27,7 @@ from broker import envelope as envmod
 from broker import ingress, topics
 from broker.envelope import Envelope
 from broker.errors import EnvelopeError, TopicError
-from broker.outbox import Entry, Outbox
+from broker.outbox import Entry, Outbox, Overflow
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Publisher:
             self.last_progress = time.monotonic()
         overflow = self.outbox.add(Entry(env.seq, tframe, body))
         if overflow is not None:
-            self._on_overflow(overflow.dropped, overflow.first_seq, overflow.new_episode)
+            self._on_overflow(overflow)
         self._flush()
         return env
 
@@ -115,16 +115,17 @@ class Publisher:
         held = self.outbox.first_seq
         return self.seq + 1 if held is None else held
 
-    def _on_overflow(self, dropped: int, first_seq: int, new_episode: bool) -> None:
+    def _on_overflow(self, overflow: Overflow) -> None:
         """Count and log now; the sys.alarm goes out once the router acknowledges again.
 
         Published right away it would sit at the tail of a full outbox and be the next thing
         evicted; sent when acks flow again it reaches the router with the episode's totals.
         """
+        dropped, first_seq = overflow.dropped, overflow.first_seq
         self._counters["outbox_dropped"] += dropped
         if self._ack_waiters:
-            self._settle_waiters(first_seq + dropped - 1, False)
-        if new_episode:
+            self._settle_waiters(overflow.last_seq, False)
+        if overflow.new_episode:
             self._counters["alarms"] += 1
             log.warning("%s: outbox full (%d messages / %d bytes): router unreachable or too "
                         "slow; dropping the oldest unacknowledged envelopes from seq %d",
@@ -133,7 +134,7 @@ class Publisher:
                            "first_seq": first_seq, "dropped": 0}
         if self._alarm is not None:
             self._alarm["dropped"] += dropped
-            self._alarm["last_seq"] = first_seq + dropped - 1
+            self._alarm["last_seq"] = overflow.last_seq
 
     def _raise_alarm(self) -> None:
         alarm, self._alarm = self._alarm, None
