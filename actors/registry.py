@@ -17,10 +17,46 @@ from actors.base import Actor
 from broker.config import ActorConfig, SiteConfig
 from broker.errors import ConfigError
 
+SIM_PREFIX: Final = "sim-"  # simulator types: "sim-" + the kind given to `sctl sim KIND`
+
 BUILTIN: Final[dict[str, str]] = {
-    # later issues add the device types here, e.g.
-    # "springcore-tcp": "actors.springcore_tcp:SpringCoreTcpActor",
+    "springcore-tcp": "actors.springcore_tcp:SpringCoreTcpActor",
+    "springcore-mqtt": "actors.springcore_mqtt:SpringCoreMqttActor",
+    "spec-client": "actors.spec_client:SpecClientActor",
+    "bus-link": "actors.bus_link:BusLinkActor",
+    "iec104-server": "actors.iec104_server:Iec104ServerActor",
+    SIM_PREFIX + "springcore-tcp": "actors.sim.springcore_tcp:SpringCoreTcpSim",
+    SIM_PREFIX + "springcore-mqtt": "actors.sim.springcore_mqtt:SpringCoreMqttSim",
+    SIM_PREFIX + "spec-server": "actors.sim.spec_server:SpecServerSim",
+    SIM_PREFIX + "instrument": "actors.sim.instrument:InstrumentSim",
+    SIM_PREFIX + "iec104-master": "actors.sim.iec104_master:Iec104MasterSim",
 }
+
+
+def sim_kinds() -> list[str]:
+    """What `sctl sim KIND` accepts."""
+    return sorted(t[len(SIM_PREFIX):] for t in BUILTIN if t.startswith(SIM_PREFIX))
+
+
+def sim_config(site: SiteConfig, kind: str, name: str | None,
+               overrides: dict[str, Any]) -> ActorConfig:
+    """The table a simulator runs with: ``[actors.NAME]`` of the site when it is there (its type
+    must be ``sim-KIND``), else an empty one named ``NAME`` (default ``sim-KIND``); then the
+    `overrides` (``--set key=value``) on top. Raises ConfigError."""
+    type_name = SIM_PREFIX + kind
+    if type_name not in BUILTIN:
+        raise ConfigError("", f"unknown simulator kind {kind!r} (known: "
+                              f"{', '.join(sim_kinds())})")
+    name = name or type_name
+    base = site.actors.get(name)
+    if base is not None and base.type != type_name:
+        raise ConfigError(f"{base.path}.type", f"is {base.type!r}, not {type_name!r}: "
+                                               f"that actor is not a {kind} simulator",
+                          base.source)
+    settings = dict(base.settings) if base is not None else {}
+    settings.update(overrides)
+    return ActorConfig(name=name, type=type_name, settings=settings,
+                       source=base.source if base is not None else "sctl sim --set")
 
 
 def known_types() -> list[str]:
@@ -47,8 +83,11 @@ def actor_class(type_name: str, path: str = "type", source: str = "") -> type[Ac
     return cls
 
 
-def create_actor(site: SiteConfig, name: str, *, context: zmq.Context[Any] | None = None) -> Actor:
-    """Look up ``[actors.NAME]``, resolve its type and check its settings; opens nothing."""
-    cfg: ActorConfig = site.actor(name)
+def create_actor(site: SiteConfig, name: str, *, context: zmq.Context[Any] | None = None,
+                 cfg: ActorConfig | None = None) -> Actor:
+    """Look up ``[actors.NAME]`` (or use `cfg`), resolve its type and check its settings;
+    opens nothing."""
+    if cfg is None:
+        cfg = site.actor(name)
     cls = actor_class(cfg.type, f"{cfg.path}.type", cfg.source)
     return cls.from_config(cfg, site.router, context=context)

@@ -17,13 +17,14 @@ from typing import Any
 from actors.base import EXIT_CONFIG, Actor
 from actors.buslog import BusLogHandler
 from actors.registry import create_actor
-from broker.config import SiteConfig
+from broker.config import ActorConfig, SiteConfig
 from broker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def run_actor(site: SiteConfig, name: str, *, log_to_bus: bool = True) -> int:
+def run_actor(site: SiteConfig, name: str, *, log_to_bus: bool = True,
+              cfg: ActorConfig | None = None) -> int:
     """Process entry point for ``sctl actor NAME``: build the actor from the site file, install
     SIGTERM/SIGINT handlers that ask for a graceful stop, run it, return the exit code.
 
@@ -32,7 +33,7 @@ def run_actor(site: SiteConfig, name: str, *, log_to_bus: bool = True) -> int:
     `BusLogHandler` on the root logger sends WARNING+ records to ``log.<name>`` while it runs.
     """
     try:
-        actor = create_actor(site, name)
+        actor = create_actor(site, name, cfg=cfg)
     except ConfigError as exc:
         log.error("cannot run actor %s: %s", name, exc)
         return EXIT_CONFIG

@@ -106,6 +106,45 @@ def actor(ctx: click.Context, name: str) -> None:
     sys.exit(run_actor(site, name))
 
 
+def _setting_value(text: str) -> Any:
+    """``--set key=VALUE``: VALUE as a TOML value (``4001``, ``true``, ``["a", "b"]``,
+    ``"text"``), else the plain string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+@app.command(context_settings={"ignore_unknown_options": False})
+@click.argument("kind")
+@click.option("--name", default=None, help="actor name of the simulator on the bus "
+              "(default sim-KIND); if the site file has [actors.NAME], its settings are used")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="a setting, VALUE in TOML syntax (repeatable): --set port=4001")
+@click.pass_context
+def sim(ctx: click.Context, kind: str, name: str | None, sets: tuple[str, ...]) -> None:
+    """Run the device simulator KIND as an actor (springcore-tcp, springcore-mqtt,
+    spec-server, instrument, iec104-master). `sctl describe NAME` lists its commands."""
+    from actors.registry import sim_config
+    from actors.runner import run_actor
+
+    _setup_logging(ctx.obj["verbose"], logging.INFO)
+    site = site_of(ctx)
+    overrides: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--set {item!r}: expected KEY=VALUE", EXIT_USAGE)
+        overrides[key] = _setting_value(value)
+    try:
+        cfg = sim_config(site, kind, name, overrides)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    sys.exit(run_actor(site, cfg.name, cfg=cfg))
+
+
 # ---------------------------------------------------------------- talking to actors
 
 
@@ -124,16 +163,18 @@ def _parse_words(words: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
 def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str, ...],
              timeout: float) -> Any:
     """Send one command and return the reply envelope, or exit 3 explaining the silence."""
-    from broker.ops import explain_silence
+    from broker.ops import explain_silence, heartbeats
 
     _setup_logging(ctx.obj["verbose"])
     site = site_of(ctx)
-    if actor_name not in site.actors:
-        _fail(f"{actor_name} is not in {site.path}", EXIT_NO_REPLY)
     argv, named = _parse_words(words)
     start = time.monotonic()
     bus = _bus(site, timeout)
     try:
+        if actor_name not in site.actors and actor_name not in heartbeats(bus, timeout):
+            # not in the site file (a simulator started by hand may still be running)
+            _fail(f"{actor_name} is not in {site.path} and has no heartbeat on the bus",
+                  EXIT_NO_REPLY)
         left = max(0.1, timeout - (time.monotonic() - start))
         return bus.request(actor_name, command, named, timeout=left, argv=argv)
     except BusError:
