@@ -23,6 +23,8 @@ from broker.errors import ConfigError, TopicError
 
 DEFAULT_SITE: Final = Path("deploy/site.toml")
 ENV_VAR: Final = "SCTL_CONFIG"
+TOP_LEVEL: Final = ("router", "supervisor", "services", "actors")
+RESERVED_PROGRAMS: Final = frozenset({"router", "watchdog"})
 
 
 @dataclass(frozen=True)
@@ -160,16 +162,86 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class ActorConfig:
-    """One ``[actors.NAME]`` table: its type and the rest of its keys, unchecked here."""
+    """One ``[actors.NAME]`` table: its type, where it runs (`runs_on`, the host name used by
+    ``sctl deploy render --host``; "" = the router's host) and the rest of its keys, which the
+    actor type checks (`Actor.from_config`)."""
 
     name: str
     type: str
     settings: Mapping[str, Any]
     source: str = ""
+    runs_on: str = ""
 
     @property
     def path(self) -> str:
         return f"actors.{self.name}"
+
+
+SUPERVISOR_SETTINGS: Final = (
+    Setting("socket", str, "../var/supervisor.sock",
+            "supervisord's unix control socket (relative to the site file)"),
+    Setting("log_dir", str, "../var/log", "folder of every program's log files"),
+    Setting("sctl", str, "../.venv/bin/sctl", "the sctl executable the programs run"),
+    Setting("log_maxbytes", str, "10MB", "rotate a log file at this size"),
+    Setting("log_backups", int, 5, "rotated log files kept", check=non_negative),
+    Setting("startsecs", int, 1, "seconds a program must stay up to count as started",
+            check=non_negative),
+    Setting("stopwaitsecs", int, 10, "seconds after SIGTERM before SIGKILL", check=positive),
+    Setting("watchdog", bool, True, "run `sctl watchdog` (hung actors, restart intensity)"),
+    Setting("check_interval", float, 0.5, "seconds between the watchdog's checks",
+            check=positive),
+    Setting("hung_after", float, 3.0,
+            "heartbeat periods of silence after which a RUNNING actor counts as hung and is "
+            "killed for restart", check=positive),
+    Setting("max_restarts", int, 5, "restarts allowed within restart_window before the "
+            "watchdog stops the program and raises sys.alarm", check=positive),
+    Setting("restart_window", float, 60.0, "seconds over which restarts are counted",
+            check=positive),
+    Setting("restart_delay_max", float, 30.0, "longest delay before a restart (the delay "
+            "doubles from 1 s with each restart inside the window)", check=positive),
+)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """``[supervisor]``: how `sctl deploy render` writes the supervisord file and how the
+    watchdog restarts programs. Paths are resolved against the site file's folder."""
+
+    socket: Path
+    log_dir: Path
+    sctl: Path
+    log_maxbytes: str
+    log_backups: int
+    startsecs: int
+    stopwaitsecs: int
+    watchdog: bool
+    check_interval: float
+    hung_after: float
+    max_restarts: int
+    restart_window: float
+    restart_delay_max: float
+
+
+SERVICE_SETTINGS: Final = (
+    Setting("command", str, required=True,
+            doc="the program to run; {site} is replaced by the site file's folder"),
+    Setting("runs_on", str, "", "host the service runs on ('' = the router's host)"),
+    Setting("priority", int, 10, "supervisord start order (lower first; the router is 1)",
+            check=non_negative),
+    Setting("check_port", int, 0, "TCP port on 127.0.0.1 that answers when the service is "
+            "up (shown by sctl status; 0 = none)", check=non_negative),
+)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """``[services.NAME]``: a program that is not an sctl process (a private Mosquitto)."""
+
+    name: str
+    command: str
+    runs_on: str = ""
+    priority: int = 10
+    check_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,7 +249,22 @@ class SiteConfig:
     path: Path
     router: RouterConfig
     actors: Mapping[str, ActorConfig]
-    supervisor: Mapping[str, Any] = field(default_factory=dict)
+    supervisor: SupervisorConfig | None = None
+    services: Mapping[str, ServiceConfig] = field(default_factory=dict)
+    router_runs_on: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def supervision(self) -> SupervisorConfig:
+        return self.supervisor or parse_supervisor({}, self.path)
+
+    def hosts(self) -> list[str]:
+        """Every host named by `runs_on` ("" is the router's host)."""
+        names = {self.router_runs_on, *(a.runs_on for a in self.actors.values()),
+                 *(s.runs_on for s in self.services.values())}
+        return sorted(names)
 
     def actor(self, name: str) -> ActorConfig:
         try:
@@ -211,8 +298,8 @@ def load_site(path: str | os.PathLike[str] | None = None) -> SiteConfig:
 def parse_site(raw: Mapping[str, Any], path: Path) -> SiteConfig:
     source = str(path)
     for key in raw:
-        if key not in ("router", "actors", "supervisor"):
-            raise ConfigError(key, "unknown top-level table (expected router, actors, supervisor)",
+        if key not in TOP_LEVEL:
+            raise ConfigError(key, f"unknown top-level table (expected {', '.join(TOP_LEVEL)})",
                               source)
     router_raw = _table(raw, "router", source)
     security = _table(router_raw, "security", source, "router.security")
@@ -220,7 +307,9 @@ def parse_site(raw: Mapping[str, Any], path: Path) -> SiteConfig:
         # Refused rather than ignored: an operator must not believe CURVE is on when it is not.
         raise ConfigError("router.security", "CURVE security is not implemented yet; remove "
                           "this table (traffic would be unauthenticated plaintext)", source)
-    values = parse_settings(router_raw, ROUTER_SETTINGS, "router", source, ignore=("security",))
+    values = parse_settings(router_raw, ROUTER_SETTINGS, "router", source,
+                            ignore=("security", "runs_on"))
+    router_runs_on = _runs_on(router_raw, "router", source)
     jp = values.pop("journal_path")
     journal = None
     if jp:
@@ -230,8 +319,51 @@ def parse_site(raw: Mapping[str, Any], path: Path) -> SiteConfig:
     actors: dict[str, ActorConfig] = {}
     for name, table in _table(raw, "actors", source).items():
         actors[name] = _actor(name, table, source)
+    services: dict[str, ServiceConfig] = {}
+    for name, table in _table(raw, "services", source).items():
+        services[name] = _service(name, table, source, actors)
     return SiteConfig(path=path, router=router, actors=actors,
-                      supervisor=_table(raw, "supervisor", source))
+                      supervisor=parse_supervisor(_table(raw, "supervisor", source), path),
+                      services=services, router_runs_on=router_runs_on)
+
+
+def parse_supervisor(table: Mapping[str, Any], site: Path) -> SupervisorConfig:
+    values = parse_settings(table, SUPERVISOR_SETTINGS, "supervisor", str(site))
+    for key in ("socket", "log_dir", "sctl"):
+        p = Path(values[key])
+        values[key] = p if p.is_absolute() else site.parent / p
+    return SupervisorConfig(**values)
+
+
+def _runs_on(table: Mapping[str, Any], path: str, source: str) -> str:
+    value = table.get("runs_on", "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}.runs_on", f"expected a string (a host name), got "
+                                             f"{_type_name(type(value))} {value!r}", source)
+    if value:
+        try:
+            topics.check_name(value, "host name")
+        except TopicError as exc:
+            raise ConfigError(f"{path}.runs_on", str(exc), source) from None
+    return value
+
+
+def _service(name: str, table: Any, source: str,
+             actors: Mapping[str, ActorConfig]) -> ServiceConfig:
+    path = f"services.{name}"
+    try:
+        topics.check_name(name, "service name")
+    except TopicError as exc:
+        raise ConfigError(path, str(exc), source) from None
+    if name in RESERVED_PROGRAMS or name in actors:
+        raise ConfigError(path, f"{name!r} is already the name of "
+                                f"{'an actor' if name in actors else 'an sctl program'}",
+                          source)
+    if not isinstance(table, dict):
+        raise ConfigError(path, f"must be a table, got {_type_name(type(table))}", source)
+    values = parse_settings(table, SERVICE_SETTINGS, path, source)
+    _runs_on(values, path, source)
+    return ServiceConfig(name=name, **values)
 
 
 def _table(raw: Mapping[str, Any], key: str, source: str, path: str = "") -> dict[str, Any]:
@@ -247,16 +379,17 @@ def _actor(name: str, table: Any, source: str) -> ActorConfig:
         topics.check_name(name, "actor name")
     except TopicError as exc:
         raise ConfigError(path, str(exc), source) from None
-    if name == "router":
-        raise ConfigError(path, "'router' is reserved for the router itself", source)
+    if name in RESERVED_PROGRAMS:
+        raise ConfigError(path, f"{name!r} is reserved for sctl's own {name} program", source)
     if not isinstance(table, dict):
         raise ConfigError(path, f"must be a table, got {_type_name(type(table))}", source)
     kind = table.get("type")
     if not isinstance(kind, str) or not kind:
         raise ConfigError(f"{path}.type", "is required: the actor type, e.g. \"springcore-tcp\"",
                           source)
-    settings = {k: v for k, v in table.items() if k != "type"}
-    return ActorConfig(name=name, type=kind, settings=settings, source=source)
+    settings = {k: v for k, v in table.items() if k not in ("type", "runs_on")}
+    return ActorConfig(name=name, type=kind, settings=settings, source=source,
+                       runs_on=_runs_on(table, path, source))
 
 
 def _check_endpoints_distinct(router: RouterConfig, source: str) -> None:

@@ -11,10 +11,12 @@ from broker import config
 from broker.config import (
     ROUTER_SETTINGS,
     ActorConfig,
+    ServiceConfig,
     Setting,
     load_site,
     parse_settings,
     parse_site,
+    parse_supervisor,
     site_path,
 )
 from broker.errors import ConfigError
@@ -49,7 +51,11 @@ def test_empty_file_is_a_site_with_every_default(tmp_path: Path) -> None:
     assert r.journal_path is None  # "" = journal in memory
     assert r.security == {}
     assert site.actors == {}
-    assert site.supervisor == {}
+    assert site.supervisor == parse_supervisor({}, tmp_path / "site.toml")
+    assert site.supervisor is not None
+    assert site.supervisor.socket == tmp_path / "../var/supervisor.sock"
+    assert site.services == {}
+    assert site.hosts() == [""]
     assert site.path == tmp_path / "site.toml"
 
 
@@ -64,10 +70,16 @@ journal_fsync = true
 stats_interval = 2          # an integer is accepted where a number is expected
 
 [supervisor]
-hosts = ["a", "b"]
+max_restarts = 3
+log_dir = "/var/log/sctl"
+
+[services.mqtt]
+command = "/usr/sbin/mosquitto -c {site}/mosquitto.conf"
+runs_on = "gw"
 
 [actors.reader1]
 type = "springcore-tcp"
+runs_on = "door"
 host = "10.0.0.5"
 port = 4000
 
@@ -82,12 +94,17 @@ type = "bus-link"
     assert r.stats_interval == 2.0 and isinstance(r.stats_interval, float)
     assert r.gap_timeout == 10.0
     assert r.security == {}
-    assert site.supervisor == {"hosts": ["a", "b"]}
+    assert site.supervisor is not None
+    assert site.supervisor.max_restarts == 3
+    assert site.supervisor.log_dir == Path("/var/log/sctl")
+    assert site.services["mqtt"] == ServiceConfig(
+        name="mqtt", command="/usr/sbin/mosquitto -c {site}/mosquitto.conf", runs_on="gw")
+    assert site.hosts() == ["", "door", "gw"]
     assert set(site.actors) == {"reader1", "bus-link_2"}
     reader = site.actor("reader1")
     assert reader == ActorConfig(name="reader1", type="springcore-tcp",
                                  settings={"host": "10.0.0.5", "port": 4000},
-                                 source=str(tmp_path / "site.toml"))
+                                 source=str(tmp_path / "site.toml"), runs_on="door")
     assert reader.path == "actors.reader1"
     assert "type" not in reader.settings
 
@@ -235,10 +252,10 @@ def test_unknown_top_level_table(tmp_path: Path) -> None:
     err = error_of(tmp_path, "[routers]\n")
     assert err.path == "routers"
     assert "unknown top-level table" in err.reason
-    assert "router, actors, supervisor" in err.reason
+    assert "router, supervisor, services, actors" in err.reason
 
 
-@pytest.mark.parametrize("key", ["router", "actors", "supervisor"])
+@pytest.mark.parametrize("key", ["router", "actors", "supervisor", "services"])
 def test_top_level_must_be_tables(tmp_path: Path, key: str) -> None:
     err = error_of(tmp_path, f"{key} = 3\n")
     assert err.path == key
@@ -427,3 +444,25 @@ def test_config_error_is_a_value_error() -> None:
     assert isinstance(err, ValueError)
     assert str(err) == "f.toml: router.x: bad"
     assert str(ConfigError("", "bad")) == "bad"
+
+
+# --- placement, services, supervision ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "path", "reason"), [
+    ('[actors.a]\ntype = "x"\nruns_on = 3\n', "actors.a.runs_on", "expected a string"),
+    ('[actors.a]\ntype = "x"\nruns_on = "two words"\n', "actors.a.runs_on", "not usable"),
+    ('[router]\nruns_on = ["a"]\n', "router.runs_on", "expected a string"),
+    ('[actors.watchdog]\ntype = "x"\n', "actors.watchdog", "reserved"),
+    ('[services.m]\n', "services.m.command", "is required"),
+    ('[services.m]\ncommand = "x"\nport = 3\n', "services.m.port", "unknown key"),
+    ('[services.router]\ncommand = "x"\n', "services.router", "sctl program"),
+    ('[actors.m]\ntype = "x"\n[services.m]\ncommand = "x"\n', "services.m", "an actor"),
+    ('[supervisor]\nmax_restarts = 0\n', "supervisor.max_restarts", "greater than 0"),
+    ('[supervisor]\nhosts = []\n', "supervisor.hosts", "unknown key"),
+])
+def test_placement_and_service_errors_name_the_key(tmp_path: Path, text: str, path: str,
+                                                   reason: str) -> None:
+    err = error_of(tmp_path, text)
+    assert err.path == path
+    assert reason in err.reason
