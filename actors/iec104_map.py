@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Final, NoReturn
 
 from broker import topics
@@ -213,7 +214,7 @@ class PointSpec:
     type: str
     topic: str
     field: str = DEFAULT_FIELD
-    match: Mapping[str, Any] = field(default_factory=dict)
+    match: Mapping[str, Any] = dc_field(default_factory=dict)
     map: Mapping[str, Any] | None = None
     count: bool = False
     report_ms: int = 0
@@ -266,7 +267,7 @@ class CommandRoute:
     command: str = ""
     on: str = ""
     off: str = ""
-    args: Mapping[str, Any] = field(default_factory=dict)
+    args: Mapping[str, Any] = dc_field(default_factory=dict)
     select: bool = False
     timeout: float = 0.0  # 0: the actor's command_timeout
     name: str = ""
@@ -371,7 +372,7 @@ class _Checker:
         return value
 
     def ioa(self, seen: dict[int, str]) -> int:
-        ioa = self.get("ioa", int)
+        ioa: int = self.get("ioa", int)
         if not 1 <= ioa <= MAX_IOA:
             self.fail("ioa", f"must be 1..{MAX_IOA} (got {ioa})")
         if ioa in seen:
@@ -380,7 +381,7 @@ class _Checker:
         return ioa
 
     def type(self, table: dict[str, str], other: dict[str, str], what: str) -> str:
-        name = self.get("type", str)
+        name: str = self.get("type", str)
         if name not in table:
             hint = f" ({name} is a {'command' if name in other else 'other'} type)" \
                 if name in other else ""
