@@ -145,6 +145,65 @@ def sim(ctx: click.Context, kind: str, name: str | None, sets: tuple[str, ...]) 
     sys.exit(run_actor(site, cfg.name, cfg=cfg))
 
 
+@app.command()
+@click.option("--host", default=None, help="watch only the programs placed on this host "
+              "(runs_on); default: every program of the site")
+@click.pass_context
+def watchdog(ctx: click.Context, host: str | None) -> None:
+    """Run the watchdog: restart hung and dead actors with growing delays, stop a program
+    that restarts too often and raise sys.alarm (started by supervisord, see deploy render)."""
+    import signal
+    import threading
+
+    from broker import watchdog as wd
+
+    _setup_logging(ctx.obj["verbose"], logging.INFO)
+    site = site_of(ctx)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    sys.exit(wd.run(site, host, stopping.is_set))
+
+
+@app.group()
+def deploy() -> None:
+    """Deployment: the supervisord file rendered from the site file."""
+
+
+@deploy.command()
+@click.option("--host", default=None, help="only the programs placed on this host (runs_on; "
+              "the router's host is named by [router] runs_on, \"\" by default)")
+@click.option("-o", "--output", default=None, metavar="FILE",
+              help="where to write (default: actors.conf next to the site file; - = stdout)")
+@click.option("--check", is_flag=True, help="write nothing; exit 1 if FILE is not what "
+              "rendering gives now (stale)")
+@click.pass_context
+def render(ctx: click.Context, host: str | None, output: str | None, check: bool) -> None:
+    """Write the supervisord configuration of the site (router, watchdog, services, actors)."""
+    from pathlib import Path
+
+    from broker.supervise import render as render_site
+
+    site = site_of(ctx)
+    if host is not None and host not in site.hosts():
+        _fail(f"--host {host!r}: no program of {site.path} runs on it (hosts: "
+              f"{', '.join(repr(h) for h in site.hosts())})", EXIT_USAGE)
+    target = Path(output) if output and output != "-" else site.folder / "actors.conf"
+    text = render_site(site, target, host)
+    if output == "-":
+        click.echo(text, nl=False)
+    elif check:
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current != text:
+            _fail(f"{target} is stale: run `sctl -c {site.path} deploy render"
+                  f"{'' if host is None else ' --host ' + host}`", EXIT_ERROR_REPLY)
+        click.echo(f"{target} is up to date")
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {target}")
+
+
 # ---------------------------------------------------------------- talking to actors
 
 
@@ -349,33 +408,23 @@ def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: fl
 @click.option("--timeout", default=2.0, show_default=True)
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
-    """Router state and, per actor in the site, its last heartbeat."""
-    from broker.bus import Bus, client_name
-    from broker.ops import heartbeats
+    """Every program of the site: supervisord state, pid, uptime, link, last event, counts,
+    restarts and alarms. Works with the router or supervisord down (says so)."""
+    from broker.status import site_status
 
     _setup_logging(ctx.obj["verbose"])
-    site = site_of(ctx)
-    bus = Bus(site.router, client_name())
-    report: dict[str, Any] = {"site": str(site.path), "router": None, "actors": {}}
-    try:
-        report["router"] = bus.state(timeout)
-        beats = heartbeats(bus, timeout)
-    except BusError as exc:
-        report["router_error"] = str(exc)
-        beats = {}
-    for name, cfg in site.actors.items():
-        hb = beats.get(name)
-        report["actors"][name] = {
-            "type": cfg.type,
-            "heartbeat_age": None if hb is None else round(hb.age, 1),
-            "alive": hb is not None and hb.alive,
-            **({} if hb is None else {k: hb.data.get(k) for k in
-                                      ("state", "link", "pid", "host", "uptime", "counters")}),
-        }
+    report = site_status(site_of(ctx), timeout)
     if as_json:
         click.echo(_dumps(report))
     else:
         _print_status(report)
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
 def _print_status(report: dict[str, Any]) -> None:
@@ -385,13 +434,29 @@ def _print_status(report: dict[str, Any]) -> None:
     else:
         click.echo(f"router: up, epoch {r.get('router_epoch')}, gseq {r.get('first')}.."
                    f"{r.get('last')}, journal {'file' if r.get('persistent') else 'memory'}")
-    click.echo(f"{'ACTOR':<16}{'TYPE':<18}{'ALIVE':<7}{'HB AGE':<8}{'STATE':<10}{'LINK':<12}PID")
-    for name, a in report["actors"].items():
+    if report.get("supervisor_error"):
+        click.echo(f"supervisord: {report['supervisor_error']}")
+    if not report.get("watchdog"):
+        click.echo("watchdog: no recent view (not running?)")
+    now = time.time()
+    head = (f"{'PROGRAM':<16}{'TYPE':<20}{'HOST':<8}{'SUPERVISOR':<11}{'PID':<8}{'UP':<6}"
+            f"{'LINK':<16}{'LAST EVT':<9}{'EVENTS':<8}{'RESTARTS':<9}ALARM")
+    click.echo(head)
+    for name, a in report["programs"].items():
         link = a.get("link") or {}
-        age = "-" if a["heartbeat_age"] is None else f"{a['heartbeat_age']}s"
-        click.echo(f"{name:<16}{a['type']:<18}{'yes' if a['alive'] else 'NO':<7}{age:<8}"
-                   f"{a.get('state') or '-':<10}{link.get('state', '-') if link else '-':<12}"
-                   f"{a.get('pid') or '-'}")
+        if link:
+            since = link.get("since")
+            link_text = f"{link.get('state')} {_age(now - since) if since else ''}".strip()
+        else:
+            link_text = "-" if a.get("alive") is None else "NO HEARTBEAT" \
+                if not a.get("alive") else "-"
+        events = (a.get("counters") or {}).get("events", "-")
+        click.echo(f"{name[:15]:<16}{a['type'][:19]:<20}{a['host'][:7]:<8}"
+                   f"{a.get('supervisor_state') or '?':<11}{a.get('pid') or '-'!s:<8}"
+                   f"{_age(a.get('uptime')):<6}{link_text:<16}{_age(a.get('last_event_age')):<9}"
+                   f"{events!s:<8}{a.get('restarts', 0)!s:<9}{a.get('alarm') or ''}")
+    for alarm in report["alarms"]:
+        click.echo(f"ALARM {alarm['program']}: {alarm['reason']}")
 
 
 def main(argv: Any = None) -> None:

@@ -172,7 +172,8 @@ def test_status_shows_the_running_actor(with_actor: Path) -> None:
 
     wait_for(link_up, timeout=20, what="reader1 running with its link up in sctl status")
     text = sctl(with_actor, "status").stdout
-    assert "reader1" in text and "yes" in text
+    row = next(line for line in text.splitlines() if line.startswith("reader1 "))
+    assert " up " in row, text
 
 
 def test_actor_that_stopped_is_reported_as_stopped_not_silent(tmp_path: Path) -> None:
