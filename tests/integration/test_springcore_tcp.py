@@ -1,0 +1,232 @@
+"""The SpringCore TCP reader end to end: a real router, the simulator (``sctl sim
+springcore-tcp``) and the reader actor (``sctl actor reader``) as separate processes on loopback
+ports, watched and driven through a Bus client and, for the CLI contract, ``sctl send``."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.bus import Bus
+from broker.config import load_site
+from tests.conftest import ROOT, Proc, free_ports, sctl_cmd, subprocess_env, write_site
+
+pytestmark = pytest.mark.timeout(90)
+
+TABLES = """
+[actors.reader]
+type = "springcore-tcp"
+host = "127.0.0.1"
+port = {port}
+heartbeat_interval = 0.3
+backoff_min = 0.1
+backoff_max = 0.5
+connect_timeout = 3.0
+
+[actors.reader2]
+type = "springcore-tcp"
+host = "127.0.0.1"
+port = {port}
+backoff_min = 0.5
+backoff_max = 1.0
+
+[actors.sim]
+type = "sim-springcore-tcp"
+port = {port}
+"""
+
+
+class Stack:
+    """The site, its processes, and a Bus client that records every ``evt.`` and ``hb.reader``
+    delivery in order."""
+
+    def __init__(self, site: Path, spawn: Callable[..., Proc], port: int) -> None:
+        self.site = site
+        self.spawn = spawn
+        self.port = port
+        self.bus = Bus(load_site(site).router, "tester")
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def start_sim(self, *sets: str) -> Proc:
+        mark = len(self.seen)
+        args = [f"--set={s}" for s in sets]
+        proc = self.spawn("-c", str(self.site), "sim", "springcore-tcp", "--name", "sim", *args,
+                          name="sim")
+        self.wait("evt.sim.listening", after=mark, what=f"sim listening\n{proc.output()}")
+        return proc
+
+    def start_reader(self, name: str = "reader") -> Proc:
+        return self.spawn("-c", str(self.site), "actor", name, name=name)
+
+    def poll(self, seconds: float) -> None:
+        self.seen += [(d.topic, d.envelope.data) for d in self.bus.poll(seconds)]
+
+    def events(self, topic: str, after: int = 0) -> list[dict[str, Any]]:
+        return [data for t, data in self.seen[after:] if t == topic]
+
+    def wait(self, topic: str, pred: Callable[[dict[str, Any]], bool] = lambda d: True,
+             after: int = 0, timeout: float = 20.0, what: str = "") -> dict[str, Any]:
+        """The first `topic` event from index `after` on that satisfies `pred`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for data in self.events(topic, after):
+                if pred(data):
+                    return data
+            left = deadline - time.monotonic()
+            assert left > 0, (f"no {topic} ({what}) in {timeout} s; saw "
+                              f"{[(t, d) for t, d in self.seen[after:]][-15:]}")
+            self.poll(min(left, 0.2))
+
+    def link(self, name: str, state: str, after: int = 0) -> dict[str, Any]:
+        return self.wait(f"evt.{name}.link", lambda d: d["state"] == state, after,
+                         what=f"{name} link {state}")
+
+    def send(self, actor: str, command: str, *argv: str, **args: Any) -> dict[str, Any]:
+        reply = self.bus.request(actor, command, args, timeout=15.0, argv=list(argv))
+        data: dict[str, Any] = reply.data
+        return data
+
+
+@pytest.fixture
+def stack(tmp_path: Path, spawn: Callable[..., Proc]) -> Iterator[Stack]:
+    (port,) = free_ports(1)
+    site = write_site(tmp_path, TABLES.format(port=port))
+    spawn("-c", str(site), "router", name="router")
+    s = Stack(site, spawn, port)
+    s.bus.subscribe("evt.")
+    s.bus.subscribe("hb.reader", gapless=False)
+    assert s.bus.connect(wait=15.0), "router did not come up"
+    yield s
+    s.bus.close()
+
+
+def ok(reply: dict[str, Any]) -> Any:
+    assert reply["status"] == "ok", reply
+    return reply["result"]
+
+
+def test_tag_reaches_the_bus_and_commands_reach_the_reader(stack: Stack) -> None:
+    stack.start_sim()
+    stack.start_reader()
+    stack.link("reader", "up")
+    mark = len(stack.seen)
+    sent = ok(stack.send("sim", "present", "04aabbccdd", data="HELLO"))
+    assert sent["sent"].startswith("$SCRDR;13;01;01;;04AABBCCDD;;HELLO;*")
+    tag = stack.wait("evt.reader.tag", after=mark)
+    assert tag["tag_id"] == "04AABBCCDD" and tag["checksum"] == "ok"
+    assert tag["tag_data"] == "HELLO" and tag["raw"] == sent["sent"].rstrip("\r\n")
+    stack.poll(0.5)
+    assert len(stack.events("evt.reader.tag", mark)) == 1  # exactly one
+
+    # the CLI contract: `sctl send reader accept` reaches the device as $SCCMD;SEQ=60
+    out = subprocess.run(sctl_cmd("-c", str(stack.site), "send", "reader", "accept", "--json",
+                                  "--timeout", "15"), cwd=ROOT, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "$SCCMD;SEQ=60\\r\\n" in out.stdout
+    got = stack.wait("evt.sim.received", after=mark)
+    assert got == {"line": "$SCCMD;SEQ=60", "fields": {"SEQ": "60"}, "checksum": "absent",
+                   "error": None}
+
+    # every command, its exact line in the reply, and what the device received
+    for argv, line in ((("wink",), "$SCCMD;SEQ=0E"), (("deny",), "$SCCMD;SEQ=61"),
+                       (("seq", "5"), "$SCCMD;SEQ=05"), (("leds", "92929292"),
+                                                         "$SCCMD;LEDS=92929292"),
+                       (("buzz", "100"), "$SCCMD;BUZZ=0064"),
+                       (("raw", "fields=LEDS=92929292;BUZZ=0064"),
+                        "$SCCMD;LEDS=92929292;BUZZ=0064")):
+        words = [a for a in argv[1:] if "=" not in a]
+        named = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+        assert ok(stack.send("reader", argv[0], *words, **named)) == {
+            "sent": line + "\r\n", "to": f"127.0.0.1:{stack.port}"}
+        stack.wait("evt.sim.received", lambda d, line=line: d["line"] == line, after=mark)
+
+    bad = stack.send("reader", "seq", "600")
+    assert bad["status"] == "error" and "exactly 2 hex digits" in bad["error"]
+    bad = stack.send("reader", "raw", "LEDS")
+    assert bad["status"] == "error" and "is not Field=Value" in bad["error"]
+
+
+def test_bad_device_input_is_reported_and_the_stream_goes_on(stack: Stack) -> None:
+    stack.start_sim()
+    stack.start_reader()
+    stack.link("reader", "up")
+    mark = len(stack.seen)
+    ok(stack.send("sim", "present", "0411", checksum="bad"))
+    ok(stack.send("sim", "emit", "$SCRDR;13;01;01;;NOTHEX;;;*00"))
+    ok(stack.send("sim", "emit", "$SCRDR;" + "A" * 70_000))  # over 64 kB
+    ok(stack.send("sim", "present", "0422", checksum="excl"))
+    last = stack.wait("evt.reader.tag", lambda d: d["tag_id"] == "0422", after=mark)
+    assert last["checksum"] == "ok"
+    tags = stack.events("evt.reader.tag", mark)
+    assert [(t["tag_id"], t["checksum"]) for t in tags] == [("0411", "bad"), ("0422", "ok")]
+    rejected = stack.events("evt.reader.rejected", mark)
+    assert [r["reason"] for r in rejected] == [
+        "TagId 'NOTHEX' is not hex digits",
+        "line longer than 65536 bytes: discarded up to its end"]
+    assert rejected[1]["raw"].startswith("$SCRDR;AAAA")
+    assert ok(stack.send("reader", "ping"))["link"]["state"] == "up"  # no reconnect needed
+
+
+def test_second_client_is_refused_and_named_busy(stack: Stack) -> None:
+    stack.start_sim("legacy=true")
+    mark = len(stack.seen)
+    # no client yet: the tag is not delivered, and says so twice
+    lost = stack.send("sim", "present", "0433")
+    assert lost["status"] == "error" and "not delivered: no client connected" in lost["error"]
+    assert stack.wait("evt.sim.lost", after=mark)["tag_id"] == "0433"
+    stack.start_reader()
+    stack.link("reader", "up")
+    # the legacy greeting is counted as a greeting (heartbeat counters), never a tag
+    stack.wait("hb.reader", lambda d: d["counters"]["greetings"] == 1, after=mark)
+    assert stack.events("evt.reader.tag", mark) == []
+
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as other:
+        other.settimeout(10)
+        assert other.recv(100) == b""  # accepted and closed at once
+    refused = stack.wait("evt.sim.refused", after=mark)["reason"]
+    assert refused.startswith("one client at a time: 127.0.0.1:") and "is connected" in refused
+
+    stack.start_reader("reader2")  # a second host: link down with a clear reason, retried
+    busy = ("closed by the device right after connect — is another client connected? "
+            "the reader accepts one")
+    stack.wait("evt.reader2.link", lambda d: d["state"] == "connecting" and d["attempt"] >= 2,
+               after=mark, what="reader2 retrying")
+    downs = [d for d in stack.events("evt.reader2.link", mark) if d["state"] == "down"]
+    assert downs and all(busy in d["reason"] and d["retry_in"] is not None for d in downs)
+    assert all(d["state"] != "up" for d in stack.events("evt.reader2.link", mark))
+    mark = len(stack.seen)
+    ok(stack.send("sim", "present", "0444"))  # the first reader still has it
+    assert stack.wait("evt.reader.tag", after=mark)["tag_id"] == "0444"
+
+
+def test_simulator_restart_link_down_up_and_no_tag_lost(stack: Stack) -> None:
+    sim = stack.start_sim()
+    stack.start_reader()
+    stack.link("reader", "up")
+    mark = len(stack.seen)
+    assert sim.stop() == 0
+    down = stack.link("reader", "down", after=mark)
+    assert str(stack.port) in down["reason"]
+    time.sleep(0.5)  # let it be down for a while, through a few refused reconnects
+    refused = stack.send("reader", "accept")
+    assert refused["status"] == "error"
+    assert f"reader 127.0.0.1:{stack.port} link is" in refused["error"]
+    assert "command not sent" in refused["error"]
+    seconds = float(refused["error"].split(" for ")[1].split(" s ")[0])
+    assert seconds >= 0.5
+
+    mark = len(stack.seen)
+    stack.start_sim()
+    stack.link("reader", "up", after=mark)
+    ids = [f"05{i:04X}" for i in range(20)]
+    for tag_id in ids:
+        ok(stack.send("sim", "present", tag_id))
+    stack.wait("evt.reader.tag", lambda d: d["tag_id"] == ids[-1], after=mark)
+    assert [t["tag_id"] for t in stack.events("evt.reader.tag", mark)] == ids
