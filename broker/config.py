@@ -190,7 +190,7 @@ SUPERVISOR_SETTINGS: Final = (
     Setting("watchdog", bool, True, "run `sctl watchdog` (hung actors, restart intensity)"),
     Setting("check_interval", float, 0.5, "seconds between the watchdog's checks",
             check=positive),
-    Setting("hung_after", float, 3.0,
+    Setting("hung_after", float, 2.5,
             "heartbeat periods of silence after which a RUNNING actor counts as hung and is "
             "killed for restart", check=positive),
     Setting("max_restarts", int, 5, "restarts allowed within restart_window before the "

@@ -1,0 +1,244 @@
+"""The rendered supervisord file and the watchdog's restart policy, without processes."""
+
+from __future__ import annotations
+
+import configparser
+import itertools
+import subprocess
+import sys
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.config import load_site
+from broker.supervise import render
+from broker.watchdog import Program, RestartPolicy, Watchdog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SITE = """
+[router]
+journal_path = "journal.bin"
+
+[supervisor]
+max_restarts = 3
+restart_window = 60
+restart_delay_max = 4
+
+[services.mqtt]
+command = "/usr/sbin/mosquitto -c {site}/mosquitto.conf"
+runs_on = "gw"
+priority = 5
+
+[actors.reader1]
+type = "springcore-tcp"
+runs_on = "door"
+
+[actors.scada]
+type = "iec104-server"
+"""
+
+
+def parse(text: str) -> configparser.RawConfigParser:
+    cp = configparser.RawConfigParser()
+    cp.read_string(text)
+    return cp
+
+
+@pytest.fixture
+def site_path(tmp_path: Path) -> Path:
+    p = tmp_path / "site.toml"
+    p.write_text(SITE, encoding="utf-8")
+    return p
+
+
+def test_every_program_is_rendered_with_the_restart_policy(site_path: Path) -> None:
+    site = load_site(site_path)
+    cp = parse(render(site, site_path.parent / "actors.conf"))
+    programs = [s.split(":", 1)[1] for s in cp.sections() if s.startswith("program:")]
+    assert programs == ["router", "watchdog", "mqtt", "reader1", "scada"]
+    router, reader = cp["program:router"], cp["program:reader1"]
+    assert router["priority"] == "1" and int(reader["priority"]) > int(router["priority"])
+    assert router["command"] == "%(here)s/../.venv/bin/sctl -c %(here)s/site.toml router"
+    assert reader["command"].endswith("-c %(here)s/site.toml actor reader1")
+    # actors: the watchdog restarts them (growing delays, intensity); supervisord reports death
+    assert (reader["autorestart"], reader["startretries"]) == ("false", "0")
+    assert router["autorestart"] == "true"
+    for section in ("program:router", "program:reader1", "program:mqtt"):
+        p = cp[section]
+        assert p["stopsignal"] == "TERM"
+        assert p["stopasgroup"] == p["killasgroup"] == "true"
+        assert p["stdout_logfile_maxbytes"] == "10MB" and p["stdout_logfile_backups"] == "5"
+        assert p["stdout_logfile"].startswith("%(here)s/../var/log/")
+    assert cp["program:mqtt"]["command"] == "/usr/sbin/mosquitto -c %(here)s/mosquitto.conf"
+    assert cp["unix_http_server"]["file"] == "%(here)s/../var/supervisor.sock"
+    assert cp["supervisorctl"]["serverurl"] == "unix://%(here)s/../var/supervisor.sock"
+    assert "/tmp" not in render(site, site_path.parent / "actors.conf")  # no absolute paths
+
+
+def test_without_watchdog_supervisord_restarts_actors(site_path: Path) -> None:
+    site_path.write_text(SITE.replace("max_restarts = 3", "max_restarts = 3\nwatchdog = false"))
+    cp = parse(render(load_site(site_path), site_path.parent / "actors.conf"))
+    assert "program:watchdog" not in cp
+    assert cp["program:reader1"]["autorestart"] == "true"
+
+
+def test_host_filter_renders_only_that_hosts_programs(site_path: Path) -> None:
+    site = load_site(site_path)
+    door = parse(render(site, site_path.parent / "door.conf", host="door"))
+    assert [s for s in door.sections() if s.startswith("program:")] == [
+        "program:watchdog", "program:reader1"]
+    assert door["program:watchdog"]["command"].endswith("watchdog --host door")
+    main = parse(render(site, site_path.parent / "main.conf", host=""))
+    assert [s for s in main.sections() if s.startswith("program:")] == [
+        "program:router", "program:watchdog", "program:scada"]
+
+
+def test_paths_are_relative_to_the_output_folder(site_path: Path) -> None:
+    out = site_path.parent / "sub" / "actors.conf"
+    text = render(load_site(site_path), out)
+    assert "-c %(here)s/../site.toml router" in text
+
+
+def test_committed_default_actors_conf_is_not_stale() -> None:
+    """deploy/actors.conf must be exactly what `sctl deploy render` gives for deploy/site.toml."""
+    out = subprocess.run([sys.executable, "-m", "cli", "-c", "deploy/site.toml", "deploy",
+                          "render", "--check"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr + "\n(run: sctl deploy render)"
+
+
+def test_check_detects_a_stale_file(site_path: Path) -> None:
+    conf = site_path.parent / "actors.conf"
+    conf.write_text("; old\n")
+    out = subprocess.run([sys.executable, "-m", "cli", "-c", str(site_path), "deploy", "render",
+                          "--check"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "stale" in out.stderr
+
+
+# --- the watchdog's decisions -------------------------------------------------------------------
+
+
+def test_restart_delays_grow_and_intensity_stops() -> None:
+    policy = RestartPolicy(max_restarts=4, window=60.0, delay_max=3.0)
+    prog = Program("a", actor=True)
+    delays = [policy.next_restart(prog, t) for t in (0.0, 1.0, 2.0, 3.0)]
+    assert delays == [0.0, 1.0, 2.0, 3.0]  # 0, 1, 2, then capped at delay_max
+    assert policy.next_restart(prog, 4.0) is None  # a fifth within the window: give up
+    assert policy.next_restart(prog, 100.0) == 0.0  # window passed: counting starts over
+
+
+class FakeSupervisor:
+    """Answers like supervisord's XML-RPC `supervisor` namespace, records the calls."""
+
+    def __init__(self) -> None:
+        self.infos: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def set(self, name: str, state: str, pid: int = 0, exitstatus: int = 1) -> None:
+        self.infos[name] = {"name": name, "statename": state, "pid": pid,
+                            "exitstatus": exitstatus, "spawnerr": "", "description": "",
+                            "start": 0, "now": 0}
+
+    def getAllProcessInfo(self) -> list[dict[str, Any]]:
+        return list(self.infos.values())
+
+    def startProcess(self, name: str, wait: bool) -> bool:
+        self.calls.append(("start", name))
+        return True
+
+    def stopProcess(self, name: str, wait: bool) -> bool:
+        self.calls.append(("stop", name))
+        return True
+
+    def signalProcess(self, name: str, sig: str) -> bool:
+        self.calls.append((f"signal {sig}", name))
+        return True
+
+
+class FakeRpc:
+    def __init__(self) -> None:
+        self.supervisor = FakeSupervisor()
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def subscribe(self, prefix: str, **kw: Any) -> None:
+        pass
+
+    def publish(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+        self.published.append((topic, data))
+
+
+class Beat:
+    def __init__(self, actor: str, pid: int) -> None:
+        self.topic = f"hb.{actor}"
+        self.envelope = type("E", (), {"data": {"pid": pid, "state": "running",
+                                                "interval": 1.0}})()
+
+
+def make_dog(site_path: Path) -> tuple[Watchdog, FakeSupervisor, FakeBus]:
+    rpc, bus = FakeRpc(), FakeBus()
+    dog = Watchdog(load_site(site_path), None, rpc, bus)  # type: ignore[arg-type]
+    return dog, rpc.supervisor, bus
+
+
+def test_dead_actor_is_restarted_with_growing_delays_then_alarmed(site_path: Path) -> None:
+    dog, sup, bus = make_dog(site_path)
+    sup.set("reader1", "EXITED", exitstatus=1)
+    starts = []
+    for i in range(200):  # bounded: 20 s of checks, every 0.1 s
+        t = i / 10
+        dog.check(t)
+        if sup.calls and sup.calls[-1] == ("start", "reader1"):
+            starts.append(t)
+            sup.calls.clear()
+            sup.set("reader1", "EXITED")  # it dies again at once
+    assert len(starts) == 3  # max_restarts
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps == pytest.approx([1.1, 2.1], abs=0.11)  # noticed at the next check, + delay
+    alarm = [d for topic, d in bus.published if topic == "sys.alarm"]
+    assert len(alarm) == 1 and alarm[0]["program"] == "reader1"
+    assert "stopped after 3 restarts" in alarm[0]["reason"]
+    assert dog.programs["reader1"].alarm is not None
+
+
+def test_operator_stop_is_not_a_failure(site_path: Path) -> None:
+    dog, sup, bus = make_dog(site_path)
+    sup.set("reader1", "STOPPED")
+    for i in range(50):
+        dog.check(i * 0.1)
+    assert sup.calls == [] and bus.published == []
+    assert dog.programs["reader1"].total_restarts == 0
+
+
+def test_hung_actor_is_killed_only_while_the_router_is_heard(site_path: Path) -> None:
+    dog, sup, _ = make_dog(site_path)
+    sup.set("reader1", "RUNNING", pid=42)
+    dog.check(0.0)
+    dog.on_deliveries([Beat("reader1", 42)], 6.0)
+    for t in (6.5, 7.0, 8.0, 8.4):  # < hung_after (2.5) periods since the last beat
+        dog.router_heard = t
+        dog.check(t)
+    assert sup.calls == []
+    dog.check(20.0)  # router not heard since 9.4: no judgement
+    assert sup.calls == []
+    dog.router_heard = 20.0
+    dog.check(20.0)
+    assert sup.calls == [("signal KILL", "reader1")]
+    assert "hung" in dog.programs["reader1"].last_reason
+
+
+def test_supervisord_down_is_reported_not_fatal(site_path: Path) -> None:
+    dog, sup, _ = make_dog(site_path)
+
+    def broken() -> list[dict[str, Any]]:
+        raise xmlrpc.client.Fault(1, "boom")
+
+    sup.getAllProcessInfo = broken  # type: ignore[method-assign]
+    dog.check(0.0)
+    assert dog.supervisor_error is not None and "boom" in dog.supervisor_error
