@@ -1,0 +1,249 @@
+"""`SpringCoreMqttSim` (``sim-springcore-mqtt``): virtual SpringCore readers on an MQTT broker.
+
+``sctl sim springcore-mqtt --set broker=127.0.0.1 --set port=1883 --set 'devices=["DA1275B0"]'``
+
+Each id of `devices` is one virtual reader with its own MQTT connection (client id
+``sim-<name>-<id>``), as a real reader has, so each has its own Last Will: a STATUS
+``{"State":"offline,dead"}`` the broker publishes when the connection drops without a goodbye.
+On every (re)connect a reader subscribes to its ``{prefix}/{id}/rdr/cmd``, publishes META, then
+STATUS ``online,ready``; STATUS is repeated every `status_interval` seconds with its Uptime.
+
+Commands (through the bus like any actor):
+
+- ``present TAG [device=ID] [format=json|scrdr] [variant=current|old] [move=...]``: the reader
+  publishes a READER EVENT on ``{prefix}/{id}/rdr/evt`` (JSON in the current or the older
+  firmware's field names, or a $SCRDR line); the reply, and ``evt.<sim>.sent``, come once the
+  broker acknowledged it.
+- ``status STATE [device=ID]``: publish a STATUS now (``offline``, ``online,busy`` ...).
+
+Every command a reader receives is published as ``evt.<sim>.received``: ``{device, topic,
+payload (text), format (json|scrdr|None), decoded (the JSON object or the $SCCMD fields), error}``
+— a payload the reader cannot decode is reported there (and logged), not dropped. The link is up
+while every virtual reader is connected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from actors.base import Actor, CommandError, Deferred, Param, Setting, command
+from actors.protocols import springcore
+from actors.protocols import springcore_json as sj
+from actors.springcore_mqtt import (
+    BROKER_SETTINGS,
+    PahoBridge,
+    broker_port,
+    check_devices,
+    check_format,
+)
+from broker.config import positive
+from broker.errors import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("current", "old")
+META_TEMPLATE: dict[str, Any] = {
+    "VendorName": "SpringCard", "ProductName": "SpringPark", "ProductVariant": "sctl-sim",
+    "Version": "1.23", "Firmware": "springCore/e518/springpark", "Revision": "1.23-sim",
+    "Hardware": "EAN201234", "Open": True, "IpAddress": "127.0.0.1", "Protocol": "RDR/JSON",
+    "Interfaces": "13.56",
+}
+
+
+def check_variant(value: Any) -> None:
+    if value not in VARIANTS:
+        raise ValueError(f"must be one of {', '.join(VARIANTS)}")
+
+
+def check_device_list(value: Any) -> None:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of reader ids (a simulator has no wildcard)")
+    check_devices(value)
+
+
+class VirtualReader:
+    """One simulated reader: its MQTT connection and its event counter (older firmware)."""
+
+    def __init__(self, sim: SpringCoreMqttSim, device: str) -> None:
+        self.sim = sim
+        self.device = device
+        self.connected = False
+        self.counter = 0
+        prefix = sim.config["prefix"]
+        self.status_topic = sj.topic(prefix, device, sj.STATUS_TOPIC)
+        self.bridge = PahoBridge(sim, f"sim-{sim.name}-{device}"[:64], self, sim.address)
+        self.bridge.client.will_set(self.status_topic, sj.encode_status(sj.DEAD_STATE),
+                                    qos=sim.config["qos"], retain=False)
+
+    def publish(self, kind: str, payload: bytes, result: dict[str, Any],
+                on_acked: Callable[[dict[str, Any]], object] | None = None) -> Deferred:
+        if not self.connected:
+            raise CommandError(f"reader {self.device} is not connected to broker "
+                               f"{self.sim.address}")
+        topic = sj.topic(self.sim.config["prefix"], self.device, kind)
+        return self.bridge.publish(topic, payload, dict(result, topic=topic),
+                                   self.sim.config["publish_timeout"], on_acked)
+
+    def publish_status(self, state: str) -> Deferred:
+        payload = sj.encode_status(state, uptime=self.sim.uptime())
+        return self.publish(sj.STATUS_TOPIC, payload, {"device": self.device, "state": state})
+
+    # --- MqttHandler (loop thread) ------------------------------------------------------------
+
+    def mqtt_connected(self, failed: bool, reason: str) -> None:
+        if failed:
+            self.sim.reader_changed(f"broker refused reader {self.device}: {reason}", True)
+            return
+        self.bridge.client.subscribe(sj.topic(self.sim.config["prefix"], self.device,
+                                              sj.CMD_TOPIC), self.sim.config["qos"])
+        self.connected = True
+        meta = dict(META_TEMPLATE, SerialNumber=self.device, UniqueId=self.device)
+        self.publish(sj.META_TOPIC, sj.encode_meta(meta), {"device": self.device})
+        self.publish_status("online,ready")
+        self.sim.reader_changed(f"reader {self.device} connected", False)
+
+    def mqtt_connect_failed(self) -> None:
+        self.sim.reader_changed(f"reader {self.device} cannot connect to broker "
+                                f"{self.sim.address}", True)
+
+    def mqtt_disconnected(self, reason: str) -> None:
+        self.connected = False
+        self.sim.reader_changed(f"reader {self.device} lost broker {self.sim.address}: "
+                                f"{reason}", True)
+
+    def mqtt_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        self.sim.received(self.device, topic, payload)
+
+    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None:
+        if refused:
+            log.error("sim reader %s: broker refused its command subscription: %s",
+                      self.device, ", ".join(refused))
+
+
+class SpringCoreMqttSim(Actor):
+    """Virtual SpringCore readers on an MQTT broker (META, STATUS, Last Will, tags, commands)."""
+
+    type_name: ClassVar[str] = "sim-springcore-mqtt"
+    reconnect: ClassVar[bool] = False  # paho reconnects by itself
+    settings = (
+        *BROKER_SETTINGS,
+        Setting("devices", list, ["DA1275B0"], "ids of the virtual readers",
+                check=check_device_list),
+        Setting("status_interval", float, 30.0, "seconds between STATUS messages",
+                check=positive),
+        Setting("format", str, sj.JSON, "default event format: json or scrdr",
+                check=check_format),
+        Setting("variant", str, "current", "default JSON field names: current or old",
+                check=check_variant),
+        Setting("publish_timeout", float, 5.0, "seconds to wait for the broker's PUBACK",
+                check=positive),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.address = f"{self.config['broker']}:{broker_port(self.config)}"
+        self.readers: dict[str, VirtualReader] = {}
+        self.counters.update(sent=0, received=0)
+
+    def uptime(self) -> str:
+        """The device's ``CCC:SSS.MMM``: startup counter (1) and seconds since start."""
+        return f"1:{time.monotonic() - self._started:.3f}"
+
+    def open_link(self) -> None:
+        """Called once: every reader connects in its own paho thread, reconnecting by itself."""
+        if self.readers:
+            return
+        for device in self.config["devices"]:
+            self.readers[device] = reader = VirtualReader(self, device)
+            reader.bridge.start(self.config["broker"], broker_port(self.config),
+                                self.config["keepalive"])
+        self.call_later(self.config["status_interval"], self._status_tick)
+
+    def on_stop(self) -> None:
+        for reader in self.readers.values():
+            reader.bridge.stop("simulator stopping")
+
+    def reader_changed(self, reason: str, lost: bool) -> None:
+        """Link up once every reader is connected; down when one is lost or refused."""
+        if all(r.connected for r in self.readers.values()):
+            self.link_up(reason)
+        elif lost and self.state != "stopping":
+            self.link_down(reason)
+
+    def _status_tick(self) -> None:
+        self.call_later(self.config["status_interval"], self._status_tick)
+        for reader in self.readers.values():
+            if reader.connected:
+                reader.publish_status("online,ready")
+
+    def _reader(self, device: str) -> VirtualReader:
+        if not device:
+            if len(self.readers) != 1:
+                raise CommandError(f"device=ID is required: readers {', '.join(self.readers)}")
+            device = next(iter(self.readers))
+        reader = self.readers.get(device)
+        if reader is None:
+            raise CommandError(f"no virtual reader {device!r} (readers: "
+                               f"{', '.join(self.readers)})")
+        return reader
+
+    def received(self, device: str, topic: str, payload: bytes) -> None:
+        self.counters["received"] += 1
+        data: dict[str, Any] = {"device": device, "topic": topic,
+                                "payload": payload.decode("utf-8", "replace"),
+                                "format": None, "decoded": None, "error": None}
+        try:
+            cmd = sj.decode_command(payload)
+        except RemoteProtocolError as exc:
+            log.warning("sim reader %s: undecodable command on %s: %s", device, topic, exc)
+            data["error"] = str(exc)
+        else:
+            data.update(format=cmd.format, decoded=cmd.fields)
+        self.publish_event("received", data)
+
+    @command("present", Param("tag", str, doc="TagId, hex"),
+             Param("device", str, "", "reader id (required with several readers)"),
+             Param("format", str, "", "json or scrdr (default: the format setting)"),
+             Param("variant", str, "", "current or old JSON names (default: setting)"),
+             Param("move", str, "", "insert, remove or insert,remove ('' = none)"),
+             doc="present a tag to a reader: it publishes a READER EVENT")
+    def present(self, tag: str, device: str, format: str, variant: str,
+                move: str) -> Deferred:
+        reader = self._reader(device)
+        fmt = format or self.config["format"]
+        variant = variant or self.config["variant"]
+        if fmt not in sj.FORMATS or variant not in VARIANTS:
+            raise CommandError(f"format must be json or scrdr, variant current or old; got "
+                               f"{fmt!r}, {variant!r}")
+        try:
+            if fmt == sj.SCRDR:
+                payload = springcore.encode_tag_line(tag, move=move or None, tag_data=tag)
+            else:
+                reader.counter += 1
+                payload = sj.encode_json_event(
+                    tag, variant=variant, move=move or None, tag_data=tag,
+                    uptime=self.uptime(), counter=reader.counter,
+                    date_time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        except LocalProtocolError as exc:
+            raise CommandError(f"present: {exc}") from None
+        result = {"device": reader.device, "format": fmt, "variant": variant,
+                  "payload": payload.decode("ascii", "replace")}
+        return reader.publish(sj.EVT_TOPIC, payload, result, self._sent)
+
+    def _sent(self, result: dict[str, Any]) -> None:
+        self.counters["sent"] += 1
+        self.publish_event("sent", result)
+
+    @command("status", Param("state", str, "online,ready", "the STATUS State to publish"),
+             Param("device", str, "", "reader id (required with several readers)"),
+             doc="publish a STATUS now")
+    def status(self, state: str, device: str) -> Deferred:
+        return self._reader(device).publish_status(state)
+
+    @command("readers", doc="the virtual readers and whether each is connected", record=False)
+    def cmd_readers(self) -> dict[str, Any]:
+        return {d: {"connected": r.connected, "events": r.counter}
+                for d, r in self.readers.items()}

@@ -1,0 +1,543 @@
+"""`SpringCoreMqttActor` (``springcore-mqtt``): SpringCore Smart Readers through an MQTT broker.
+
+One actor serves one or many readers on one broker: it subscribes to ``{prefix}/{id}/rdr/evt``,
+``/status`` and ``/meta`` of each configured id (or of ``+``) and publishes
+
+- ``evt.<name>.tag``: the tag schema of `actors.protocols.springcore_tag` (same keys as the TCP
+  reader), ``device`` = the reader's id taken from the topic;
+- ``evt.<name>.device``: ``{device, state: online|offline, status: raw State or None, uptime,
+  device_time, retained, source: status|tag|meta}`` when a reader's state changes (STATUS, its
+  ``offline,dead`` Last Will, or a first tag/META from a reader not seen yet);
+- ``evt.<name>.meta``: ``{device, meta: {VendorName, SerialNumber, ...}}``;
+- ``evt.<name>.link``: the broker connection (published by the base).
+
+Threads: paho runs its own network thread (``loop_start``) and reconnects by itself with backoff
+(so ``reconnect = False``: the base does not reopen the link). Every paho callback only hands its
+arguments to the actor loop with `call_soon_threadsafe` (`PahoBridge`); all state lives on the
+loop thread. Subscriptions are made again after every (re)connect; the link is reported up once
+the broker granted them.
+
+Commands (wink, accept, deny, seq, leds, buzz, raw; each with ``device=ID``) are published on
+``{prefix}/{id}/rdr/cmd``, QoS `qos`, never retained (a retained command would replay at every
+reader reconnect). The reply comes only when the broker acknowledged the publish (PUBACK, paho's
+``on_publish``); without it within `command_timeout` the command is withdrawn from paho's queue,
+so a door never opens minutes later when the broker comes back, and the reply is an error.
+Payloads that cannot be decoded are counted (``bad_payloads``) and logged at WARNING (which the
+runner forwards to ``log.<name>``), never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from actors.base import Actor, CommandError, Deferred, Param, Setting, command
+from actors.link import UP
+from actors.loop import TimerHandle
+from actors.protocols import springcore
+from actors.protocols import springcore_json as sj
+from actors.protocols.springcore import Field
+from broker.config import port_number, positive
+from broker.errors import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+PLAIN_PORT: Final = 1883
+TLS_PORT: Final = 8883
+TLS_KEYS: Final = ("ca", "cert", "key")
+EXCERPT: Final = 64  # payload bytes shown in a warning
+
+
+# --- settings checks (ValueError → ConfigError naming actors.NAME.<key>) ------------------------
+
+def check_devices(value: Any) -> None:
+    """``"+"`` or a non-empty list of distinct device ids."""
+    if isinstance(value, str):
+        if value != sj.ALL_DEVICES:
+            raise ValueError('must be a list of device ids or "+" for every reader')
+        return
+    if not value:
+        raise ValueError('must not be empty (use "+" for every reader on the broker)')
+    for device in value:
+        if not isinstance(device, str):
+            raise ValueError(f"device ids are strings, got {device!r}")
+        sj.check_device_id(device)
+    if len(set(value)) != len(value):
+        raise ValueError("lists a device id twice")
+
+
+def check_tls(value: Any) -> None:
+    """A table with optional ``ca``, ``cert``, ``key`` paths (absolute or relative to the working
+    directory) that must exist; ``cert`` and ``key`` go together."""
+    unknown = set(value) - set(TLS_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))} (known: ca, cert, key)")
+    for key in TLS_KEYS:
+        path = value.get(key)
+        if path is None:
+            continue
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"{key} must be a file path")
+        if not os.path.isfile(path):
+            raise ValueError(f"{key} file {path!r} does not exist (relative paths are taken "
+                             f"from the working directory {os.getcwd()!r})")
+    if ("cert" in value) != ("key" in value):
+        raise ValueError("cert and key go together (the client certificate and its key)")
+
+
+def check_qos(value: Any) -> None:
+    if value not in (0, 1, 2):
+        raise ValueError("must be 0, 1 or 2")
+
+
+def check_format(value: Any) -> None:
+    if value not in sj.FORMATS:
+        raise ValueError(f"must be one of {', '.join(sj.FORMATS)}")
+
+
+def check_prefix(value: Any) -> None:
+    sj.check_prefix(value)
+
+
+BROKER_SETTINGS: Final = (
+    Setting("broker", str, "127.0.0.1", "MQTT broker host name or address"),
+    Setting("port", int, None, f"broker port (default {PLAIN_PORT}, {TLS_PORT} with tls)",
+            check=port_number),
+    Setting("keepalive", int, 30, "MQTT keepalive, seconds", check=positive),
+    Setting("prefix", str, sj.DEFAULT_PREFIX, "topic prefix of the readers (register 028E)",
+            check=check_prefix),
+    Setting("qos", int, 1, "QoS of subscriptions and publishes", check=check_qos),
+)
+
+
+def broker_port(config: dict[str, Any]) -> int:
+    if config["port"] is not None:
+        return int(config["port"])
+    return TLS_PORT if config.get("tls") is not None else PLAIN_PORT
+
+
+def reason_text(rc: ReasonCode | MQTTErrorCode | int) -> str:
+    if isinstance(rc, ReasonCode):
+        return rc.getName()
+    return mqtt.error_string(rc)
+
+
+# --- paho's thread → the actor loop -------------------------------------------------------------
+
+class _RetryNoise(logging.Filter):
+    """paho logs every failed reconnect attempt at ERROR ("Client is not connected ..."); the
+    link events (``evt.<name>.link``, one WARNING when it goes down) already say it, so these
+    go to DEBUG instead of flooding ``log.<name>`` during a broker outage. Everything else
+    paho reports (an exception in a callback, say) keeps its level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and \
+                record.getMessage().startswith("Client is not connected"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return PAHO_LOG.isEnabledFor(logging.DEBUG)
+        return True
+
+
+PAHO_LOG: Final = logging.getLogger(f"{__name__}.paho")
+PAHO_LOG.addFilter(_RetryNoise())
+
+
+class MqttHandler(Protocol):
+    """What a `PahoBridge` calls, on the actor loop thread."""
+
+    def mqtt_connected(self, failed: bool, reason: str) -> None: ...
+
+    def mqtt_connect_failed(self) -> None: ...
+
+    def mqtt_disconnected(self, reason: str) -> None: ...
+
+    def mqtt_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
+
+    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None: ...
+
+
+@dataclass
+class _Pending:
+    deferred: Deferred
+    timer: TimerHandle
+    result: dict[str, Any]
+    on_acked: Callable[[dict[str, Any]], object] | None
+
+
+class PahoBridge:
+    """A paho client (API version 2) whose callbacks, on paho's network thread, only hand their
+    arguments to `handler` on the actor loop (`Actor.call_soon_threadsafe`); and the publishes
+    of that client still waiting for their acknowledgement (PUBACK for QoS 1). Message ids are
+    per client, so each bridge keeps its own table. Everything but the callbacks runs on the
+    loop thread."""
+
+    def __init__(self, actor: Actor, client_id: str, handler: MqttHandler,
+                 address: str) -> None:
+        self.actor = actor
+        self.handler = handler
+        self.address = address
+        self._pending: dict[int, _Pending] = {}
+        self.client = client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                           clean_session=True)
+        client.enable_logger(PAHO_LOG)
+        # A callback that raises would end paho's thread; ours only hand over, but be sure.
+        client.suppress_exceptions = True
+        client.max_inflight_messages_set(0)  # commands are few; see `_withdraw`
+        cfg = actor.config
+        client.reconnect_delay_set(max(1, round(cfg["backoff_min"])),
+                                   max(1, round(cfg["backoff_max"])))
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+
+    def start(self, host: str, port: int, keepalive: int) -> None:
+        """Connect in paho's thread, which retries until it works (never blocks the loop)."""
+        self.client.connect_async(host, port, keepalive)
+        self.client.loop_start()
+
+    def stop(self, reason: str) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        for mid in list(self._pending):
+            self.settle(mid, reason)
+
+    def publish(self, topic: str, payload: bytes, result: dict[str, Any], timeout: float,
+                on_acked: Callable[[dict[str, Any]], object] | None = None) -> Deferred:
+        """Publish (never retained) at the actor's `qos`; the Deferred resolves to `result`
+        once the broker acknowledged it, or fails after `timeout` seconds, when the message is
+        withdrawn so that paho does not deliver it late after a reconnect."""
+        info = self.client.publish(topic, payload, qos=self.actor.config["qos"], retain=False)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._withdraw(info.mid)
+            raise CommandError(f"publish to broker {self.address} failed: "
+                               f"{reason_text(info.rc)}")
+        deferred = Deferred()
+        timer = self.actor.call_later(
+            timeout, self.settle, info.mid,
+            f"broker {self.address} did not acknowledge within {timeout:g} s (withdrawn: it "
+            "will not be sent later)")
+        self._pending[info.mid] = _Pending(deferred, timer, result, on_acked)
+        return deferred
+
+    def settle(self, mid: int, error: str | None) -> None:
+        """The publish `mid` was acknowledged (`error` None) or failed."""
+        pending = self._pending.pop(mid, None)
+        if pending is None:
+            return
+        pending.timer.cancel()
+        if error is not None:
+            self._withdraw(mid)
+            pending.deferred.fail(error)
+            return
+        if pending.on_acked is not None:
+            pending.on_acked(pending.result)
+        pending.deferred.resolve(pending.result)
+
+    def _withdraw(self, mid: int) -> None:
+        """Forget an unacknowledged publish, so paho does not resend it after a reconnect.
+
+        paho has no public call for this; it keeps QoS 1 messages in ``_out_messages`` (under
+        ``_out_message_mutex``) and resends them on reconnect. With max_inflight 0 (unlimited)
+        removing one leaves no in-flight count to fix up.
+        """
+        with self.client._out_message_mutex:
+            self.client._out_messages.pop(mid, None)
+
+    def _handover(self, fn: Callable[..., object], *args: Any) -> None:
+        self.actor.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
+                    props: Any) -> None:
+        self._handover(self.handler.mqtt_connected, rc.is_failure, reason_text(rc))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._handover(self.handler.mqtt_connect_failed)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
+                       props: Any) -> None:
+        self._handover(self.handler.mqtt_disconnected, reason_text(rc))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._handover(self.handler.mqtt_message, msg.topic, bytes(msg.payload), msg.retain)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
+                    props: Any) -> None:
+        self._handover(self.settle, mid, f"broker {self.address} refused it: "
+                       f"{reason_text(rc)}" if rc.is_failure else None)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      codes: list[ReasonCode], props: Any) -> None:
+        self._handover(self.handler.mqtt_subscribed, mid,
+                      [reason_text(c) for c in codes if c.is_failure])
+
+
+def excerpt(payload: bytes) -> str:
+    """A payload for a log line: text if printable, else hex; bounded."""
+    head = payload[:EXCERPT]
+    text = head.decode("utf-8", "replace")
+    shown = repr(text) if text.isprintable() else f"hex {head.hex()}"
+    return shown + ("..." if len(payload) > EXCERPT else "")
+
+
+# --- the actor ----------------------------------------------------------------------------------
+
+@dataclass
+class _Reader:
+    online: bool
+    status: str | None
+
+
+class SpringCoreMqttActor(Actor):
+    """SpringCore Smart Readers through an MQTT broker: tags, reader states, META, commands."""
+
+    type_name: ClassVar[str] = "springcore-mqtt"
+    reconnect: ClassVar[bool] = False  # paho reconnects by itself
+    settings = (
+        *BROKER_SETTINGS,
+        Setting("tls", dict, None, "TLS: a table with ca, cert, key file paths ({} = system "
+                "CAs)", check=check_tls),
+        Setting("username", str, "", "broker user name ('' = anonymous)"),
+        Setting("password", str, "", "broker password (never logged)"),
+        Setting("client_id", str, "", "MQTT client id ('' = sctl-<name>)"),
+        Setting("devices", (list, str), sj.ALL_DEVICES,
+                'reader ids to serve, or "+" for every reader on the broker',
+                check=check_devices),
+        Setting("command_format", str, sj.JSON, "json ({\"Sequence\":\"60\"}) or scrdr "
+                "($SCCMD;SEQ=60)", check=check_format),
+        Setting("command_timeout", float, 5.0,
+                "seconds to wait for the broker's PUBACK of a command", check=positive),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        self.address = f"{cfg['broker']}:{broker_port(cfg)}"
+        self.readers: dict[str, _Reader] = {}
+        self._bridge: PahoBridge | None = None
+        self._subscribe_mid: int | None = None
+        self._down_since = time.monotonic()
+        self._down_reason = "not connected yet"
+        self.counters.update(tags=0, bad_payloads=0, commands_sent=0)
+
+    # --- link ---------------------------------------------------------------------------------
+
+    def open_link(self) -> None:
+        """Called once (``reconnect = False``): start paho, which then reconnects by itself."""
+        if self._bridge is not None:
+            return
+        cfg = self.config
+        self._bridge = bridge = PahoBridge(self, cfg["client_id"] or f"sctl-{self.name}", self,
+                                           self.address)
+        if cfg["username"]:
+            bridge.client.username_pw_set(cfg["username"], cfg["password"] or None)
+        tls = cfg["tls"]
+        if tls is not None:
+            bridge.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
+                                  keyfile=tls.get("key"))
+        bridge.start(cfg["broker"], broker_port(cfg), cfg["keepalive"])
+
+    def on_stop(self) -> None:
+        if self._bridge is not None:
+            self._bridge.stop("actor stopping before the broker acknowledged the command")
+
+    def _went_down(self, reason: str) -> None:
+        if self.link_state == UP:
+            self._down_since = time.monotonic()
+        self._down_reason = reason
+        self.link_down(reason)
+
+    def mqtt_connected(self, failed: bool, reason: str) -> None:
+        if failed:
+            self._went_down(f"broker {self.address} refused the connection: {reason}")
+            return
+        assert self._bridge is not None
+        topics = sj.subscriptions(self.config["prefix"], self.config["devices"])
+        qos = self.config["qos"]
+        rc, mid = self._bridge.client.subscribe([(t, qos) for t in topics])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._went_down(f"subscribe on {self.address} failed: {reason_text(rc)}")
+            return
+        self._subscribe_mid = mid
+
+    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None:
+        if mid != self._subscribe_mid:
+            return
+        if refused:
+            log.error("actor %s: broker %s refused subscriptions (%s); no reader events will "
+                      "arrive: check the broker's ACL for prefix %s", self.name, self.address,
+                      ", ".join(refused), self.config["prefix"])
+            self._went_down(f"broker {self.address} refused subscriptions: {refused[0]}")
+            return
+        self.link_up(f"connected to broker {self.address}, subscribed to "
+                     f"{self.config['prefix']}/{self._devices_text()}")
+
+    def mqtt_connect_failed(self) -> None:
+        self._went_down(f"cannot connect to broker {self.address}")
+
+    def mqtt_disconnected(self, reason: str) -> None:
+        if self.state != "stopping":
+            self._went_down(f"connection to broker {self.address} lost: {reason}")
+
+    def _devices_text(self) -> str:
+        devices = self.config["devices"]
+        return "+" if devices == sj.ALL_DEVICES else "{" + ",".join(devices) + "}"
+
+    # --- readers → bus ------------------------------------------------------------------------
+
+    def mqtt_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        parsed = sj.parse_topic(self.config["prefix"], topic)
+        if parsed is None or parsed.kind == sj.CMD_TOPIC:
+            log.debug("actor %s: ignoring message on %s", self.name, topic)
+            return
+        try:
+            if parsed.kind == sj.EVT_TOPIC:
+                self._on_event(parsed.device, payload)
+            elif parsed.kind == sj.STATUS_TOPIC:
+                status = sj.decode_status(payload)
+                self._reader_state(parsed.device, status.online, status.state, "status",
+                                   retained, uptime=status.uptime, device_time=status.date_time)
+            else:
+                meta = sj.decode_meta(payload)
+                self._reader_state(parsed.device, True, None, "meta", retained)
+                self.publish_event("meta", {"device": parsed.device, "meta": meta})
+        except RemoteProtocolError as exc:
+            self.counters["bad_payloads"] += 1
+            log.warning("actor %s: bad payload from reader %s on %s (dropped): %s; payload %s",
+                        self.name, parsed.device, topic, exc, excerpt(payload))
+
+    def _on_event(self, device: str, payload: bytes) -> None:
+        tag = sj.decode_event(payload, device)
+        if tag is None:
+            log.info("actor %s: reader %s sent the empty $SCRDR greeting", self.name, device)
+            return
+        if tag["checksum"] == springcore.BAD:
+            log.warning("actor %s: $SCRDR from reader %s has a bad checksum (tag kept): %s",
+                        self.name, device, tag["raw"][:EXCERPT])
+        self._reader_state(device, True, None, "tag", False)
+        self.counters["tags"] += 1
+        self.publish_event("tag", tag)
+
+    def _reader_state(self, device: str, online: bool, status: str | None, source: str,
+                      retained: bool, **extra: Any) -> None:
+        """Track a reader; publish evt.<name>.device when its state or STATUS changes. A tag or
+        META only marks a reader online that has no known state yet (STATUS stays in charge)."""
+        reader = self.readers.get(device)
+        if source != "status" and reader is not None:
+            return
+        if reader is not None and reader.online == online and reader.status == status:
+            return
+        self.readers[device] = _Reader(online, status)
+        data = {"device": device, "state": sj.ONLINE if online else sj.OFFLINE,
+                "status": status, "retained": retained, "source": source,
+                "uptime": None, "device_time": None}
+        data.update(extra)
+        self.publish_event("device", data)
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def _target(self, device: str) -> str:
+        """The reader a command goes to; CommandError when the broker is down, the device is
+        missing while several are served, or it is not known online."""
+        if self.link_state != UP or self._bridge is None:
+            down = time.monotonic() - self._down_since
+            raise CommandError(f"broker {self.address} is not connected (down for {down:.0f} "
+                               f"s: {self._down_reason}); command not sent")
+        configured = self.config["devices"]
+        online = sorted(d for d, r in self.readers.items() if r.online)
+        if not device:
+            candidates = online if configured == sj.ALL_DEVICES else configured
+            if len(candidates) != 1:
+                raise CommandError(f"device=ID is required: this actor serves "
+                                   f"{self._known_text()}")
+            device = candidates[0]
+        if configured != sj.ALL_DEVICES and device not in configured:
+            raise CommandError(f"reader {device!r} is not served by this actor (devices = "
+                               f"{', '.join(configured)})")
+        if device not in online:
+            state = "offline" if device in self.readers else "never seen"
+            raise CommandError(f"reader {device!r} is {state}; known readers: "
+                               f"{self._known_text()}")
+        return device
+
+    def _known_text(self) -> str:
+        if not self.readers:
+            return "none seen yet"
+        return ", ".join(f"{d} ({'online' if r.online else 'offline'})"
+                         for d, r in sorted(self.readers.items()))
+
+    def _send(self, device: str, payload_of: Callable[[], bytes], fmt: str) -> Deferred:
+        target = self._target(device)
+        try:
+            payload = payload_of()
+        except LocalProtocolError as exc:
+            raise CommandError(str(exc)) from None
+        assert self._bridge is not None
+        topic = sj.topic(self.config["prefix"], target, sj.CMD_TOPIC)
+        result = {"device": target, "topic": topic, "format": fmt,
+                  "payload": payload.decode("ascii", "replace")}
+        deferred = self._bridge.publish(topic, payload, result, self.config["command_timeout"])
+        self.counters["commands_sent"] += 1
+        return deferred
+
+    def _fields(self, device: str, *fields: Field) -> Deferred:
+        fmt = self.config["command_format"]
+        return self._send(device, lambda: sj.encode_command(fmt, fields), fmt)
+
+    @staticmethod
+    def _field(make: Callable[[Any], Field], value: Any) -> Field:
+        try:
+            return make(value)
+        except LocalProtocolError as exc:
+            raise CommandError(str(exc)) from None
+
+    DEVICE: ClassVar[Param] = Param("device", str, "",
+                                    "reader id (required when several readers are served)")
+
+    @command("wink", DEVICE, doc="play the Wink sequence (0E) to find the reader")
+    def wink(self, device: str) -> Deferred:
+        return self._fields(device, springcore.seq_command(springcore.SEQ_WINK))
+
+    @command("accept", DEVICE, doc="play Access granted (sequence 60)")
+    def accept(self, device: str) -> Deferred:
+        return self._fields(device, springcore.seq_command(springcore.SEQ_ACCEPT))
+
+    @command("deny", DEVICE, doc="play Access denied (sequence 61)")
+    def deny(self, device: str) -> Deferred:
+        return self._fields(device, springcore.seq_command(springcore.SEQ_DENY))
+
+    @command("seq", Param("code", str, doc="UI sequence code, one byte in HEX (60, 0E)"),
+             DEVICE, doc="play a UI sequence by its hex code")
+    def seq(self, code: str, device: str) -> Deferred:
+        return self._fields(device, self._field(springcore.seq_command, code))
+
+    @command("leds", Param("hex8", str, doc="4 bytes in hex, one per LED (92929292)"), DEVICE,
+             doc="set the 4 LEDs directly")
+    def leds(self, hex8: str, device: str) -> Deferred:
+        return self._fields(device, self._field(springcore.leds_command, hex8))
+
+    @command("buzz", Param("ms", int, doc="beep duration, milliseconds (0-65535)"), DEVICE,
+             doc="beep")
+    def buzz(self, ms: int, device: str) -> Deferred:
+        return self._fields(device, self._field(springcore.buzz_command, ms))
+
+    @command("raw", Param("fields", str, doc="a JSON object, or $SCCMD fields SEQ=60;BUZZ=0064"),
+             DEVICE, doc="send a raw command (JSON or $SCCMD, whatever command_format)")
+    def raw(self, fields: str, device: str) -> Deferred:
+        fmt = sj.JSON if fields.strip().startswith("{") else sj.SCRDR
+        return self._send(device, lambda: sj.encode_raw_command(fields), fmt)
+
+    @command("readers", doc="the readers seen and their last state", record=False)
+    def cmd_readers(self) -> dict[str, Any]:
+        return {d: {"state": sj.ONLINE if r.online else sj.OFFLINE, "status": r.status}
+                for d, r in sorted(self.readers.items())}
