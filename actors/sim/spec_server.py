@@ -206,12 +206,15 @@ class SpecServerSim(Actor):
             log.warning("cannot send %s to SPEC client %s: %s", Cmd(cmd).name,
                         client.stream.peer, exc)
 
-    def _reply_error(self, client: _Client, msg: Message, reason: str) -> None:
-        """SV_ERROR reply (when the request wants one) plus an ``error`` event to watchers."""
+    def _reply_error(self, client: _Client, msg: Message, reason: str,
+                     event: bool = False) -> None:
+        """SV_ERROR reply when the request has an sn; an ``error`` event to the clients
+        watching ``error`` when it has none (nobody would hear of it otherwise) or `event`."""
         if msg.sn:
             self._send(client, Cmd.SV_REPLY, msg.name, reason, sn=msg.sn,
                        type_=DataType.SV_ERROR, err=1)
-        self._notify("error", reason, False)
+        if event or not msg.sn:
+            self._notify("error", reason, False)
 
     def _notify(self, prop: str, value: Value, deleted: bool) -> None:
         flags = self.config["deleted_flag"] if deleted else 0
@@ -259,8 +262,8 @@ class SpecServerSim(Actor):
             return
         try:
             value = self.spec.read(msg.name, time.monotonic())
-        except PropertyError as exc:
-            self._reply_error(client, msg, f"{msg.name}: {exc}")
+        except PropertyError as exc:  # pycertifspec waits for an error event here
+            self._reply_error(client, msg, f"{msg.name}: {exc}", event=True)
             return
         client.watches.add(msg.name)
         self._send(client, Cmd.SV_EVENT, msg.name, value)
@@ -309,10 +312,7 @@ class SpecServerSim(Actor):
             result = Interpreter(self.spec, time.monotonic()).run(text)
         except EvalError as exc:
             self._tty(f"{exc}\n")
-            if wants_reply:
-                self._reply_error(client, msg, str(exc))
-            else:
-                self._notify("error", str(exc), False)
+            self._reply_error(client, msg, str(exc), event=not wants_reply)
             return
         for text_out in result.printed:
             self._tty(text_out)
