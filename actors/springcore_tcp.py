@@ -200,8 +200,9 @@ class SpringCoreTcpActor(Actor):
         client = self._client
         if self.link_state != UP or client is None or not self._confirmed:
             down = time.monotonic() - self._down_since
-            raise CommandError(f"reader {self.address} link is {self.link_state} for "
-                               f"{down:.1f} s ({self._down_reason}); command not sent")
+            raise CommandError(f"reader {self.address} not connected for {down:.1f} s (link "
+                               f"{self.link_state}; last: {self._down_reason}); command not "
+                               "sent")
         try:
             line = encode_command(fields, line_ending=self.config["line_ending"])
         except LocalProtocolError as exc:

@@ -4,6 +4,7 @@ ports, watched and driven through a Bus client and, for the CLI contract, ``sctl
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -36,6 +37,15 @@ port = {port}
 backoff_min = 0.5
 backoff_max = 1.0
 
+[actors.reader3]
+type = "springcore-tcp"
+host = "127.0.0.1"
+port = {port}
+line_ending = ""
+idle_timeout = 1.5
+backoff_min = 0.1
+backoff_max = 0.3
+
 [actors.sim]
 type = "sim-springcore-tcp"
 port = {port}
@@ -66,6 +76,11 @@ class Stack:
 
     def poll(self, seconds: float) -> None:
         self.seen += [(d.topic, d.envelope.data) for d in self.bus.poll(seconds)]
+
+    def drain(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.poll(left)
 
     def events(self, topic: str, after: int = 0) -> list[dict[str, Any]]:
         return [data for t, data in self.seen[after:] if t == topic]
@@ -121,7 +136,7 @@ def test_tag_reaches_the_bus_and_commands_reach_the_reader(stack: Stack) -> None
     tag = stack.wait("evt.reader.tag", after=mark)
     assert tag["tag_id"] == "04AABBCCDD" and tag["checksum"] == "ok"
     assert tag["tag_data"] == "HELLO" and tag["raw"] == sent["sent"].rstrip("\r\n")
-    stack.poll(0.5)
+    stack.drain(0.5)
     assert len(stack.events("evt.reader.tag", mark)) == 1  # exactly one
 
     # the CLI contract: `sctl send reader accept` reaches the device as $SCCMD;SEQ=60
@@ -217,10 +232,11 @@ def test_simulator_restart_link_down_up_and_no_tag_lost(stack: Stack) -> None:
     time.sleep(0.5)  # let it be down for a while, through a few refused reconnects
     refused = stack.send("reader", "accept")
     assert refused["status"] == "error"
-    assert f"reader 127.0.0.1:{stack.port} link is" in refused["error"]
-    assert "command not sent" in refused["error"]
-    seconds = float(refused["error"].split(" for ")[1].split(" s ")[0])
-    assert seconds >= 0.5
+    found = re.fullmatch(rf"reader 127\.0\.0\.1:{stack.port} not connected for ([0-9.]+) s "
+                         r"\(link (down|connecting); last: .+\); command not sent",
+                         refused["error"])
+    assert found, refused["error"]
+    assert float(found.group(1)) >= 0.5
 
     mark = len(stack.seen)
     stack.start_sim()
@@ -230,3 +246,50 @@ def test_simulator_restart_link_down_up_and_no_tag_lost(stack: Stack) -> None:
         ok(stack.send("sim", "present", tag_id))
     stack.wait("evt.reader.tag", lambda d: d["tag_id"] == ids[-1], after=mark)
     assert [t["tag_id"] for t in stack.events("evt.reader.tag", mark)] == ids
+
+
+def test_bare_commands_mid_line_loss_and_idle_timeout(stack: Stack) -> None:
+    stack.start_sim()
+    stack.start_reader("reader3")  # line_ending "", idle_timeout 1.5 s
+    mark = len(stack.seen)
+    stack.link("reader3", "up")
+    # commands without a terminator, as the official sample sends them, framed by the device
+    assert ok(stack.send("reader3", "wink"))["sent"] == "$SCCMD;SEQ=0E"
+    assert ok(stack.send("reader3", "accept"))["sent"] == "$SCCMD;SEQ=60"
+    stack.wait("evt.sim.received", lambda d: d["line"] == "$SCCMD;SEQ=60", after=mark)
+    assert [d["line"] for d in stack.events("evt.sim.received", mark)] == [
+        "$SCCMD;SEQ=0E", "$SCCMD;SEQ=60"]
+
+    # the device goes away in the middle of a line: reported, then reconnect
+    mark = len(stack.seen)
+    ok(stack.send("sim", "emit", "$SCRDR;13;01", ending=""))
+    ok(stack.send("sim", "kick"))
+    rejected = stack.wait("evt.reader3.rejected", after=mark)
+    assert rejected == {"reason": "connection ended in the middle of a line: 12 bytes discarded",
+                        "raw": "$SCRDR;13;01"}
+    stack.link("reader3", "down", after=mark)
+    stack.link("reader3", "up", after=mark)
+
+    # nothing from the reader for idle_timeout: reconnect
+    mark = len(stack.seen)
+    down = stack.link("reader3", "down", after=mark)
+    assert re.fullmatch(r"nothing received from 127\.0\.0\.1:\d+ for [0-9.]+ s "
+                        r"\(idle_timeout 1\.5 s\)", down["reason"]), down
+    stack.link("reader3", "up", after=mark)
+    assert stack.events("evt.reader3.tag", 0) == []
+
+
+def test_rate_tags_all_delivered_up_to_the_simulator_stopping(stack: Stack) -> None:
+    sim = stack.start_sim("rate=25.0", "tag='0A0B0C'")
+    stack.start_reader()
+    stack.link("reader", "up")
+    mark = len(stack.seen)
+    for _ in range(10):
+        stack.wait("evt.reader.tag", after=len(stack.seen))
+    assert sim.stop() == 0  # whatever was written before the close is read before the FIN
+    stack.link("reader", "down", after=mark)
+    stack.drain(1.0)
+    sent = stack.events("evt.sim.sent")
+    tags = stack.events("evt.reader.tag")
+    assert len(sent) >= 10 and {d["tag_id"] for d in sent} == {"0A0B0C"}
+    assert [t["raw"] for t in tags] == [d["line"].rstrip("\r\n") for d in sent]
