@@ -58,12 +58,6 @@ def check_variant(value: Any) -> None:
         raise ValueError(f"must be one of {', '.join(VARIANTS)}")
 
 
-def check_device_list(value: Any) -> None:
-    if not isinstance(value, list):
-        raise ValueError("must be a list of reader ids (a simulator has no wildcard)")
-    check_devices(value)
-
-
 class VirtualReader:
     """One simulated reader: its MQTT connection and its event counter (older firmware)."""
 
@@ -131,7 +125,7 @@ class SpringCoreMqttSim(Actor):
     settings = (
         *BROKER_SETTINGS,
         Setting("devices", list, ["DA1275B0"], "ids of the virtual readers",
-                check=check_device_list),
+                check=check_devices),
         Setting("status_interval", float, 30.0, "seconds between STATUS messages",
                 check=positive),
         Setting("format", str, sj.JSON, "default event format: json or scrdr",
