@@ -4,6 +4,7 @@ RemoteProtocolError."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -177,11 +178,9 @@ def test_random_bytes_decode_or_raise_remote_protocol_error(raw: bytes, prefix: 
        st.binary(max_size=64), st.sampled_from([LITTLE, BIG]))
 def test_random_payloads_decode_or_raise_remote_protocol_error(
         kind: int, rows: int, cols: int, data: bytes, order: str) -> None:
-    try:
+    with contextlib.suppress(RemoteProtocolError):
         decode_value(Message(cmd=Cmd.SV_EVENT, type=kind, rows=rows, cols=cols, data=data,
                              order=order))
-    except RemoteProtocolError:
-        pass
 
 
 def test_deleted_flag_is_read_in_both_published_values() -> None:
