@@ -238,8 +238,9 @@ class ReadUntil:
 @dataclass
 class Expect:
     """``expect pattern``: plain bytes (not a regex), NUL bytes skipped; everything read up to
-    and including the match is discarded, bytes after it stay. Bytes that cannot be part of a
-    match are dropped as they arrive, so a long wait holds at most ``len(pattern) - 1`` of them."""
+    and including the match is discarded, bytes after it stay; the result is the pattern. Bytes
+    that cannot be part of a match are dropped as they arrive, so a long wait holds at most
+    ``len(pattern) - 1`` of them."""
 
     pattern: bytes
     _tail: bytes = field(default=b"", repr=False)
@@ -258,9 +259,8 @@ class Expect:
             if buf[end]:
                 needed -= 1
             end += 1
-        out = bytes(buf[:end])
         del buf[:end]
-        return out
+        return self.pattern
 
     def timeout_reason(self, seen: int, peer: str) -> str:
         if seen:
