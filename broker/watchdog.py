@@ -216,7 +216,8 @@ class Watchdog:
     def _check_hung(self, prog: Program, info: dict[str, Any], now: float) -> None:
         if now - self.router_heard > ROUTER_SILENT or prog.killed_pid == prog.pid:
             return
-        since = max(prog.last_beat, prog.pid_seen + START_GRACE)
+        # a new process has START_GRACE for its first heartbeat; after that, its heartbeats
+        since = prog.last_beat or prog.pid_seen + START_GRACE
         silent = now - since
         if silent > self.sup.hung_after * prog.beat_interval:
             reason = (f"hung: pid {prog.pid} RUNNING but no heartbeat for "
