@@ -364,7 +364,10 @@ class BusLinkActor(Actor):
         if call.write and not txn.sent:
             txn.sent = True
             if not self._client.send(call.write):
-                return  # the stream closed: _on_closed has failed this transaction
+                if self._current is txn:  # refused without a close callback
+                    self._drop("the connection refused the write")
+                    self._finish(txn, error=f"connection to {self._peer} lost while sending")
+                return  # else the stream closed and _on_closed has failed this transaction
         if call.read is None:
             self._finish(txn, result=call.result(None))
             return
@@ -377,10 +380,12 @@ class BusLinkActor(Actor):
             self._finish(txn, result=call.result(raw))
 
     def _inval(self, txn: Transaction) -> None:
+        """Close the link; in on_start mode also stop reconnecting until config, even if it
+        was down already (the operator wants the instrument left alone)."""
+        self._held = self.config["connect"] == ON_START
         if self._client is None:
             self._finish(txn, result="not configured")
             return
-        self._held = self.config["connect"] == ON_START
         self._drop("closed by inval")
         self._finish(txn, result="ok")
 

@@ -159,6 +159,11 @@ def test_pyrame_vectors_byte_for_byte(make_stack: Callable[..., Stack]) -> None:
         wait_for(lambda p=peer_gets: stack.received() == p, 10, f"vector {number} on the wire")
         if number == 3:  # bytes after the eot stay for the next read
             assert stack.send("bus1", "read", "4").stdout == "ST__\n"
+    assert stack.ok("bus1", "inval") == "ok"  # on_start: held closed until config
+    held = stack.send("bus1", "read", "1")
+    assert (held.returncode, held.stderr) == (
+        1, "bus1: tcp: not configured (closed by inval; send config to reopen)\n")
+    assert stack.ok("bus1", "ping")["link"]["state"] == "down"
 
 
 def test_concurrent_sends_never_interleave(make_stack: Callable[..., Stack]) -> None:
