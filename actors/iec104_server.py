@@ -21,8 +21,9 @@ request carries the same deadline, so a target that is down or late never runs t
 after the master was told "negative".
 
 Connections. ``on_connect`` gets the master's IP and enforces ``allow`` (addresses or networks).
-c104 2.2.1 reports no disconnect, so a loop timer compares the open connection count and, on
-Linux, the established peers of our port in /proc/net/tcp{,6}, to publish disconnects.
+c104 2.2.1 reports no disconnect, so a loop timer (``poll_connections``) compares the connections
+accepted with c104's open count, and names the IPs from the established peers of our port in
+/proc/net/tcp{,6} (Linux) or the accepted IPs (`_poll_connections`).
 """
 
 import contextlib
@@ -32,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from typing import Any, ClassVar, Final
 
 import c104
@@ -232,7 +234,9 @@ class Iec104ServerActor(Actor):
         self._waiters: set[_Waiter] = set()
         self._waiters_lock = threading.Lock()
         self._stopping = False
-        self._open = 0
+        self._live = 0  # connections accepted and not yet seen closed
+        self._live_ips: Counter[str] = Counter()
+        self._missing = 0
         self._peers: set[str] = set()
         for key in ("mapping_errors", "transmitted", "clients", "refused", "commands_104",
                     "commands_104_ok", "unexpected"):
@@ -439,6 +443,9 @@ class Iec104ServerActor(Actor):
         self.publish_event(event, data)
 
     def _client_event(self, event: str, ip: str, reason: str) -> None:
+        if event == "connect":
+            self._live += 1
+            self._live_ips[ip] += 1
         self.counters["clients" if event == "connect" else "refused"] += 1
         level = logging.INFO if event == "connect" else logging.WARNING
         log.log(level, "iec104 %s: master %s %s%s", self.name, ip, event,
@@ -491,19 +498,31 @@ class Iec104ServerActor(Actor):
         self.publish_event("command", data)
 
     def _poll_connections(self) -> None:
-        """Publish disconnects: c104 2.2.1 has no callback for them."""
+        """Publish disconnects, which c104 2.2.1 has no callback for: connections accepted
+        (counted in `_client_event`) minus c104's open count are the closed ones. A deficit
+        must show in two polls in a row (a just-accepted connection may not be counted by
+        c104 yet). Their IPs come from the peers that left /proc/net/tcp, else from the
+        accepted IPs when those are all the same, else "unknown"."""
         if self._server is None or self._stopping:
             return
         self.call_later(self.config["poll_connections"], self._poll_connections)
-        count = self._server.open_connection_count
+        missing_now = self._live - self._server.open_connection_count
+        missing, self._missing = min(missing_now, self._missing), max(missing_now, 0)
         peers = _established_peers(self.config["port"])
-        if count < self._open:
-            gone = sorted(self._peers - peers) or [""] * (self._open - count)
-            for peer in gone:
-                self.publish_event("client", {
-                    "event": "disconnect", "ip": _host_of(peer) if peer else "unknown",
-                    "reason": "connection closed", "open_connections": count})
-        self._open, self._peers = count, peers
+        left = [_host_of(p) for p in sorted(self._peers - peers)]
+        self._peers = peers
+        for _ in range(max(missing, 0)):
+            ip = left.pop(0) if left else self._only_ip()
+            self._live -= 1
+            self._missing -= 1
+            self._live_ips[ip] -= 1
+            self.publish_event("client", {"event": "disconnect", "ip": ip,
+                                          "reason": "connection closed",
+                                          "open_connections": self._live})
+
+    def _only_ip(self) -> str:
+        live = [ip for ip, n in self._live_ips.items() if n > 0]
+        return live[0] if len(live) == 1 else "unknown"
 
 
 def _established_peers(port: int) -> set[str]:
