@@ -213,11 +213,12 @@ class PahoBridge:
             self.settle(mid, reason)
 
     def publish(self, topic: str, payload: bytes, result: dict[str, Any], timeout: float,
-                on_acked: Callable[[dict[str, Any]], object] | None = None) -> Deferred:
-        """Publish (never retained) at the actor's `qos`; the Deferred resolves to `result`
-        once the broker acknowledged it, or fails after `timeout` seconds, when the message is
-        withdrawn so that paho does not deliver it late after a reconnect."""
-        info = self.client.publish(topic, payload, qos=self.actor.config["qos"], retain=False)
+                on_acked: Callable[[dict[str, Any]], object] | None = None, *,
+                retain: bool = False) -> Deferred:
+        """Publish at the actor's `qos`; the Deferred resolves to `result` once the broker
+        acknowledged it, or fails after `timeout` seconds, when the message is withdrawn so
+        that paho does not deliver it late after a reconnect."""
+        info = self.client.publish(topic, payload, qos=self.actor.config["qos"], retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._withdraw(info.mid)
             raise CommandError(f"publish to broker {self.address} failed: "

@@ -6,7 +6,10 @@ Each id of `devices` is one virtual reader with its own MQTT connection (client 
 ``sim-<name>-<id>``), as a real reader has, so each has its own Last Will: a STATUS
 ``{"State":"offline,dead"}`` the broker publishes when the connection drops without a goodbye.
 On every (re)connect a reader subscribes to its ``{prefix}/{id}/rdr/cmd``, publishes META, then
-STATUS ``online,ready``; STATUS is repeated every `status_interval` seconds with its Uptime.
+STATUS ``online,ready``; STATUS is repeated every `status_interval` seconds with its Uptime, and
+``offline`` is sent when the simulator stops cleanly. META, STATUS and the Last Will are retained
+(`retain`, the device's register 0289 default), so a host that subscribes later learns each
+reader's state at once.
 
 Commands (through the bus like any actor):
 
@@ -70,7 +73,7 @@ class VirtualReader:
         self.status_topic = sj.topic(prefix, device, sj.STATUS_TOPIC)
         self.bridge = PahoBridge(sim, f"sim-{sim.name}-{device}"[:64], self, sim.address)
         self.bridge.client.will_set(self.status_topic, sj.encode_status(sj.DEAD_STATE),
-                                    qos=sim.config["qos"], retain=False)
+                                    qos=sim.config["qos"], retain=sim.config["retain"])
 
     def publish(self, kind: str, payload: bytes, result: dict[str, Any],
                 on_acked: Callable[[dict[str, Any]], object] | None = None) -> Deferred:
@@ -78,8 +81,9 @@ class VirtualReader:
             raise CommandError(f"reader {self.device} is not connected to broker "
                                f"{self.sim.address}")
         topic = sj.topic(self.sim.config["prefix"], self.device, kind)
+        retain = self.sim.config["retain"] and kind in (sj.META_TOPIC, sj.STATUS_TOPIC)
         return self.bridge.publish(topic, payload, dict(result, topic=topic),
-                                   self.sim.config["publish_timeout"], on_acked)
+                                   self.sim.config["publish_timeout"], on_acked, retain=retain)
 
     def publish_status(self, state: str) -> Deferred:
         payload = sj.encode_status(state, uptime=self.sim.uptime())
@@ -134,6 +138,8 @@ class SpringCoreMqttSim(Actor):
                 check=check_variant),
         Setting("publish_timeout", float, 5.0, "seconds to wait for the broker's PUBACK",
                 check=positive),
+        Setting("retain", bool, True, "publish META, STATUS and the Last Will retained (a "
+                "host that starts later learns each reader's state at once)"),
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -157,7 +163,11 @@ class SpringCoreMqttSim(Actor):
         self.call_later(self.config["status_interval"], self._status_tick)
 
     def on_stop(self) -> None:
+        """A clean goodbye, as a reader that is switched off properly: STATUS ``offline``
+        (queued before the DISCONNECT, so it replaces a retained ``online``), then disconnect."""
         for reader in self.readers.values():
+            if reader.connected:
+                reader.publish_status(sj.OFFLINE)
             reader.bridge.stop("simulator stopping")
 
     def reader_changed(self, reason: str, lost: bool) -> None:

@@ -1,0 +1,195 @@
+"""springcore-mqtt end to end, every part real and a separate process: a Mosquitto broker
+(tests.support.mosquitto), the router, the simulator (``sctl sim springcore-mqtt`` with two
+virtual readers) and the actor (``sctl actor mqttreaders``, devices "+"); the test talks to
+them through the bus, ``sctl send``, and a paho client of its own for hostile payloads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from broker.bus import Bus, Delivery
+from broker.config import load_site
+from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
+from tests.integration.test_actor import collect, drain, result
+from tests.support.mosquitto import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
+
+B0, B1 = "DA1275B0", "DA1275B1"
+PREFIX = "springcard/springcore"
+TABLES = """
+[actors.mqttreaders]
+type = "springcore-mqtt"
+port = {port}
+devices = "+"
+heartbeat_interval = 0.5
+backoff_min = 0.2
+backoff_max = 1.0
+command_timeout = 10.0
+
+[actors.readers]
+type = "sim-springcore-mqtt"
+port = {port}
+devices = ["{b0}", "{b1}"]
+backoff_min = 0.2
+backoff_max = 1.0
+"""
+
+
+class Stack:
+    def __init__(self, site: Path, bus: Bus, broker: Mosquitto, actor: Proc, sim: Proc) -> None:
+        self.site, self.bus, self.broker, self.actor, self.sim = site, bus, broker, actor, sim
+
+    def sctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(sctl_cmd("-c", str(self.site), *args), cwd=ROOT,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=60)
+
+    def request(self, actor: str, cmd: str, **args: Any) -> Any:
+        return self.bus.request(actor, cmd, args, timeout=20.0)
+
+    def readers_online(self, *devices: str) -> bool:
+        seen = result(self.request("mqttreaders", "readers"))
+        return all(seen.get(d, {}).get("state") == "online" for d in devices)
+
+    def wait(self, pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            self.bus.poll(0.2)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, mosquitto: Mosquitto,  # noqa: F811
+          spawn: Callable[..., Proc]) -> Iterator[Stack]:
+    site = write_site(tmp_path, TABLES.format(port=mosquitto.port, b0=B0, b1=B1))
+    spawn("-c", str(site), "router", name="router")
+    bus = Bus(load_site(site).router, "tester")
+    for prefix in ("evt.mqttreaders.", "evt.readers.", "log.mqttreaders"):
+        bus.subscribe(prefix)
+    assert bus.connect(wait=15.0), "router did not come up"
+    actor = spawn("-c", str(site), "actor", "mqttreaders", name="actor")
+    sim = spawn("-c", str(site), "sim", "springcore-mqtt", "--name", "readers", name="sim")
+    s = Stack(site, bus, mosquitto, actor, sim)
+    s.wait(lambda: s.readers_online(B0, B1), "both readers online at the actor")
+    yield s
+    bus.close()
+
+
+def events(got: list[Delivery], topic: str) -> list[dict[str, Any]]:
+    return [d.envelope.data for d in got if d.topic == topic]
+
+
+def tags(got: list[Delivery]) -> list[dict[str, Any]]:
+    return events(got, "evt.mqttreaders.tag")
+
+
+def test_tags_from_two_readers_and_accept_reaches_exactly_one(stack: Stack) -> None:
+    assert result(stack.request("readers", "present", tag="04AA01", device=B0))["device"] == B0
+    stack.request("readers", "present", tag="04BB02", device=B1, format="scrdr",
+                  move="insert")
+    stack.request("readers", "present", tag="04CC03", device=B1, variant="old")
+    got = collect(stack.bus, lambda g: len(tags(g)) >= 3)
+    by_id = {t["tag_id"]: t for t in tags(got)}
+    assert {k: by_id[k]["device"] for k in by_id} == {"04AA01": B0, "04BB02": B1, "04CC03": B1}
+    assert (by_id["04BB02"]["interface"], by_id["04BB02"]["move"]) == ("13", "insert")
+    assert (by_id["04AA01"]["interface"], by_id["04CC03"]["seq"]) == ("13.56", 1)
+
+    sent = stack.sctl("send", "mqttreaders", "accept", f"device={B1}", "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["result"]["payload"] == '{"Sequence":"60"}'
+    got = collect(stack.bus, lambda g: len(events(g, "evt.readers.received")) >= 1)
+    got += drain(stack.bus, 1.0)
+    (received,) = events(got, "evt.readers.received")
+    assert (received["device"], received["payload"], received["decoded"]) == \
+        (B1, '{"Sequence":"60"}', {"Sequence": "60"})
+
+    ambiguous = stack.sctl("send", "mqttreaders", "accept")
+    assert ambiguous.returncode == 1 and "device=ID is required" in ambiguous.stderr
+    assert f"{B0} (online), {B1} (online)" in ambiguous.stderr
+    unknown = stack.request("mqttreaders", "deny", device="DEADBEEF").data
+    assert unknown["status"] == "error" and "'DEADBEEF' is never seen" in unknown["error"]
+    bad = stack.request("mqttreaders", "leds", hex8="123", device=B0).data
+    assert bad["status"] == "error" and "8 hex digits" in bad["error"]
+
+
+def test_scrdr_commands_and_raw(stack: Stack) -> None:
+    raw = result(stack.request("mqttreaders", "raw", fields="SEQ=61;BUZZ=0064", device=B0))
+    assert raw["payload"] == "$SCCMD;SEQ=61;BUZZ=0064\r\n"
+    result(stack.request("mqttreaders", "buzz", ms=100, device=B0))
+    got = collect(stack.bus, lambda g: len(events(g, "evt.readers.received")) >= 2)
+    first, second = events(got, "evt.readers.received")
+    assert (first["format"], first["decoded"]) == ("scrdr", {"SEQ": "61", "BUZZ": "0064"})
+    assert (second["format"], second["decoded"]) == ("json", {"Buzzer": "0064"})
+
+
+def test_broker_killed_and_restarted_actor_recovers(stack: Stack) -> None:
+    stack.broker.kill()
+    got = collect(stack.bus, lambda g: any(e["state"] == "down"
+                                          for e in events(g, "evt.mqttreaders.link")))
+    refused = stack.request("mqttreaders", "accept", device=B0).data
+    assert refused["status"] == "error"
+    assert f"broker 127.0.0.1:{stack.broker.port} is not connected (down for" in \
+        refused["error"]
+    stack.broker.start()  # same port
+    got = collect(stack.bus, lambda g: any(e["state"] == "up"
+                                          for e in events(g, "evt.mqttreaders.link")),
+                  timeout=30.0)
+    stack.wait(lambda: result(stack.request("readers", "ping"))["link"]["state"] == "up",
+               "simulated readers reconnected")
+    stack.request("readers", "present", tag="04DD04", device=B0)
+    got = collect(stack.bus, lambda g: len(tags(g)) >= 1, timeout=20.0)
+    assert [(t["tag_id"], t["device"]) for t in tags(got)] == [("04DD04", B0)]
+    assert stack.actor.popen is not None and stack.actor.popen.poll() is None
+
+
+def publish_raw(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> None:
+    """Publish with a plain paho client (QoS 1, waiting for each PUBACK)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="hostile-test-client")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        for topic, payload in payloads:
+            client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_malformed_payloads_are_reported_and_the_actor_keeps_working(stack: Stack) -> None:
+    evt = f"{PREFIX}/{B0}/rdr/evt"
+    bad = [(evt, b'{"TagId":"04'), (evt, b'{"TagId":"04","Template":"one"}'),
+           (evt, b"\x00\xff\xfe binary"), (evt, b'["not", "an", "object"]'),
+           (f"{PREFIX}/{B0}/status", b'{"State":42}')]
+    publish_raw(stack.broker, [*bad, (evt, b'{"TagId":"0499","NewField":{"x":1}}')])
+    got = collect(stack.bus, lambda g: len(events(g, "log.mqttreaders")) >= len(bad)
+                  and len(tags(g)) >= 1)
+    warnings = [e["message"] for e in events(got, "log.mqttreaders")]
+    assert all(e["level"] == "WARNING" for e in events(got, "log.mqttreaders"))
+    for needle in ("malformed JSON", "Template must be an integer", "not UTF-8",
+                   "expected a JSON object", "State must be a string"):
+        assert any(needle in w and B0 in w for w in warnings), (needle, warnings)
+    assert [t["tag_id"] for t in tags(got)] == ["0499"]  # unknown fields are ignored
+    stack.request("readers", "present", tag="04EE05", device=B0)
+    got = collect(stack.bus, lambda g: len(tags(g)) >= 1)
+    assert tags(got)[0]["tag_id"] == "04EE05"
+    counters = result(stack.request("mqttreaders", "ping"))
+    assert counters["state"] == "running"
+    assert stack.actor.popen is not None and stack.actor.popen.poll() is None
+
+
+def test_reader_last_will_marks_it_offline(stack: Stack) -> None:
+    stack.sim.kill()  # SIGKILL: no MQTT DISCONNECT, the broker publishes the Last Wills
+    got = collect(stack.bus, lambda g: len([e for e in events(g, "evt.mqttreaders.device")
+                                            if e["state"] == "offline"]) >= 2)
+    offline = {e["device"]: e["status"] for e in events(got, "evt.mqttreaders.device")
+               if e["state"] == "offline"}
+    assert offline == {B0: "offline,dead", B1: "offline,dead"}
+    refused = stack.request("mqttreaders", "wink", device=B0).data
+    assert refused["status"] == "error" and f"reader '{B0}' is offline" in refused["error"]
