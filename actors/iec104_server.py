@@ -13,7 +13,8 @@ strings, so this module must NOT use ``from __future__ import annotations``.
 
 Command confirmation. A 104 command is confirmed positively only when the target actor replied
 ok in time. c104 2.2.1 can defer a confirmation (return ``ResponseState.NONE`` and later
-``point.transmit(ACTIVATION_CON)``), but that path can only send a *positive* ACT_CON. So the
+``point.transmit(ACTIVATION_CON)``), but ``transmit`` takes only a cause: its Python API has no
+way to make that ACT_CON negative. So the
 ``on_receive`` callback answers synchronously: it hands the bus request to the loop and waits
 on a `threading.Event`, bounded by the route's timeout plus `WAIT_MARGIN`. Only that master's
 connection waits (each connection has its own c104 thread); the loop never blocks. The bus
@@ -31,6 +32,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import ssl
 import threading
 import time
 from collections import Counter
@@ -254,12 +256,31 @@ class Iec104ServerActor(Actor):
             raise ConfigError(exc.path, exc.reason, actor.source) from None
 
     def _check_tls(self, path: str) -> None:
-        if self.config["cert"] and not self.config["key"]:
+        """The TLS files must load: c104 2.2.1 only prints an mbedtls error for a bad file and
+        carries on without it, so they are loaded here first (with Python's ssl)."""
+        cfg = self.config
+        if cfg["cert"] and not cfg["key"]:
             raise ConfigError(f"{path}.key", "is required with cert")
-        if not self.config["cert"]:
+        if not cfg["cert"]:
             for key in self._TLS_NEEDS_CERT:
-                if self.config[key]:
+                if cfg[key]:
                     raise ConfigError(f"{path}.{key}", "needs cert (TLS is off without it)")
+            return
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cfg["cert"], cfg["key"])
+        except (ssl.SSLError, OSError) as exc:
+            reason = (f"{cfg['cert']} with key {cfg['key']} is not a PEM certificate and its "
+                      f"private key: {exc}")
+            raise ConfigError(f"{path}.cert", reason) from None
+        checks = [("ca", cfg["ca"])] if cfg["ca"] else []
+        checks += [(f"allowed_certs[{i}]", f) for i, f in enumerate(cfg["allowed_certs"])]
+        for key, file in checks:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"{path}.{key}", f"{file} is not a PEM certificate: {exc}") \
+                    from None
 
     def _transport_security(self) -> c104.TransportSecurity | None:
         """TLS as configured: ``ca`` turns chain validation of master certificates on,
@@ -430,9 +451,9 @@ class Iec104ServerActor(Actor):
             ok = waiter.wait(timeout + WAIT_MARGIN)
             with self._waiters_lock:
                 self._waiters.discard(waiter)
-            if waiter.expired:
-                self.call_soon_threadsafe(self._command_event, route, value, None, False,
-                                          f"no outcome within {timeout + WAIT_MARGIN:g} s")
+            if waiter.expired:  # the loop is stalled; its late outcome event will say so
+                log.warning("iec104 %s: command IOA %d: no outcome within %g s; negative",
+                            self.name, ioa, timeout + WAIT_MARGIN)
             return c104.ResponseState.SUCCESS if ok else c104.ResponseState.FAILURE
         except Exception:
             return c104.ResponseState.FAILURE
@@ -470,8 +491,8 @@ class Iec104ServerActor(Actor):
         except Exception as exc:
             log.warning("iec104 %s: command IOA %d value %r not sent: %s", self.name,
                         route.ioa, value, exc)
-            if waiter.settle(False):
-                self._command_event(route, value, None, False, str(exc))
+            waiter.settle(False)
+            self._command_event(route, value, None, False, str(exc))
 
     def _command_done(self, waiter: _Waiter, route: CommandRoute, value: Any, call: BusCall,
                       req: Request) -> None:

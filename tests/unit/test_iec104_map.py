@@ -1,12 +1,16 @@
 """The iec104-server mapping without sockets: config checks with key paths, bus message → point
-value, 104 command → bus command, and (Hypothesis) value coercion that either gives a value of
-the point's kind or raises MappingError, never anything else."""
+value, 104 command → bus command, (Hypothesis) value coercion that either gives a value of the
+point's kind or raises MappingError, never anything else; and the actor's own settings (allow,
+TLS), checked before anything opens."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import c104
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,6 +28,8 @@ from actors.iec104_map import (
     parse_mapping,
 )
 from actors.iec104_server import _decode_proc_address, _host_of, allowed, parse_allow
+from actors.registry import create_actor
+from broker.config import parse_site
 from broker.errors import ConfigError
 
 PATH = "actors.scada"
@@ -270,3 +276,60 @@ def test_text_form_round_trips(kind: str, raw: Any) -> None:
     except MappingError:
         return
     assert coerce(kind, str(value)) == value
+
+
+# --- actor settings: checked before anything opens ---------------------------------------------
+
+
+def make_actor(tmp_path: Path, **settings: Any) -> Any:
+    table = {"type": "iec104-server", "allow": ["127.0.0.1"], "point": [point()], **settings}
+    site = parse_site({"actors": {"scada": table}}, tmp_path / "site.toml")
+    return create_actor(site, "scada")
+
+
+@pytest.mark.parametrize(("settings", "path", "words"), [
+    ({"allow": []}, "allow", "must list the masters"),
+    ({"allow": ["10.0.0.999"]}, "allow", "'10.0.0.999'"),
+    ({"tick_rate_ms": 20}, "tick_rate_ms", "at least 50"),
+    ({"max_connections": 300}, "max_connections", "0 (no limit) .. 255"),
+    ({"common_address": 65535}, "common_address", "broadcast"),
+    ({"point": [point(report_ms=250)]}, "point[0].report_ms", "multiple of tick_rate_ms 100"),
+    ({"key": "{tmp}/k.pem"}, "key", "no such file"),
+    ({"cert": "{tmp}/c.pem"}, "key", "is required with cert"),
+    ({"ca": "{tmp}/c.pem"}, "ca", "needs cert"),
+])
+def test_actor_settings_errors(tmp_path: Path, settings: dict[str, Any], path: str,
+                               words: str) -> None:
+    (tmp_path / "c.pem").write_text("x")
+    settings = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v
+                for k, v in settings.items()}
+    with pytest.raises(ConfigError) as info:
+        make_actor(tmp_path, **settings)
+    assert info.value.path == f"actors.scada.{path}" and words in info.value.reason
+    assert info.value.source.endswith("site.toml")
+
+
+def test_tls_settings_build_c104_transport_security(tmp_path: Path) -> None:
+    """cert/key/ca/allowed_certs reach c104 (which loads and checks the files); TLS sessions
+    themselves are tested elsewhere (the c104 2.2.1 client cannot do TLS)."""
+    for name in ("ca", "server", "master"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                        f"/CN={name}", "-keyout", str(tmp_path / f"{name}.key"),
+                        "-out", str(tmp_path / f"{name}.crt")], check=True,
+                       capture_output=True)
+    actor = make_actor(tmp_path, cert=str(tmp_path / "server.crt"),
+                       key=str(tmp_path / "server.key"), ca=str(tmp_path / "ca.crt"),
+                       allowed_certs=[str(tmp_path / "master.crt")])
+    tls = actor._transport_security()
+    assert isinstance(tls, c104.TransportSecurity)
+    with pytest.raises(ValueError, match="already been passed"):  # c104 took it: read-only
+        c104.Server(ip="127.0.0.1", port=2404, transport_security=tls)
+        tls.set_ca_certificate(cert=str(tmp_path / "ca.crt"))
+    # c104 only prints an mbedtls error for a file that is no certificate: checked before
+    with pytest.raises(ConfigError, match=r"actors\.scada\.cert: .* is not a PEM certificate"):
+        make_actor(tmp_path, cert=str(tmp_path / "server.key"), key=str(tmp_path / "server.key"))
+    with pytest.raises(ConfigError, match=r"actors\.scada\.allowed_certs\[1\]: "):
+        make_actor(tmp_path, cert=str(tmp_path / "server.crt"), key=str(tmp_path / "server.key"),
+                   allowed_certs=[str(tmp_path / "master.crt"), str(tmp_path / "master.key")])
+    assert make_actor(tmp_path)._transport_security() is None
