@@ -306,6 +306,10 @@ def test_interrogation_spontaneous_and_command_round_trip(
     master.con.counter_interrogation(common_address=CA)  # counters are not in a GI
     wait_for(lambda: master.value(300) == 2, timeout=5, what="counter interrogation")
 
+    master.con.clock_sync(common_address=CA)  # confirmed, reported, host clock untouched
+    events.wait(lambda c: bool(c.data("evt.scada.clock")), what="clock event")
+    assert events.data("evt.scada.clock")[0]["ip"] == "127.0.0.1"
+
     # a matching bus event reaches the master spontaneously within 1 s
     t0 = time.monotonic()
     bus.publish("evt.motor1.pos", "event", {"chan": "motor/th/position", "position": 13.25})
