@@ -39,7 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from actors.base import Actor, CommandError, Deferred, Param, Setting, command
+from actors.base import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
 from actors.link import UP
 from actors.loop import TimerHandle
 from actors.protocols import springcore
@@ -387,7 +387,7 @@ class SpringCoreMqttActor(Actor):
         self._went_down(f"cannot connect to broker {self.address}")
 
     def mqtt_disconnected(self, reason: str) -> None:
-        if self.state != "stopping":
+        if self.state != STOPPING:
             self._went_down(f"connection to broker {self.address} lost: {reason}")
 
     def _devices_text(self) -> str:

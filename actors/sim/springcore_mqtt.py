@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from actors.base import Actor, CommandError, Deferred, Param, Setting, command
+from actors.base import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
 from actors.protocols import springcore
 from actors.protocols import springcore_json as sj
 from actors.springcore_mqtt import (
@@ -174,7 +174,7 @@ class SpringCoreMqttSim(Actor):
         """Link up once every reader is connected; down when one is lost or refused."""
         if all(r.connected for r in self.readers.values()):
             self.link_up(reason)
-        elif lost and self.state != "stopping":
+        elif lost and self.state != STOPPING:
             self.link_down(reason)
 
     def _status_tick(self) -> None:
