@@ -128,7 +128,10 @@ def encode_message(msg: Message) -> bytes:
         raise LocalProtocolError(f"SPEC header version {msg.vers} is not 2, 3 or 4")
     if msg.order not in (LITTLE, BIG):
         raise LocalProtocolError(f"byte order {msg.order!r} is not '<' or '>'")
-    name = msg.name.encode("utf-8")
+    try:
+        name = msg.name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"SPEC property name is not valid Unicode: {exc}") from None
     if len(name) >= NAME_SIZE or b"\0" in name:
         raise LocalProtocolError(f"SPEC property name {msg.name[:100]!r} is longer than "
                                  f"{NAME_SIZE - 1} bytes or contains NUL")

@@ -155,7 +155,10 @@ def encode_string(value: Any) -> bytes:
     if not isinstance(value, str):
         raise LocalProtocolError(f"cannot send {type(value).__name__} {value!r:.80} to SPEC "
                                  "(strings, numbers, tables of strings and arrays only)")
-    raw = value.encode("utf-8")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"text for SPEC is not valid Unicode: {exc}") from None
     if b"\0" in raw:
         raise LocalProtocolError(f"SPEC strings cannot contain NUL: {value[:80]!r}")
     return raw + b"\0"
