@@ -111,6 +111,7 @@ class InstrumentSim(Actor):
         port = self._listener.start()
         log.info("instrument sim %s listening on %s:%d", self.name, self.config["host"], port)
         self.publish_event("listening", {"host": self.config["host"], "port": port})
+        self.link_up(f"listening on {self.config['host']}:{port}")  # a server's link: its socket
 
     def on_stop(self) -> None:
         for client in list(self._clients):
