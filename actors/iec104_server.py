@@ -331,6 +331,7 @@ class Iec104ServerActor(Actor):
         log.info("iec104 server %s listening on %s:%d (CA %d, %d points, %d commands)",
                  self.name, cfg["ip"], cfg["port"], cfg["common_address"],
                  len(self.mapping.points), len(self.mapping.commands))
+        self.link_up(f"listening on {cfg['ip']}:{cfg['port']}")  # a server's link: its socket
         for prefix in self.mapping.prefixes():
             self.subscribe(prefix, self._on_feed)
         if cfg["poll_connections"]:

@@ -137,6 +137,7 @@ class SpecServerSim(Actor):
                  listener.port)
         self.publish_event("listening", {"host": host, "port": listener.port,
                                          "specname": self.config["specname"]})
+        self.link_up(f"listening on {host}:{listener.port}")  # a server's link: its socket
         self._tick()
 
     def on_stop(self) -> None:

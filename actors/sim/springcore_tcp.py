@@ -89,6 +89,7 @@ class SpringCoreTcpSim(Actor):
                                f"{exc}") from exc
         log.info("simulated SpringCore reader listening on %s:%d", self.config["host"], port)
         self.publish_event("listening", {"host": self.config["host"], "port": port})
+        self.link_up(f"listening on {self.config['host']}:{port}")  # a server's link: its socket
         if self.config["rate"] > 0:
             self._rate_timer = self.call_later(1 / self.config["rate"], self._emit_at_rate)
 
