@@ -191,6 +191,22 @@ class Actor:
     def link_state(self) -> str:
         return self._link.state
 
+    @property
+    def link_since(self) -> float | None:
+        """Wall-clock time of the last link change (None: never changed)."""
+        return self._link.since
+
+    @property
+    def link_reason(self) -> str:
+        """Why the link is in its state ("connected to ...", "connection refused", ...)."""
+        return self._link.reason or ""
+
+    def wants_link(self) -> bool:
+        """Whether the base should open the device link at start and reopen it after a loss.
+        True when the class defines `open_link`; override for links that are opened on
+        demand or held closed on purpose (checked again before every reconnect)."""
+        return type(self).open_link is not Actor.open_link
+
     def publish_event(self, event: str, data: dict[str, Any] | None = None) -> Envelope:
         """Publish ``evt.<name>.<event>`` (kind event). Never blocks (outbox)."""
         self.counters["events"] += 1
@@ -400,7 +416,7 @@ class Actor:
     # --- device link ------------------------------------------------------------------------
 
     def _has_link(self) -> bool:
-        return type(self).open_link is not Actor.open_link
+        return self.wants_link()
 
     def _open_link(self) -> None:
         self._link_timer = None

@@ -425,10 +425,9 @@ class BusLinkActor(Actor):
 
     # --- the connection --------------------------------------------------------------------
 
-    def _has_link(self) -> bool:
+    def wants_link(self) -> bool:
         """The base opens the link at start and reconnects after a loss only in on_start mode,
-        and not while inval holds it closed. (Overrides the base's class-level check: the
-        base has no public switch for a link that exists but is opened on demand.)"""
+        and not while inval holds it closed."""
         return self.config["connect"] == ON_START and not self._held
 
     def open_link(self) -> None:

@@ -241,8 +241,26 @@ def bind(spec: CommandSpec, args: Mapping[str, Any], argv: Sequence[str]) -> dic
         raise CommandError(f"{spec.name}: {exc}") from None
 
 
+def _split_named(params: Mapping[str, Param], argv: Sequence[str],
+                 args: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """A word ``name=value`` whose ``name`` is a declared parameter names it; any other word,
+    ``=`` or not, is positional (``sctl send psu1 write VOLT=1`` sends ``VOLT=1``)."""
+    positional: list[str] = []
+    named = dict(args)
+    for word in argv:
+        key, sep, value = word.partition("=") if isinstance(word, str) else ("", "", "")
+        if sep and key in params:
+            if key in named:
+                raise CommandError(f"parameter {key} given twice")
+            named[key] = value
+        else:
+            positional.append(word)
+    return positional, named
+
+
 def _bind(spec: CommandSpec, args: Mapping[str, Any], argv: Sequence[str]) -> dict[str, Any]:
     params = {p.name: p for p in spec.params}
+    argv, args = _split_named(params, argv, args)
     if len(argv) > len(spec.params):
         takes = ", ".join(params) or "no arguments"
         raise CommandError(f"too many arguments: takes {takes}, got {len(argv)} "

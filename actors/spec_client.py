@@ -381,11 +381,10 @@ class SpecClientActor(Actor):
         self._request(Cmd.SV_CHAN_READ, chan, None, what, after)
 
     def _down_text(self) -> str:
-        link = self._link  # the base's link state machine: state, since, reason
-        since = datetime.fromtimestamp(link.since, UTC).isoformat(timespec="seconds") \
-            if link.since else "start"
-        return f"SPEC link to {self.where} is {link.state} since {since}" + \
-            (f": {link.reason}" if link.reason else "")
+        since = datetime.fromtimestamp(self.link_since, UTC).isoformat(timespec="seconds") \
+            if self.link_since else "start"
+        return f"SPEC link to {self.where} is {self.link_state} since {since}" + \
+            (f": {self.link_reason}" if self.link_reason else "")
 
     def _ask(self, cmd: Cmd, name: str, value: Any, what: str,
              timeout: float | None = None) -> Deferred:

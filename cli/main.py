@@ -207,18 +207,6 @@ def render(ctx: click.Context, host: str | None, output: str | None, check: bool
 # ---------------------------------------------------------------- talking to actors
 
 
-def _parse_words(words: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    argv: list[str] = []
-    named: dict[str, str] = {}
-    for w in words:
-        key, sep, value = w.partition("=")
-        if sep and key.isidentifier():
-            named[key] = value
-        else:
-            argv.append(w)
-    return argv, named
-
-
 def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str, ...],
              timeout: float) -> Any:
     """Send one command and return the reply envelope, or exit 3 explaining the silence."""
@@ -226,7 +214,7 @@ def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str
 
     _setup_logging(ctx.obj["verbose"])
     site = site_of(ctx)
-    argv, named = _parse_words(words)
+    argv = list(words)  # the actor binds `name=value` words to its declared parameters
     start = time.monotonic()
     bus = _bus(site, timeout)
     try:
@@ -235,7 +223,7 @@ def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str
             _fail(f"{actor_name} is not in {site.path} and has no heartbeat on the bus",
                   EXIT_NO_REPLY)
         left = max(0.1, timeout - (time.monotonic() - start))
-        return bus.request(actor_name, command, named, timeout=left, argv=argv)
+        return bus.request(actor_name, command, {}, timeout=left, argv=argv)
     except BusError:
         _fail(explain_silence(bus, actor_name, command, time.monotonic() - start), EXIT_NO_REPLY)
     finally:
@@ -253,7 +241,8 @@ def send(ctx: click.Context, actor_name: str, command: str, args: tuple[str, ...
          timeout: float, as_json: bool) -> None:
     """Send COMMAND to ACTOR and print the reply.
 
-    ARGS fill the command's declared parameters in order; key=value names one.
+    ARGS fill the command's declared parameters in order; NAME=VALUE names one when NAME
+    is one of its parameters (other words are positional, "=" or not).
     Exit 0 ok, 1 error reply, 3 no reply in time.
     """
     reply = _command(ctx, actor_name, command, args, timeout)

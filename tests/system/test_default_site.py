@@ -55,7 +55,8 @@ def test_run_command_brings_up_the_default_site() -> None:
         except AssertionError:
             down = {a: (r.get("supervisor_state"), r.get("link")) for a, r in
                     report.get("actors", {}).items() if (r.get("link") or {}).get("state") != "up"}
-            raise AssertionError(f"not up: {down}\n{log.read_text(errors='replace')[-2000:]}")
+            raise AssertionError(f"not up: {down}\n{log.read_text(errors='replace')[-2000:]}") \
+                from None
         took = time.monotonic() - started
         print(f"default site up in {took:.1f} s (setup included)")
         assert took < 30 + 15, "slower than 30 s after setup"  # setup.sh is idempotent, ~1 s

@@ -146,3 +146,48 @@ def test_router_kill_9_while_events_flow_loses_nothing(supervised: Any) -> None:
     assert not missing, f"{len(missing)} of {sent} events lost: {missing[:10]}..."
     assert received == sorted(received), "delivered out of order"
     assert len(received) == sent, "duplicates delivered"
+
+
+def test_kill_9_reader_tags_during_outage_are_delivered_or_reported_lost(
+        supervised: Any) -> None:
+    """A SpringCore reader's actor killed: a badge presented meanwhile is not silently lost —
+    the device cannot buffer, so the simulator (standing in for the reader) reports it lost;
+    badges after the restart arrive."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    site: SupervisedSite = supervised(
+        f'[actors.door]\ntype = "sim-springcore-tcp"\nport = {port}\n'
+        f'[actors.reader]\ntype = "springcore-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+        "backoff_max = 1.0\n")
+    site.wait_link_up(["door", "reader"])
+    bus = Bus(site.site.router, "outage-check")
+    bus.subscribe("evt.reader.tag")
+    bus.subscribe("evt.door.lost")
+    bus.subscribe("evt.door.sent")
+    assert bus.connect(wait=10)
+    try:
+        old = site.info("reader")["pid"]
+        os.kill(old, signal.SIGKILL)
+        during = site.sctl("send", "door", "present", "0A0B0C0D")
+        took = wait_pid_change(site, "reader", old, 10)
+        site.wait_link_up(["reader"], timeout=10)
+        print(f"reader back in {took:.2f} s; present during the outage: {during.stdout}"
+              f"{during.stderr}")
+        assert took < 5.0
+        after = site.sctl("send", "door", "present", "0E0F1011")
+        assert after.returncode == 0, after.stderr
+        seen: dict[str, list[str]] = {"tag": [], "lost": [], "sent": []}
+
+        def accounted() -> bool:
+            for d in bus.poll(0.2):
+                data = d.envelope.data
+                kind = d.topic.rsplit(".", 1)[1]
+                seen[kind].append(str(data.get("tag_id") or data.get("tag") or data))
+            return any("0E0F1011" in t for t in seen["tag"]) and (
+                any("0A0B0C0D" in t for t in seen["tag"] + seen["lost"]))
+        wait_for(accounted, 15, "both badges delivered or reported lost")
+    finally:
+        bus.close()
+    if any("0A0B0C0D" in t for t in seen["lost"]):
+        assert during.returncode != 0, "a lost badge must not be acknowledged as presented"

@@ -19,6 +19,7 @@ from actors.base import BASE_SETTINGS, Actor
 from actors.buslog import BusLogHandler
 from actors.commands import (
     CommandError,
+    CommandSpec,
     Deferred,
     Dispatcher,
     Outcome,
@@ -164,6 +165,17 @@ def test_bind_positional_named_and_defaults() -> None:
     assert bind(SPEC, {}, ["2"]) == {"a": 2, "b": 1}
     assert bind(SPEC, {"b": "5"}, ["2"]) == {"a": 2, "b": 5}
     assert bind(SPEC, {"a": 3, "b": 4}, []) == {"a": 3, "b": 4}
+
+
+def test_bind_words_name_only_declared_parameters() -> None:
+    """`sctl send` passes every word as argv: ``b=5`` names b; ``VOLT=1`` is just data."""
+    assert bind(SPEC, {}, ["2", "b=5"]) == {"a": 2, "b": 5}
+    assert bind(SPEC, {}, ["b=5", "2"]) == {"a": 2, "b": 5}
+    text = CommandSpec("write", (Param("data", str),), "", "cmd_write")
+    assert bind(text, {}, ["VOLT=1"]) == {"data": "VOLT=1"}
+    assert bind(text, {}, ["data=x=5"]) == {"data": "x=5"}
+    with pytest.raises(CommandError, match="parameter b given twice"):
+        bind(SPEC, {"b": 1}, ["1", "b=2"])
 
 
 @pytest.mark.parametrize(("args", "argv", "message"), [
