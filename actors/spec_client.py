@@ -442,6 +442,11 @@ class SpecClientActor(Actor):
              Param("timeout", float, 0.0, "seconds to wait (0: the timeout setting)"),
              doc="call a SPEC function and return its value (SV_FUNC_WITH_RETURN)")
     def cmd_func(self, name: str, args: Any, timeout: float) -> Deferred:
+        if _positional_words(self.current_command, ("name", "args", "timeout")) > 2:
+            # `sctl send S func f 1 2` would bind 2 as the timeout and call f(1) silently
+            raise CommandError("func: as words give NAME and at most one argument; the "
+                               "timeout only by name (timeout=5); several arguments: args "
+                               "as a list (data.args of the command)")
         words = [name, *(args if isinstance(args, list) else [args])]
         try:
             data = b"".join(encode_string(w) for w in words)
@@ -584,6 +589,16 @@ class SpecClientActor(Actor):
             raise CommandError(str(exc)) from None
         if self.link_state != UP:
             raise CommandError(self._down_text())
+
+
+def _positional_words(env: Any, names: tuple[str, ...]) -> int:
+    """How many of a command's argv words fill parameters by position (a ``name=value`` word
+    whose name is declared names its parameter instead, as `actors.params` binds them)."""
+    argv = env.data.get("argv") if env is not None and isinstance(env.data, dict) else None
+    if not isinstance(argv, list):
+        return 0
+    return sum(1 for w in argv if not (isinstance(w, str) and "=" in w
+                                       and w.partition("=")[0] in names))
 
 
 def _is_error(msg: Message) -> bool:

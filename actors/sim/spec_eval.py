@@ -94,6 +94,10 @@ class Interpreter:
                 self._statement()
         except PropertyError as exc:
             raise EvalError(str(exc)) from None
+        except RecursionError:  # "((((..." or "----...1" nested deeper than Python's stack
+            raise EvalError("expression nested too deeply") from None
+        except ArithmeticError as exc:  # overflow and the like: an error reply, not a crash
+            raise EvalError(f"arithmetic error: {exc}") from None
         return self.result
 
     # --- tokens ----------------------------------------------------------------------------
@@ -316,7 +320,7 @@ class Interpreter:
         if func in funcs and one is not None:
             try:
                 return funcs[func](one)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise EvalError(f"{func}({format_number(one)}): math domain error") from None
         raise EvalError(f"cannot call {func} with {len(args)} argument(s) "
                         f"({', '.join(_text(a) for a in args)[:80]})")

@@ -243,6 +243,11 @@ class SpecServerSim(Actor):
             found(client, msg)
         except RemoteProtocolError as exc:
             self._reply_error(client, msg, f"bad data in {msg.describe()}: {exc}")
+        except Exception as exc:  # a simulator bug must not leave the client without a reply
+            log.exception("SPEC simulator: handling %s from %s failed", msg.describe(),
+                          client.stream.peer)
+            self._reply_error(client, msg, f"simulator error in {msg.describe()}: "
+                                           f"{type(exc).__name__}: {exc}")
 
     def _hello(self, client: _Client, msg: Message) -> None:
         name = self.config["specname"]

@@ -170,6 +170,11 @@ def test_found_by_specname_scan_and_cmd_returns_the_value(stack: Stack) -> None:
     assert result(stack.bus.request("spec1", "cmd", argv=["1+1"], timeout=10.0)) == 2
     assert result(stack.bus.request("spec1", "func", {"name": "motor_mne", "args": 1},
                                     timeout=10.0)) == "m1"
+    assert result(stack.bus.request("spec1", "func", argv=["motor_mne", "1", "timeout=5"],
+                                    timeout=10.0)) == "m1"
+    # a second argument word must not silently become the timeout
+    two = stack.bus.request("spec1", "func", argv=["motor_mne", "1", "2"], timeout=10.0)
+    assert two.data["status"] == "error" and "timeout only by name" in two.data["error"]
 
 
 def test_missing_variable_read_is_an_error_reply_naming_it(stack: Stack) -> None:

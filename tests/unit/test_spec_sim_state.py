@@ -110,3 +110,16 @@ def test_unknown_and_event_only_properties(state: SpecState) -> None:
             state.read(prop, 0)
     with pytest.raises(PropertyError, match="cannot be set"):
         state.write("status/ready", "1", 0)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("(" * 5000 + "1" + ")" * 5000, "nested too deeply"),
+    ("-" * 5000 + "1", "nested too deeply"),
+    ("int(1e999)", "math domain error"),
+])
+def test_hostile_text_is_an_eval_error_not_a_crash(state: SpecState, text: str,
+                                                   match: str) -> None:
+    """The simulator's request handler turns EvalError into an SV_ERROR reply; any other
+    exception used to escape it and leave the client waiting for a reply."""
+    with pytest.raises(EvalError, match=match):
+        Interpreter(state, 0.0).run(text)
