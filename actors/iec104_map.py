@@ -66,6 +66,7 @@ DOUBLE_STATES: Final = ("INTERMEDIATE", "OFF", "ON", "INDETERMINATE")  # index =
 MAX_IOA: Final = 0xFFFFFF  # 3 octets on the wire
 INT16: Final = (-(2**15), 2**15 - 1)
 INT32: Final = (-(2**31), 2**31 - 1)
+FLOAT32_MAX: Final = 3.4028234663852886e38  # largest finite IEEE 754 single
 DEFAULT_FIELD: Final = "value"
 VALUE_PLACEHOLDER: Final = "{value}"
 _TRUE: Final = frozenset({"true", "1", "on", "yes"})
@@ -129,6 +130,15 @@ def _number(raw: Any) -> float:
     return out
 
 
+def _short_float(raw: Any) -> float:
+    """A short float (IEEE 754 single, M_ME_NC_1 / C_SE_NC_1): c104 silently turns a value
+    beyond its range into infinity."""
+    out = _number(raw)
+    if abs(out) > FLOAT32_MAX:
+        raise ValueError(f"out of the short float range +-{FLOAT32_MAX:.7g}")
+    return out
+
+
 def _normalized(raw: Any) -> float:
     out = _number(raw)
     if not -1.0 <= out <= 1.0:
@@ -158,7 +168,7 @@ def _integer(raw: Any, bounds: tuple[int, int]) -> int:
 
 
 _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
-    "bool": _bool, "double": _double, "float": _number, "normalized": _normalized,
+    "bool": _bool, "double": _double, "float": _short_float, "normalized": _normalized,
     "scaled": lambda raw: _integer(raw, INT16), "counter": lambda raw: _integer(raw, INT32),
 }
 _EXPECTED: Final[dict[str, str]] = {

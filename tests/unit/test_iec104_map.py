@@ -333,3 +333,11 @@ def test_tls_settings_build_c104_transport_security(tmp_path: Path) -> None:
         make_actor(tmp_path, cert=str(tmp_path / "server.crt"), key=str(tmp_path / "server.key"),
                    allowed_certs=[str(tmp_path / "master.crt"), str(tmp_path / "master.key")])
     assert make_actor(tmp_path)._transport_security() is None
+
+
+def test_short_float_range() -> None:
+    """c104 turns a short float beyond the IEEE single range into inf without an error."""
+    assert coerce("float", "3.4e38") == 3.4e38
+    for raw in (1e300, "-3.5e38"):
+        with pytest.raises(MappingError, match="short float range"):
+            coerce("float", raw)
