@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -34,6 +35,7 @@ class LoopOwner(Protocol):
     def remove_reader(self, fd: Any) -> None: ...
     def add_writer(self, fd: Any, callback: Callable[[], object]) -> None: ...
     def remove_writer(self, fd: Any) -> None: ...
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> None: ...
 
 
 def set_keepalive(sock: socket.socket, idle: float = 10.0, interval: float = 5.0,
@@ -170,16 +172,42 @@ class TcpClient(TcpStream):
         self.on_connected = on_connected
         self.keepalive = keepalive
         self.connected = False
+        self._attempt = 0  # numbers connect() calls, so a late DNS answer is recognised
 
     def connect(self) -> None:
+        """Start connecting. An IP address is used at once; a host name is resolved on a
+        short-lived thread (a slow DNS server must not stall the actor's loop), and the
+        result comes back through the owner's `call_soon_threadsafe`."""
         self.close()
         self.connected = False
+        self._attempt += 1
         try:
-            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            self.on_closed(f"cannot resolve {self.peer}: {exc}")
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            attempt = self._attempt
+            threading.Thread(target=self._resolve, args=(attempt,), daemon=True,
+                             name=f"resolve {self.peer}").start()
             return
-        family, kind, proto, _, address = infos[0]
+        self._dial(infos[0])
+
+    def _resolve(self, attempt: int) -> None:  # resolver thread: only hands the result over
+        try:
+            infos: Any = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            infos = exc
+        self.owner.call_soon_threadsafe(self._resolved, attempt, infos)
+
+    def _resolved(self, attempt: int, infos: Any) -> None:
+        if attempt != self._attempt or self.sock is not None:
+            return  # closed or restarted meanwhile: a stale answer
+        if isinstance(infos, OSError):
+            self.on_closed(f"cannot resolve {self.peer}: {infos}")
+        else:
+            self._dial(infos[0])
+
+    def _dial(self, info: tuple[Any, ...]) -> None:
+        family, kind, proto, _, address = info
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -221,6 +249,7 @@ class TcpClient(TcpStream):
 
     def close(self) -> None:
         self.connected = False
+        self._attempt += 1  # a resolution still running belongs to no attempt now
         super().close()
 
 
