@@ -121,6 +121,10 @@ def stack(tmp_path: Path, spawn: Callable[..., Proc]) -> Iterator[Stack]:
     s.bus.close()
 
 
+def line_is(line: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda d: bool(d["line"] == line)
+
+
 def ok(reply: dict[str, Any]) -> Any:
     assert reply["status"] == "ok", reply
     return reply["result"]
@@ -160,7 +164,7 @@ def test_tag_reaches_the_bus_and_commands_reach_the_reader(stack: Stack) -> None
         named = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
         assert ok(stack.send("reader", argv[0], *words, **named)) == {
             "sent": line + "\r\n", "to": f"127.0.0.1:{stack.port}"}
-        stack.wait("evt.sim.received", lambda d, line=line: d["line"] == line, after=mark)
+        stack.wait("evt.sim.received", line_is(line), after=mark)
 
     bad = stack.send("reader", "seq", "600")
     assert bad["status"] == "error" and "exactly 2 hex digits" in bad["error"]
