@@ -191,3 +191,19 @@ def test_kill_9_reader_tags_during_outage_are_delivered_or_reported_lost(
         bus.close()
     if any("0A0B0C0D" in t for t in seen["lost"]):
         assert during.returncode != 0, "a lost badge must not be acknowledged as presented"
+
+
+def test_status_with_the_router_down_shows_what_supervisord_knows(supervised: Any,
+                                                                  echo: EchoServer) -> None:
+    site: SupervisedSite = supervised(echo_actor("dev1", echo.port))
+    site.wait_link_up(["dev1"])
+    assert site.rpc.stopProcess("router", True)
+    out = site.sctl("status", "--timeout", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "router: DOWN" in out.stdout
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:] if line.strip()}
+    assert "STOPPED" in rows["router"] and "RUNNING" in rows["dev1"], out.stdout
+    report = site.status()
+    assert report["router"] is None and report["programs"]["dev1"]["supervisor_state"] == \
+        "RUNNING"
+    assert report["watchdog"], "the watchdog's view comes from its state file"
