@@ -448,5 +448,30 @@ def _print_status(report: dict[str, Any]) -> None:
         click.echo(f"ALARM {alarm['program']}: {alarm['reason']}")
 
 
+# ---------------------------------------------------------------- benchmarks
+
+
+@app.command()
+@click.argument("names", nargs=-1, metavar="[BENCHMARK]...")
+@click.option("--quick", is_flag=True, help="reduced counts and durations (a first look)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object of figures")
+@click.pass_context
+def bench(ctx: click.Context, names: tuple[str, ...], quick: bool, as_json: bool) -> None:
+    """Run the benchmarks and print a table: throughput, latency, device, commands, recovery,
+    footprint (all if none named). Needs a source checkout (tests/bench) with the dev tools;
+    it starts and stops its own routers, simulators, supervisord and mosquitto."""
+    from pathlib import Path
+
+    _setup_logging(ctx.obj["verbose"])
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "tests" / "bench" / "runner.py").is_file():
+        _fail(f"no benchmarks in {root}: sctl bench runs from a source checkout", EXIT_USAGE)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tests.bench.runner import run
+
+    sys.exit(run(names, quick=quick, as_json=as_json))
+
+
 def main(argv: Any = None) -> None:
     app.main(args=argv, prog_name="sctl")

@@ -1,0 +1,108 @@
+"""`sctl bench`: run the benchmark families, print one table (or one JSON object).
+
+Families (run in this order; name any subset): ``throughput`` (figure 1), ``latency`` (2),
+``device`` (3), ``commands`` (4), ``recovery`` (5), ``footprint`` (6: RSS and the 20-publisher
+scale run). Each family starts its own processes and stops them before the next one starts, so
+families never load the machine at the same time.
+
+A family that fails (a process that would not start, a worker that crashed) is reported as an
+error row and in the JSON under ``errors``; the other families still run, and the exit status
+is 1. Targets are shown beside each figure (``ok`` / ``MISSED``) but never change the exit
+status: they are goals for this 2-core machine, not tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
+
+from tests.bench.common import Figure, Scale
+
+FAMILIES: Final = ("throughput", "latency", "device", "commands", "recovery", "footprint")
+
+
+def _family(name: str) -> Callable[[Scale], list[Figure]]:
+    module = importlib.import_module(f"tests.bench.{name}")
+    run: Callable[[Scale], list[Figure]] = module.run
+    return run
+
+
+def run(names: Sequence[str], quick: bool = False, as_json: bool = False,
+        out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
+    """Run the named families (all if none); print the result; 0 unless a family failed."""
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        print(f"sctl bench: unknown benchmark {', '.join(unknown)} (known: "
+              f"{', '.join(FAMILIES)})", file=progress)
+        return 2
+    chosen = [n for n in FAMILIES if n in names] if names else list(FAMILIES)
+    scale = Scale(quick)
+    figures: list[Figure] = []
+    errors: dict[str, str] = {}
+    started = time.monotonic()
+    for name in chosen:
+        print(f"sctl bench: {name} ...", file=progress, flush=True)
+        t0 = time.monotonic()
+        try:
+            figures += _family(name)(scale)
+        except Exception as exc:  # report it and go on with the other families
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            print(f"sctl bench: {name} FAILED: {errors[name]}", file=progress, flush=True)
+        print(f"sctl bench: {name} took {time.monotonic() - t0:.1f} s", file=progress,
+              flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+            "quick": quick, "families": chosen, "seconds": round(time.monotonic() - started, 1)}
+    if as_json:
+        obj: dict[str, Any] = {f.key: _number(f.value) for f in figures}
+        obj.update(meta=meta, errors=errors)
+        print(json.dumps(obj), file=out)
+    else:
+        print(table(figures, errors, meta), file=out)
+    return 1 if errors else 0
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 3)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPU, {cpu}, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def table(figures: Sequence[Figure], errors: dict[str, str], meta: dict[str, Any]) -> str:
+    lines = [f"sctl bench — {meta['date']} — {meta['machine']}"
+             + (" — QUICK (reduced counts)" if meta["quick"] else ""),
+             f"| {'figure':<44} | {'value':>10} | {'unit':<6} | {'target':<9} | {'':<6} | key",
+             f"|{'-' * 46}|{'-' * 12}|{'-' * 8}|{'-' * 11}|{'-' * 8}|-----"]
+    for f in figures:
+        target = "" if f.target is None else ("≥ " if f.better == "high" else "≤ ") + _fmt(
+            f.target)
+        verdict = {True: "ok", False: "MISSED", None: ""}[f.met]
+        lines.append(f"| {f.label:<44} | {_fmt(f.value):>10} | {f.unit:<6} | {target:<9} | "
+                     f"{verdict:<6} | {f.key}" + (f"  ({f.note})" if f.note else ""))
+    for name, error in errors.items():
+        lines.append(f"| {name + ' FAILED':<44} | {error}")
+    return "\n".join(lines)

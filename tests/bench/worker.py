@@ -1,0 +1,155 @@
+"""Load generators, each its own process: ``python -m tests.bench.worker ROLE 'JSON args'``.
+
+A publisher must not share a process (and a GIL) with the subscriber that measures it, so every
+sending side runs here. Each role prints one JSON object on stdout when it is done (what it sent,
+how long it took, what it saw dropped); `tests.bench.common.Proc.result` reads it.
+
+Roles:
+- ``bus-pub``: the full stack's sender, a `Bus` with its outbox. ``rate`` 0 publishes as fast as
+  the outbox window allows (``window`` unacked envelopes at most, so the bounded outbox never
+  overflows: an overflow would be a loss); ``rate`` > 0 paces to that many per second for
+  ``seconds``. Ends with a flush: every envelope acked by the router.
+- ``zmq-pub``: the baseline's sender, a plain PUB with the same envelope bodies, no outbox.
+- ``zmq-proxy``: the baseline's broker, `zmq.proxy` between an XSUB and an XPUB; runs until
+  killed.
+- ``mqtt-pub``: paho-mqtt publishing the same bodies with QoS 1, waiting for every PUBACK.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Final
+
+import zmq
+
+from broker import envelope as envmod
+from broker.config import load_site
+
+SETTLE: Final = 1.0  # plain PUB has no handshake: time for the subscription to reach it
+PACE_TICK: Final = 0.001
+BATCH: Final = 500  # publishes between two reads of the acks
+
+
+def body(src: str, epoch: int, n: int, payload: bytes) -> bytes:
+    """The envelope both stacks carry: ``data = {"n": n, "p": payload}``."""
+    return envmod.make(src, epoch, n, "event", {"n": n, "p": payload}).encode()
+
+
+def due(start: float, rate: float, limit: int) -> int:
+    """How many messages a sender pacing at `rate`/s from `start` should have sent by now."""
+    return limit if rate <= 0 else min(limit, int((time.monotonic() - start) * rate))
+
+
+def bus_pub(a: dict[str, Any]) -> dict[str, Any]:
+    from broker.bus import Bus
+
+    site = load_site(a["site"])
+    bus = Bus(site.router, a["name"])
+    if not bus.connect(wait=20):
+        raise SystemExit(f"{a['name']}: the router did not answer")
+    rate = float(a.get("rate", 0))
+    count = int(a["count"]) if rate <= 0 else int(rate * float(a["seconds"]))
+    window = int(a.get("window", 20_000))
+    payload = bytes(int(a["size"]))
+    topic = a["topic"]
+    start = time.monotonic()
+    sent = 0
+    while sent < count:
+        target = min(due(start, rate, count), sent + BATCH)
+        while sent < target and bus.outbox_size < window:
+            sent += 1
+            bus.publish(topic, "event", {"n": sent, "p": payload})
+        # acks are read only while polling: poll between batches, wait only when nothing is due
+        room = bus.outbox_size < window and sent < due(start, rate, count)
+        bus.poll(0 if room else PACE_TICK)
+    published = time.monotonic() - start
+    flushed = bus.flush(60.0)
+    result = {"sent": sent, "publish_s": published, "flush_s": time.monotonic() - start,
+              "flushed": flushed, **{k: bus.counters[k] for k in (
+                  "outbox_dropped", "resent", "router_restarts")}}
+    bus.close()
+    return result
+
+
+def zmq_pub(a: dict[str, Any]) -> dict[str, Any]:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 5000)
+    pub.connect(a["url"])
+    time.sleep(SETTLE)
+    payload = bytes(int(a["size"]))
+    rate = float(a.get("rate", 0))
+    count = int(a["count"]) if rate <= 0 else int(rate * float(a["seconds"]))
+    topic = a["topic"].encode()
+    epoch = time.time_ns() // 1000
+    start = time.monotonic()
+    sent = 0
+    while sent < count:
+        target = due(start, rate, count)
+        while sent < target:
+            sent += 1
+            pub.send_multipart((topic, body("plain", epoch, sent, payload)))
+        if sent < count:
+            time.sleep(PACE_TICK)
+    elapsed = time.monotonic() - start
+    pub.close()
+    ctx.term()
+    return {"sent": sent, "publish_s": elapsed}
+
+
+def zmq_proxy(a: dict[str, Any]) -> dict[str, Any]:
+    ctx = zmq.Context()
+    xsub = ctx.socket(zmq.XSUB)
+    xsub.bind(a["ingress"])
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.bind(a["egress"])
+    print(json.dumps({"bound": True}), flush=True)
+    zmq.proxy(xsub, xpub)  # until SIGTERM
+    return {}
+
+
+def mqtt_pub(a: dict[str, Any]) -> dict[str, Any]:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sctl-bench-pub")
+    client.max_inflight_messages_set(int(a.get("inflight", 1000)))
+    client.max_queued_messages_set(0)
+    acked = [0]
+    client.on_publish = lambda *_: acked.__setitem__(0, acked[0] + 1)
+    client.connect("127.0.0.1", int(a["port"]))
+    client.loop_start()
+    time.sleep(SETTLE)
+    count = int(a["count"])
+    payload = bytes(int(a["size"]))
+    start = time.monotonic()
+    for n in range(1, count + 1):
+        client.publish(a["topic"], body("mqtt", 1, n, payload), qos=1)
+    published = time.monotonic() - start
+    deadline = time.monotonic() + 120
+    while acked[0] < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    result = {"sent": count, "acked": acked[0], "publish_s": published,
+              "flush_s": time.monotonic() - start}
+    client.loop_stop()
+    client.disconnect()
+    return result
+
+
+ROLES: Final = {"bus-pub": bus_pub, "zmq-pub": zmq_pub, "zmq-proxy": zmq_proxy,
+                "mqtt-pub": mqtt_pub}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ROLES:
+        print(f"usage: python -m tests.bench.worker {{{','.join(ROLES)}}} 'JSON'",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(ROLES[argv[0]](json.loads(argv[1]))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
