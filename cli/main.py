@@ -448,6 +448,44 @@ def _print_status(report: dict[str, Any]) -> None:
         click.echo(f"ALARM {alarm['program']}: {alarm['reason']}")
 
 
+@app.command()
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="seconds between refreshes")
+@click.option("--window", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+              help="seconds over which rates and latencies are computed")
+@click.option("--once", is_flag=True, help="print one screen after INTERVAL and exit")
+@click.option("--json", "as_json", is_flag=True, help="with --once: the figures as JSON")
+@click.pass_context
+def top(ctx: click.Context, interval: float, window: float, once: bool, as_json: bool) -> None:
+    """Live view of the site: actors, links, per-topic rates, event latency, drops, restarts,
+    alarms (Ctrl-C to quit)."""
+    from broker.top import TopView, render
+
+    _setup_logging(ctx.obj["verbose"])
+    bus = _bus(site_of(ctx), 5.0)
+    for prefix in ("evt.", "hb.", "sys.", "log."):
+        bus.subscribe(prefix, gapless=False)  # a view: best effort, no journal replays
+    view = TopView(window)
+    clear = sys.stdout.isatty() and not once
+    try:
+        while True:
+            end = time.monotonic() + interval
+            while (left := end - time.monotonic()) > 0:
+                for d in bus.poll(left):
+                    view.feed(d.topic, lambda d=d: d.envelope, time.monotonic(), time.time())
+            snap = view.snapshot(time.monotonic(), time.time())
+            if as_json:
+                click.echo(_dumps(snap))
+            else:
+                click.echo(("\x1b[H\x1b[2J" if clear else "") + render(snap))
+            if once:
+                return
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bus.close()
+
+
 # ---------------------------------------------------------------- benchmarks
 
 

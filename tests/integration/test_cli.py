@@ -194,3 +194,15 @@ def test_actor_that_stopped_is_reported_as_stopped_not_silent(tmp_path: Path) ->
     finally:
         router.stop()
         device.close()
+
+
+def test_top_once_shows_actors_rates_and_router(with_actor: Path) -> None:
+    out = sctl(with_actor, "top", "--once", "--json", "--interval", "2.5")
+    assert out.returncode == 0, out.stderr
+    snap = json.loads(out.stdout)
+    a = snap["actors"]["reader1"]
+    assert a["state"] == "running" and a["link"] == "up" and a["dropped"] == 0
+    assert any(t["topic"] == "hb.reader1" and t["per_s"] > 0 for t in snap["topics"])
+    assert snap["router"] is not None and snap["router"]["gaps_lost"] == 0
+    text = sctl(with_actor, "top", "--once", "--interval", "1.5").stdout
+    assert "reader1" in text and "router: in" in text
