@@ -21,6 +21,7 @@ from tests.bench.feeds import BusFeed, Tally, collect
 
 JOURNAL: Final = 100_000
 SIZE: Final = 200
+TICK: Final = 0.01  # each scale publisher wakes 100 times/s (5 messages per wake-up at 500/s)
 
 
 def actor_rss(scale: Scale) -> float:
@@ -68,7 +69,8 @@ def scale_run(scale: Scale) -> tuple[Tally, int, float, int, int, float]:
             cpu0, t0 = cpu_seconds(router.pid), time.monotonic()
             pubs = [procs.worker("bus-pub", f"scale-pub{i}", site=str(site.path),
                                  name=f"scale-pub{i}", topic=f"evt.scale.p{i}", rate=rate,
-                                 seconds=seconds, size=SIZE) for i in range(publishers)]
+                                 seconds=seconds, size=SIZE, tick=TICK)
+                    for i in range(publishers)]
             expected = int(rate * seconds) * publishers
             tally = collect(feed.receive, Tally(), expected, pubs, timeout=seconds + 120)
             share = (cpu_seconds(router.pid) - cpu0) / (time.monotonic() - t0)

@@ -106,7 +106,8 @@ def run(scale: Scale) -> list[Figure]:
         Figure("file_journal_ratio", "journal file / baseline",
                _ratio(filed["rate"], plain["rate"]), "ratio", 0.4, "high"),
         Figure("mosquitto_msgs", "Mosquitto QoS 1 rate (paho → paho)", mqtt["rate"], "msg/s",
-               None, "", f"lost {mqtt['lost']}, out of order {mqtt['backwards']}"),
+               None, "", f"lost {mqtt['lost']}, out of order {mqtt['backwards']}, "
+               f"{mqtt['sent']['acked']}/{mqtt['sent']['sent']} PUBACKed"),
         Figure("vs_mosquitto_ratio", "full stack / Mosquitto",
                _ratio(full["rate"], mqtt["rate"]), "ratio", 1.5, "high"),
     ]
