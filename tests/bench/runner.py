@@ -7,8 +7,9 @@ families never load the machine at the same time.
 
 A family that fails (a process that would not start, a worker that crashed) is reported as an
 error row and in the JSON under ``errors``; the other families still run, and the exit status
-is 1. Targets are shown beside each figure (``ok`` / ``MISSED``) but never change the exit
-status: they are goals for this 2-core machine, not tests.
+is 1. With ``--json`` the JSON object goes to stdout and the table to stderr. Targets are shown
+beside each figure (``ok`` / ``MISSED``) but never change the exit status: they are goals for
+this 2-core machine, not tests.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any, Final, TextIO
 
 from tests.bench.common import Figure, Scale
@@ -43,7 +46,19 @@ def run(names: Sequence[str], quick: bool = False, as_json: bool = False,
               f"{', '.join(FAMILIES)})", file=progress)
         return 2
     chosen = [n for n in FAMILIES if n in names] if names else list(FAMILIES)
-    scale = Scale(quick)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(chosen, Scale(quick), as_json, out, progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every family stops the processes it started."""
+    raise SystemExit(128 + signum)
+
+
+def _run(chosen: list[str], scale: Scale, as_json: bool, out: TextIO, progress: TextIO) -> int:
     figures: list[Figure] = []
     errors: dict[str, str] = {}
     started = time.monotonic()
@@ -58,13 +73,16 @@ def run(names: Sequence[str], quick: bool = False, as_json: bool = False,
         print(f"sctl bench: {name} took {time.monotonic() - t0:.1f} s", file=progress,
               flush=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-            "quick": quick, "families": chosen, "seconds": round(time.monotonic() - started, 1)}
-    if as_json:
+            "quick": scale.quick, "families": chosen,
+            "seconds": round(time.monotonic() - started, 1)}
+    text = table(figures, errors, meta)
+    if as_json:  # the table still goes to the progress stream: one run gives both
         obj: dict[str, Any] = {f.key: _number(f.value) for f in figures}
         obj.update(meta=meta, errors=errors)
         print(json.dumps(obj), file=out)
+        print(text, file=progress)
     else:
-        print(table(figures, errors, meta), file=out)
+        print(text, file=out)
     return 1 if errors else 0
 
 
