@@ -113,6 +113,7 @@ class Bus:
         self._reply_topic = topics.reply(name)
         self._requests = Requests(self.name, self._reply_topic, self.publish, self.counters)
         self._egress = Egress(self.name, self._reply_topic, self.counters, self._requests)
+        self._egress.on_lost = lambda alarm: self.publish(topics.ALARM, "system", alarm)
         self._rcvhwm = rcvhwm
         self._pub: zmq.Socket[bytes] | None = None
         self._sub: zmq.Socket[bytes] | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import zmq
@@ -53,6 +54,7 @@ class Egress:
         self._requests = requests
         self._subs: dict[str, bool] = {}  # prefix -> gapless
         self._stream: Stream[Delivery] = Stream()
+        self.on_lost: Callable[[dict[str, Any]], object] | None = None  # the Bus's sys.alarm
         self._origin: int | None = None  # router epoch that started the gseq numbering
         self._replay_token: bytes | None = None
         self._replay_sent = 0.0
@@ -139,6 +141,14 @@ class Egress:
 
     def _sync_counters(self) -> None:
         s = self._stream
+        if s.lost > self._counters.get("lost", 0) and self.on_lost is not None:
+            # one alarm per replay answer (or router reset) that lost messages: an episode
+            self.on_lost({
+                "alarm": "subscriber_lost", "source": self.name,
+                "lost": s.lost - self._counters.get("lost", 0), "lost_total": s.lost,
+                "message": f"{self.name}: {s.lost - self._counters.get('lost', 0)} message(s) "
+                           "gone from the router journal (evicted, or a router restart without "
+                           "journal) before this subscriber could get them"})
         self._counters["gaps"] = s.gaps
         self._counters["gap_filled"] = s.filled
         self._counters["lost"] = s.lost

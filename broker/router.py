@@ -334,6 +334,12 @@ class Router:
                 gap.key[1], gap.expected, gap.got,
                 f", missing {list(gap.missing)}" if gap.missing else "")
         self._publish_own(topics.ROUTER_GAP, gap.data())
+        if gap.state == "lost":  # each lost gap is one episode: say it where operators look
+            self._publish_own(topics.ALARM, {
+                "alarm": "ingress_lost", "source": gap.key[0], **gap.data(),
+                "message": f"router: {len(gap.missing) or gap.got - gap.expected} message(s) "
+                           f"from {gap.key[0]} never arrived (declared lost after "
+                           f"gap_timeout)"})
 
     def _ask_resync(self, key: SourceKey, seq: int) -> None:
         """An unknown (src, epoch) not starting at seq 1: this router lost its state (restart

@@ -70,9 +70,12 @@ def site_status(site: SiteConfig, timeout: float = 2.0) -> dict[str, Any]:
         hb = beats.get(name)
         if hb is not None:
             link = hb.data.get("link") or {}
+            counters = hb.data.get("counters") or {}
             row.update(alive=hb.alive, heartbeat_age=round(hb.age, 1),
-                       state=hb.data.get("state"), link=link or None,
-                       counters=hb.data.get("counters") or {})
+                       state=hb.data.get("state"), link=link or None, counters=counters,
+                       # messages this actor lost: its outbox overflowed, or the journal no
+                       # longer had what its subscriptions missed
+                       dropped=sum(int(counters.get(k, 0)) for k in ("outbox_dropped", "lost")))
             row.setdefault("pid", hb.data.get("pid"))
         elif kind not in ("router", "service"):
             row.update(alive=False, heartbeat_age=None)

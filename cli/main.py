@@ -421,15 +421,19 @@ def _print_status(report: dict[str, Any]) -> None:
     if r is None:
         click.echo(f"router: DOWN — {report.get('router_error')}")
     else:
+        c = r.get("counts") or {}
         click.echo(f"router: up, epoch {r.get('router_epoch')}, gseq {r.get('first')}.."
-                   f"{r.get('last')}, journal {'file' if r.get('persistent') else 'memory'}")
+                   f"{r.get('last')}, journal {'file' if r.get('persistent') else 'memory'}; "
+                   f"lost: ingress gaps {c.get('gaps_lost', 0)}, evicted before a subscriber "
+                   f"got them {c.get('egress_missed', 0)}, bad input "
+                   f"{(c.get('bad') or {}).get('total', 0)}")
     if report.get("supervisor_error"):
         click.echo(f"supervisord: {report['supervisor_error']}")
     if not report.get("watchdog"):
         click.echo("watchdog: no recent view (not running?)")
     now = time.time()
     head = (f"{'PROGRAM':<16}{'TYPE':<20}{'HOST':<8}{'SUPERVISOR':<11}{'PID':<8}{'UP':<6}"
-            f"{'LINK':<16}{'LAST EVT':<9}{'EVENTS':<8}{'RESTARTS':<9}ALARM")
+            f"{'LINK':<16}{'LAST EVT':<9}{'EVENTS':<8}{'DROPS':<6}{'RESTARTS':<9}ALARM")
     click.echo(head)
     for name, a in report["programs"].items():
         link = a.get("link") or {}
@@ -443,7 +447,8 @@ def _print_status(report: dict[str, Any]) -> None:
         click.echo(f"{name[:15]:<16}{a['type'][:19]:<20}{a['host'][:7]:<8}"
                    f"{a.get('supervisor_state') or '?':<11}{a.get('pid') or '-'!s:<8}"
                    f"{_age(a.get('uptime')):<6}{link_text:<16}{_age(a.get('last_event_age')):<9}"
-                   f"{events!s:<8}{a.get('restarts', 0)!s:<9}{a.get('alarm') or ''}")
+                   f"{events!s:<8}{a.get('dropped', '-')!s:<6}{a.get('restarts', 0)!s:<9}"
+                   f"{a.get('alarm') or ''}")
     for alarm in report["alarms"]:
         click.echo(f"ALARM {alarm['program']}: {alarm['reason']}")
 

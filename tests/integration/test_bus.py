@@ -345,3 +345,38 @@ def test_blocking_request_does_not_spin_while_deliveries_wait(router_factory) ->
     assert used < 0.5 * took, f"busy loop: {used:.2f} s CPU in {took:.2f} s"
     assert [d.topic for d in bus.poll(0.5)] == ["evt.spin.n"]
     bus.close()
+
+
+def test_subscriber_loss_to_eviction_is_counted_and_alarmed(router_factory) -> None:
+    """A subscriber that stalls while the journal (5 messages) and both HWMs overflow: what it
+    can no longer get is counted as lost and raised on sys.alarm, never silently skipped."""
+    site_path, _ = router_factory("journal_max_messages = 5\negress_hwm = 1")
+    watcher = connected(site_path, "alarm-watcher", "sys.alarm")
+    slow = Bus(load_site(site_path).router, "stalled", rcvhwm=1)
+    slow.subscribe("evt.flood.")
+    assert slow.connect(wait=10)
+    pub = connected(site_path, "flooder")
+    for i in range(300):  # while `slow` does not read
+        pub.publish("evt.flood.n", "event", {"i": i})
+        if i % 20 == 0:
+            pub.poll(0.01)
+    assert pub.flush(20)
+    got: list[Delivery] = []
+    end = time.monotonic() + 20
+    while time.monotonic() < end and not slow.counters.get("lost"):
+        got += slow.poll(0.1)
+    lost = slow.counters.get("lost", 0)
+    assert lost > 0, slow.counters
+    values = [d.envelope.data["i"] for d in got]
+    assert values == sorted(values) and len(values) + lost <= 300
+    alarms: list[Delivery] = []
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not alarms:
+        slow.poll(0.05)  # its alarm goes out through its own outbox
+        alarms += [d for d in watcher.poll(0.05)
+                   if d.envelope.data.get("alarm") == "subscriber_lost"]
+    assert alarms, "no sys.alarm for the subscriber's loss"
+    data = alarms[0].envelope.data
+    assert data["source"] == "stalled" and data["lost"] >= 1
+    for b in (watcher, slow, pub):
+        b.close()

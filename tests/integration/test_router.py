@@ -240,14 +240,23 @@ def test_gap_is_declared_lost_after_gap_timeout(make_router: Any, peers: Any) ->
     p.wait(lambda m: m[0] == "sys.router.gap" and data_of(m)["state"] == "open")
     lost: list[Msg] = []
 
+    alarms: list[Msg] = []
+
     def resend_until_lost() -> bool:
         p.publish(5)
         msg = p.recv(0.05)
         if msg and msg[0] == "sys.router.gap" and data_of(msg)["state"] == "lost":
             lost.append(msg)
+        if msg and msg[0] == "sys.alarm":
+            alarms.append(msg)
         return bool(lost)
 
     wait_for(resend_until_lost, timeout=10, what="gap declared lost")
+    if not alarms:
+        alarms.append(p.wait(lambda m: m[0] == "sys.alarm"))
+    alarm = data_of(alarms[0])  # the loss is raised where operators look, once
+    assert alarm["alarm"] == "ingress_lost" and alarm["missing"] == [2, 3]
+    assert "2 message(s) from t1 never arrived" in alarm["message"]
     # Only 2..3 are skipped: 4 was seen, so the sender still holds it and it must not be lost.
     assert data_of(lost[0]) == {"src": "t1", "epoch": 1, "expected": 2, "got": 4,
                                 "state": "lost", "missing": [2, 3]}
