@@ -45,6 +45,7 @@ from actors.loop import TimerHandle
 from actors.protocols import springcore
 from actors.protocols import springcore_json as sj
 from actors.protocols.springcore import Field
+from broker import topics
 from broker.config import port_number, positive
 from broker.errors import LocalProtocolError, RemoteProtocolError
 
@@ -325,6 +326,7 @@ class SpringCoreMqttActor(Actor):
         cfg = self.config
         self.address = f"{cfg['broker']}:{broker_port(cfg)}"
         self.readers: dict[str, _Reader] = {}
+        self._last_seq: dict[str, int] = {}  # per reader: its last event counter ("Sequence")
         self._bridge: PahoBridge | None = None
         self._subscribe_mid: int | None = None
         self._down_since = time.monotonic()
@@ -426,8 +428,31 @@ class SpringCoreMqttActor(Actor):
             log.warning("actor %s: $SCRDR from reader %s has a bad checksum (tag kept): %s",
                         self.name, device, tag["raw"][:EXCERPT])
         self._reader_state(device, True, None, "tag", False)
+        self._check_sequence(device, tag["seq"])
         self.counters["tags"] += 1
         self.publish_event("tag", tag)
+
+    def _check_sequence(self, device: str, seq: int | None) -> None:
+        """Readers that number their events (older firmware's "Sequence") tell us what they
+        could not deliver: a jump means events lost on the way (the reader does not buffer
+        through an outage). Reported on evt.<name>.lost and sys.alarm, counted in device_lost.
+        A counter that goes back means the reader restarted: counting starts over."""
+        if seq is None:
+            return
+        last = self._last_seq.get(device)
+        self._last_seq[device] = seq
+        if last is None or seq <= last + 1:
+            return
+        missed = seq - last - 1
+        self.counters["device_lost"] = self.counters.get("device_lost", 0) + missed
+        lost = {"device": device, "missed": missed, "first_seq": last + 1, "last_seq": seq - 1,
+                "reason": "the reader's event counter jumped: events it sent were lost "
+                          "(broker or link outage; the reader does not buffer)"}
+        log.warning("actor %s: reader %s: %d event(s) lost (Sequence %d..%d)", self.name,
+                    device, missed, last + 1, seq - 1)
+        self.publish_event("lost", lost)
+        self.bus.publish(topics.ALARM, "system", {"alarm": "device_lost", "source": self.name,
+                                                  **lost})
 
     def _reader_state(self, device: str, online: bool, status: str | None, source: str,
                       retained: bool, **extra: Any) -> None:

@@ -199,3 +199,23 @@ def test_reader_last_will_marks_it_offline(stack: Stack) -> None:
     assert offline == {B0: "offline,dead", B1: "offline,dead"}
     refused = stack.request("mqttreaders", "wink", device=B0).data
     assert refused["status"] == "error" and f"reader '{B0}' is offline" in refused["error"]
+
+
+def test_a_jump_in_the_readers_event_counter_is_reported_as_lost(stack: Stack) -> None:
+    """Older firmware numbers its events ("Sequence"): events 2 and 3 never reached the broker
+    (say, the reader's own link was down). The actor cannot get them back, so it says so."""
+    evt = f"{PREFIX}/{B1}/rdr/evt"
+    publish_raw(stack.broker, [
+        (evt, b'{"Sequence":1,"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"01"}'),
+        (evt, b'{"Sequence":4,"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"04"}'),
+        (evt, b'{"Sequence":5,"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"05"}'),
+    ])
+    got = collect(stack.bus, lambda g: len(tags(g)) >= 3 and
+                  len(events(g, "evt.mqttreaders.lost")) >= 1, timeout=30.0)
+    assert [t["seq"] for t in tags(got)] == [1, 4, 5]
+    lost = events(got, "evt.mqttreaders.lost")
+    assert len(lost) == 1
+    assert {k: lost[0][k] for k in ("device", "missed", "first_seq", "last_seq")} == {
+        "device": B1, "missed": 2, "first_seq": 2, "last_seq": 3}
+    counters = result(stack.request("mqttreaders", "ping"))
+    assert counters["state"] == "running"
