@@ -91,6 +91,11 @@ def decode_value(msg: Message) -> Value:
         return _text(data[:-1] if data.endswith(b"\0") else data)
     if kind == DataType.SV_ASSOC:
         return decode_assoc(data)
+    if (kind in ELEMENTS or kind == DataType.SV_ARR_STRING) and not msg.cols and msg.rows > 1:
+        # no data bytes, yet `nested()` would build `rows` empty lists (up to 2^32: memory
+        # exhaustion); SPEC cannot declare a zero-size array, an empty 1-D one is 1 x 0
+        raise RemoteProtocolError(f"SPEC array {msg.rows} x 0 in {msg.describe()}: an empty "
+                                  "array has at most 1 row", data[:64])
     if kind in ELEMENTS:
         return _decode_numeric(msg)
     if kind == DataType.SV_ARR_STRING:

@@ -210,13 +210,15 @@ class ScrdrDecoder:
             end = data.find(b"\n", start)
             piece = data[start:] if end < 0 else data[start:end]
             if not self._skipping:
-                self._buf += piece
-                if len(self._buf) > self.max_line + 1:  # + 1: the CR before the LF
+                if len(self._buf) + len(piece) > self.max_line + 1:  # + 1: the CR before the LF
+                    # the excerpt is the line's first bytes, as many whatever the chunking
+                    head = (bytes(self._buf[:64]) + piece[:64])[:min(64, self.max_line + 2)]
                     self._events.append(Rejected(
-                        f"line longer than {self.max_line} bytes: discarded up to its end",
-                        bytes(self._buf[:64])))
+                        f"line longer than {self.max_line} bytes: discarded up to its end", head))
                     self._buf.clear()
                     self._skipping = True
+                else:
+                    self._buf += piece
             if end < 0:
                 return
             if self._skipping:
