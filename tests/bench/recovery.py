@@ -13,6 +13,7 @@ written to a temp folder, rendered with ``sctl deploy render`` and run by ``supe
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -82,7 +83,7 @@ def router_recovery(site: Any, seconds: float) -> tuple[float, int, Tally]:
                 killed = time.monotonic()
             pub.poll(0)
             for d in sub.poll(0.002):
-                if killed and resumed != resumed and d.router_epoch != old_epoch:
+                if killed and math.isnan(resumed) and d.router_epoch != old_epoch:
                     resumed = time.monotonic() - killed
                 tally.add(d.body, time.time())
         deadline = time.monotonic() + 30
