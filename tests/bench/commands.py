@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 from typing import Final
 
-from tests.bench.common import BenchError, Figure, Procs, Scale, env, percentile, wait_until
+from tests.bench.common import (
+    BenchError,
+    Figure,
+    Procs,
+    Scale,
+    percentile,
+    subprocess_env,
+    wait_until,
+)
 from tests.bench.device import reader_site
 
 SCTL: Final = Path(sys.executable).parent / "sctl"
@@ -28,7 +36,7 @@ def sctl_wall(*args: str) -> float:
     """Wall time in ms of one ``sctl ARGS`` run; a failing run is an error, not a figure."""
     argv = [str(SCTL), *args] if SCTL.exists() else [sys.executable, "-m", "cli", *args]
     start = time.perf_counter()
-    out = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(argv, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     took = (time.perf_counter() - start) * 1000
     if out.returncode != 0:
         raise BenchError(f"sctl {' '.join(args)} exited {out.returncode}: {out.stderr[-500:]}")

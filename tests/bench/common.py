@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from broker.config import SiteConfig, load_site
-from tests.conftest import free_ports
+from tests.conftest import ROOT, free_ports, sctl_cmd, subprocess_env
 
-__all__ = ["BenchError", "Figure", "Proc", "Procs", "Scale", "free_ports", "percentile"]
+__all__ = ["BenchError", "Figure", "Proc", "Procs", "Scale", "free_ports", "percentile",
+           "subprocess_env"]
 
-ROOT: Final = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT: Final = 10.0
 WORKER_TIMEOUT: Final = 600.0  # a worker that has not finished by then is killed: a failure
 PAGE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -80,17 +80,6 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
-
-
-def env() -> dict[str, str]:
-    out = dict(os.environ)
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), out.get("PYTHONPATH", "")) if p)
-    out.pop("SCTL_CONFIG", None)
-    return out
-
-
-def sctl_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *args]
 
 
 def rss_mb(pid: int) -> float:
@@ -167,14 +156,14 @@ class Procs(contextlib.ExitStack):
         self._count += 1
         log = self.folder / f"{self._count:02d}-{name}.log"
         with log.open("wb") as fh:
-            popen_obj = subprocess.Popen(argv, cwd=ROOT, env=env(), stdout=fh,
+            popen_obj = subprocess.Popen(argv, cwd=ROOT, env=subprocess_env(), stdout=fh,
                                          stderr=subprocess.STDOUT, **popen)
         proc = Proc(popen_obj, log, name)
         self.callback(proc.stop)
         return proc
 
     def sctl(self, site: Path, *args: str, name: str) -> Proc:
-        return self.start(sctl_argv("-c", str(site), *args), name)
+        return self.start(sctl_cmd("-c", str(site), *args), name)
 
     def worker(self, role: str, label: str, **args: Any) -> Proc:
         return self.start([sys.executable, "-m", "tests.bench.worker", role, json.dumps(args)],
