@@ -44,6 +44,7 @@ WATCHED: frozenset[str] = frozenset(
 
 INTERESTING_32 = (0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF, 0x100, 124, 128, 132, 1024, 1025, 0x7FFF,
                   0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF, 0xFEEDFACE)
+MINIMISE_HANG_SECONDS = 0.25
 INTERESTING_8 = (0, 1, 0x7F, 0x80, 0xFF, 0x0A, 0x0D, 0x2A, 0x3B, 0x24, 0x5C, 0x22, 0x2C)
 
 
@@ -277,7 +278,10 @@ def fuzz(target: Target, *, seconds: float, runs: int | None = None, seed: int =
         result.runs += 1
         if exc is not None:
             sig = signature(exc)
-            small = minimise(target, data, sig, hang_seconds=hang_seconds)
+            # a hang is minimised with a short budget (valid inputs run in milliseconds)
+            budget = min(hang_seconds, MINIMISE_HANG_SECONDS) if isinstance(exc, Hang) \
+                else hang_seconds
+            small = minimise(target, data, sig, hang_seconds=budget)
             _, again = execute(target, small, hang_seconds)
             error = f"{sig}: {again if again is not None else exc}"
             result.crash = (save_crash(target, small, error) if save
