@@ -299,7 +299,8 @@ class Actor:
 
     def _setup(self) -> None:
         self._loop.thread_id = threading.get_ident()
-        self._bus = bus = Bus(self.router, self.name, context=self._context)
+        # With CURVE an actor (simulators too) acts as its own key: NAME.key_secret.
+        self._bus = bus = Bus(self.router, self.name, context=self._context, identity=self.name)
         bus.subscribe(self._cmd_topic, gapless=False)
         self._loop.pollables = bus.pollables
         self._loop.next_deadline = bus.next_deadline

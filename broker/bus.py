@@ -22,6 +22,11 @@ gap-free egress), `broker.requests` (commands), `broker.delivery` (what the rout
 module owns the sockets, the sync handshake and the one set of timers of all the parts
 (`next_deadline`, `tick`), and dispatches what arrives.
 
+Security: with ``[router.security] curve = true`` every socket of the Bus (and the one-shot query
+sockets of `query`) is a CURVE client acting as the key ``identity`` (`broker.security`): its
+secret key and the router's public key are read from keys_dir when the Bus is created. The
+Bus's `name` (the envelopes' src) is separate: an actor's is its key name, sctl's a client name.
+
 Driving it: simple clients call `poll(timeout)`. Event loops register `pollables()` in their own
 `zmq.Poller`, pass the result to `handle(events)` and call `tick()` by `next_deadline()`.
 """
@@ -39,7 +44,7 @@ from typing import Any, Final
 
 import zmq
 
-from broker import delivery, topics, wire
+from broker import delivery, security, topics, wire
 from broker import envelope as envmod
 from broker.config import RouterConfig
 from broker.delivery import Delivery, parse_reply
@@ -94,17 +99,31 @@ class Bus:
         outbox_max_bytes: int = DEFAULT_MAX_BYTES,
         resend_after: float = 1.0,
         rcvhwm: int = 100_000,
+        identity: str | None = None,
     ) -> None:
+        """`identity`: the CURVE key to act as when the router requires it (default
+        ``$SCTL_AS``, else ``operator``); ignored without ``[router.security]``. A missing
+        key file is a BusError here, before anything is sent."""
         self.name = topics.check_name(name, "bus client name")
         self.epoch = new_epoch()
         self.router = router
         self.resend_after = resend_after
         self._ctx = context or zmq.Context.instance()
+        self.identity: str | None = None
+        sec = security.security_of(router.security)
+        if sec is not None:
+            self.identity = identity or security.default_identity()
+            options = security.client_options(sec, self.identity)
+            # A shadow of the context with CURVE as default socket options: every socket made
+            # from it, here and in delivery.query, is a CURVE client. The context is shared.
+            self._ctx = zmq.Context.shadow(self._ctx.underlying)
+            for opt, value in options.items():
+                self._ctx.setsockopt(opt, value)
         self.counters: dict[str, int] = dict.fromkeys((
             "published", "sent", "resent", "acked", "outbox_dropped", "alarms", "sync_probes",
             "router_restarts", "delivered", "gaps", "gap_filled", "lost", "duplicates",
             "bad_frames", "requests", "request_retries", "request_timeouts", "resets",
-            "held_dropped",
+            "held_dropped", "denied",
         ), 0)
         self._outbox = Outbox(outbox_max_messages, outbox_max_bytes)
         self._publisher = Publisher(self.name, self.epoch, router.max_message_bytes,
@@ -412,6 +431,11 @@ class Bus:
         if data.get("epoch") == self.epoch and data.get("resync"):
             self._unsync("the router does not know this sender (restarted without journal?)")
             return
+        if data.get("epoch") == self.epoch and isinstance(data.get("denied"), int):
+            # [router.security] refused one of ours: loud, never mistaken for delivery
+            self.counters["denied"] += 1
+            log.warning("%s: the router refused our seq %d (key %s): %s", self.name,
+                        data["denied"], self.identity, data.get("reason"))
         if data.get("epoch") == self.epoch and isinstance(data.get("seq"), int):
             self._publisher.ack(data["seq"])
         if data.get("sync") == self._sync_token:

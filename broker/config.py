@@ -137,6 +137,34 @@ ROUTER_SETTINGS: Final = (
 )
 
 
+def _name_list(value: Any) -> None:
+    if not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of names")
+    for v in value:
+        topics.check_name(v, "name")
+
+
+SECURITY_SETTINGS: Final = (
+    Setting("curve", bool, False, "CURVE on every router socket, per-message authorization"),
+    Setting("keys_dir", str, "keys", "folder of NAME.key / NAME.key_secret files (relative "
+            "to the site file); the router's pair is router.key(_secret)"),
+    Setting("grant_commands", list, [], "names of actor keys that may send cmd.* (operator "
+            "keys always may)", check=_name_list),
+)
+
+
+def _security(table: Mapping[str, Any], site: Path) -> dict[str, Any]:
+    """``[router.security]`` checked; {} when absent. keys_dir becomes a Path against the site
+    file's folder, grant_commands a tuple. See `broker.security` for what the keys mean."""
+    if not table:
+        return {}
+    values = parse_settings(table, SECURITY_SETTINGS, "router.security", str(site))
+    keys_dir = Path(values["keys_dir"])
+    values["keys_dir"] = keys_dir if keys_dir.is_absolute() else site.parent / keys_dir
+    values["grant_commands"] = tuple(values["grant_commands"])
+    return values
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     ingress: str
@@ -302,11 +330,7 @@ def parse_site(raw: Mapping[str, Any], path: Path) -> SiteConfig:
             raise ConfigError(key, f"unknown top-level table (expected {', '.join(TOP_LEVEL)})",
                               source)
     router_raw = _table(raw, "router", source)
-    security = _table(router_raw, "security", source, "router.security")
-    if security:
-        # Refused rather than ignored: an operator must not believe CURVE is on when it is not.
-        raise ConfigError("router.security", "CURVE security is not implemented yet; remove "
-                          "this table (traffic would be unauthenticated plaintext)", source)
+    security = _security(_table(router_raw, "security", source, "router.security"), path)
     values = parse_settings(router_raw, ROUTER_SETTINGS, "router", source,
                             ignore=("security", "runs_on"))
     router_runs_on = _runs_on(router_raw, "router", source)

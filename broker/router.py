@@ -19,6 +19,14 @@ acks and resync requests. Bad input is counted by reason in `broker.bad_input`, 
 rate-limits the reports; the router logs each report with its hex excerpt and publishes it on
 ``sys.router.bad``. `broker.router_stats` builds the ``sys.router.stats`` map. Nothing a peer
 sends can raise out of the loop.
+
+With ``[router.security] curve = true`` (`broker.security`) every socket is a CURVE server,
+the router answers ZAP on its own loop (one more socket), and each ingress message is checked
+against the key it came with (the ZAP User-Id libzmq attaches to it, read from the first frame)
+before anything else is done with it: a refused one is counted, reported on
+``sys.router.denied`` and never journaled or forwarded; it uses up its seq only when its src is
+one the key may use (a spoofed src must not advance somebody else's stream). Monitors on the
+three sockets log failed handshakes with the peer address.
 """
 
 from __future__ import annotations
@@ -33,11 +41,11 @@ from typing import Any, Final
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from broker import envelope, ingress, topics
+from broker import envelope, ingress, security, topics
 from broker.bad_input import BadInput
 from broker.config import RouterConfig
 from broker.envelope import STAMP
-from broker.errors import BusError, EnvelopeError, TopicError
+from broker.errors import BusError, ConfigError, EnvelopeError, TopicError
 from broker.journal import Journal, SourceKey
 from broker.query import QueryHandler
 from broker.router_stats import COUNTS, Rates, state_map
@@ -52,6 +60,7 @@ MAX_POLL_S: Final = 0.25  # stop() is also a flag: bound how long a missed wake-
 XSUB_MAXMSGSIZE: Final = 64 * 1024 * 1024  # hard memory guard; max_message_bytes is the policy
 INGRESS_HWM: Final = 10_000
 TOPIC_CACHE_MAX: Final = 10_000
+DENIED_TOPIC: Final = "sys.router.denied"
 
 _GAP_COUNTS: Final[dict[GapState, str]] = {
     "open": "gaps_opened", "filled": "gaps_filled", "lost": "gaps_lost"}
@@ -90,6 +99,11 @@ class Router:
         self.bad = self._bad_input.counts
         self._rates = Rates()
         self._next_stats = time.monotonic() + config.stats_interval
+        self._security = security.security_of(config.security)
+        self._keys: security.KeyRing | None = None
+        self._user: str | None = None  # ZAP User-Id of the ingress message being handled
+        self._denials = security.Denials()
+        self._watches: dict[zmq.Socket[bytes], security.HandshakeWatch] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -98,27 +112,63 @@ class Router:
         if self._opened:
             return
         self.journal.open()
+        curve = self._open_security()
         self._xsub = self._bind(zmq.XSUB, "ingress", {zmq.MAXMSGSIZE: XSUB_MAXMSGSIZE,
-                                                      zmq.RCVHWM: INGRESS_HWM})
+                                                      zmq.RCVHWM: INGRESS_HWM, **curve})
         self._xsub.send(b"\x01")  # XSUB subscribes by message: everything, for every publisher
         self._xpub = self._bind(zmq.XPUB, "egress", {zmq.SNDHWM: self.config.egress_hwm,
-                                                     zmq.XPUB_VERBOSE: 1})
-        self._query = self._bind(zmq.ROUTER, "query", {zmq.ROUTER_MANDATORY: 1})
+                                                     zmq.XPUB_VERBOSE: 1, **curve})
+        self._query = self._bind(zmq.ROUTER, "query", {zmq.ROUTER_MANDATORY: 1, **curve})
+        events = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
         self._monitor = self._xpub.get_monitor_socket(
-            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+            security.HANDSHAKE_EVENTS if curve else events)
         self._wake = self._ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_url)
         self._sockets += [self._monitor, self._wake]
         self._poller = zmq.Poller()
         for sock in (self._xsub, self._xpub, self._query, self._monitor, self._wake):
             self._poller.register(sock, zmq.POLLIN)
+        if curve:
+            self._watch_handshakes()
         self._opened = True
-        log.info("router epoch %d up: ingress %s, egress %s, query %s, journal %s (gseq %d..%d)",
-                 self.router_epoch, self.endpoints["ingress"], self.endpoints["egress"],
+        log.info("router epoch %d up: ingress %s, egress %s, query %s, journal %s (gseq %d..%d)"
+                 "%s", self.router_epoch, self.endpoints["ingress"], self.endpoints["egress"],
                  self.endpoints["query"], self.journal.path or "in memory",
-                 self.journal.first, self.journal.last)
+                 self.journal.first, self.journal.last,
+                 f", CURVE with keys in {self._security.keys_dir}" if self._security else "")
 
-    def _bind(self, kind: int, which: str, options: dict[int, int]) -> zmq.Socket[bytes]:
+    def _open_security(self) -> dict[int, int | bytes]:
+        """With CURVE: load the keys, bind the ZAP handler (before any server socket, or
+        libzmq would let every key in) and return the server socket options; else {}."""
+        if self._security is None:
+            return {}
+        try:
+            _, secret = security.server_secret(self._security)
+            self._keys = security.KeyRing(self._security)
+        except (ConfigError, OSError) as exc:
+            raise BusError(f"router.security: {exc}") from exc
+        self._zap: zmq.Socket[bytes] = self._ctx.socket(zmq.REP)
+        self._sockets.append(self._zap)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        try:
+            self._zap.bind(security.ZAP_ENDPOINT)
+        except zmq.ZMQError as exc:
+            raise BusError(f"cannot bind the ZAP handler: {exc.strerror}") from exc
+        return {zmq.CURVE_SERVER: 1, zmq.CURVE_SECRETKEY: secret,
+                zmq.ZAP_DOMAIN: security.ZAP_DOMAIN}
+
+    def _watch_handshakes(self) -> None:
+        """ZAP answers, and monitors that name the peer of every failed handshake."""
+        self._poller.register(self._zap, zmq.POLLIN)
+        self._watches[self._monitor] = security.HandshakeWatch("egress")
+        for which, sock in (("ingress", self._xsub), ("query", self._query)):
+            monitor = sock.get_monitor_socket(security.HANDSHAKE_EVENTS)
+            self._sockets.append(monitor)
+            self._poller.register(monitor, zmq.POLLIN)
+            self._watches[monitor] = security.HandshakeWatch(which)
+
+    def _bind(self, kind: int, which: str,
+              options: dict[int, int | bytes]) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(kind)
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
@@ -166,6 +216,9 @@ class Router:
         finally:
             if was_open:
                 self._xpub.disable_monitor()
+                if self._watches:
+                    self._xsub.disable_monitor()
+                    self._query.disable_monitor()
             for sock in self._sockets:
                 sock.close(linger=0)
             self._sockets.clear()
@@ -188,6 +241,8 @@ class Router:
             self.counts["replies_dropped"] += self._queries.serve(self._query, QUERY_BATCH)
         if self._monitor in events:
             self._read_monitor()
+        if self._watches:
+            self._read_security(events)
         if self._wake in events:
             while self._wake.poll(0):
                 self._wake.recv()
@@ -197,10 +252,16 @@ class Router:
 
     def _drain_ingress(self) -> None:
         sock = self._xsub
+        secure = self._keys is not None
         n = 0
         while n < INGRESS_BATCH:
             try:
-                frames = [_recv(sock, _LAST)]
+                if secure:  # a Frame, for the key it came with
+                    first = _recv(sock, _LAST, False)
+                    self._user = _user_id(first)
+                    frames = [first.bytes]
+                else:
+                    frames = [_recv(sock, _LAST)]
             except zmq.Again:
                 break
             while _get(sock, zmq.RCVMORE):
@@ -258,6 +319,8 @@ class Router:
             self._consume_unread(body)
             return
         src = f[0]
+        if self._keys is not None and self._denied(rule[0], f, frames):
+            return
         if rule[2] == ingress.SYNC and src != SRC:
             self._sync(f, frames)
             return
@@ -290,7 +353,7 @@ class Router:
     def _consume(self, src: str, epoch: int, seq: int) -> None:
         """A refused envelope still uses up its seq, so the sender's stream does not stall:
         it is sequenced like an accepted one, only nothing is journaled or forwarded."""
-        if seq > 0 and src != SRC:
+        if seq > 0 and src != SRC and self._may_use(src):
             self._sequence((src, epoch), seq)
 
     def _sequence(self, key: SourceKey, seq: int, tframe: bytes = b"", topic: str = "",
@@ -379,6 +442,78 @@ class Router:
                     report["suppressed"])
         self._publish_own(topics.ROUTER_BAD, report)
 
+    # -- security ----------------------------------------------------------------------------
+
+    def _may_use(self, src: str) -> bool:
+        """Without CURVE any src; with it, only a src the sending key may use."""
+        if self._keys is None:
+            return True
+        key = self._keys.by_name.get(self._user or "")
+        return key is not None and self._keys.may_use_src(key, src)
+
+    def _denied(self, topic: str, f: ingress.Fields, frames: list[bytes]) -> bool:
+        """Check one decoded ingress message against its key; True (and reported) if refused."""
+        assert self._keys is not None
+        src = f[0]
+        verdict = self._keys.refusal(self._user, topic, src)
+        if verdict is None:
+            return False
+        key, reason = verdict
+        name = key.name if key is not None else (self._user or "?")
+        self._denials.message(name)
+        if self._may_use(src) and f[2] > 0:
+            # the sender's own stream: its seq is used up and it is told why (Bus logs it)
+            self._consume(src, f[1], f[2])
+            self._transient(f"ack.{src}", {"epoch": f[1], "denied": f[2], "reason": reason})
+        suppressed = self._denials.report(f"key:{name}", time.monotonic())
+        if suppressed is not None:
+            log.warning("denied: key %r (%s) published %s with src %r: %s (%d similar reports "
+                        "suppressed before this one)", name, key.role if key else "unknown",
+                        topic, src, reason, suppressed)
+            self._publish_own(DENIED_TOPIC, {
+                "key": name, "role": key.role if key else None, "topic": topic, "src": src,
+                "reason": reason, "size": len(frames[-1]), "count": self._denials.by_key[name],
+                "suppressed": suppressed})
+        return True
+
+    def _read_security(self, events: dict[Any, int]) -> None:
+        assert self._keys is not None
+        if self._zap in events:
+            for _ in range(QUERY_BATCH):
+                try:
+                    request = self._zap.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                reply, refused = self._keys.zap_answer(request)
+                self._zap.send_multipart(reply)
+                if refused is not None:
+                    self._refused_handshake(refused)
+        for monitor, watch in self._watches.items():
+            if monitor not in events:
+                continue
+            while monitor.poll(0):
+                msg = recv_monitor_message(monitor)
+                event = int(msg["event"])
+                if monitor is self._monitor:
+                    self._count_subscriber(event)
+                report = watch.event(event, int(msg["value"]))
+                if report is not None:
+                    self._refused_handshake(report)
+
+    def _refused_handshake(self, report: dict[str, Any]) -> None:
+        """A peer that could not connect: logged with its address, reported (rate-limited)."""
+        self._denials.handshakes += 1
+        suppressed = self._denials.report(f"peer:{report['peer']}", time.monotonic())
+        if suppressed is None:
+            return
+        details = ", ".join(f"{k} {v}" for k, v in report.items() if k != "peer")
+        log.warning("CURVE handshake refused from %s: %s (%d similar reports suppressed before "
+                    "this one)", report["peer"], details, suppressed)
+        self._publish_own(DENIED_TOPIC, {"key": None, "handshake": True, **report,
+                                         "count": self._denials.handshakes,
+                                         "suppressed": suppressed})
+        self._finish_batch()
+
     # -- the router's own messages -----------------------------------------------------------
 
     def _publish_own(self, topic: str, data: dict[str, Any]) -> None:
@@ -407,24 +542,41 @@ class Router:
                 self.counts["unsubscriptions"] += 1
 
     def _read_monitor(self) -> None:
+        if self._watches:  # CURVE: the egress monitor also feeds its HandshakeWatch
+            return
         while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)["event"]
-            if event == zmq.EVENT_ACCEPTED:
-                self.counts["subscribers"] += 1
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.counts["subscribers"] = max(0, self.counts["subscribers"] - 1)
+            self._count_subscriber(recv_monitor_message(self._monitor)["event"])
+
+    def _count_subscriber(self, event: int) -> None:
+        if event == zmq.EVENT_ACCEPTED:
+            self.counts["subscribers"] += 1
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.counts["subscribers"] = max(0, self.counts["subscribers"] - 1)
 
     def state(self) -> dict[str, Any]:
         """The router's counters: the data of sys.router.stats and of the `state` query."""
-        return state_map(self.router_epoch, self.journal, self.counts, self._bad_input,
-                         self._sequencer.open_gaps, self._queries.counters, self._rates.current)
+        state = state_map(self.router_epoch, self.journal, self.counts, self._bad_input,
+                          self._sequencer.open_gaps, self._queries.counters, self._rates.current)
+        if self._keys is not None:
+            state["denied"] = self._denials.counts()
+        return state
 
     def _publish_stats(self) -> None:
         now = time.monotonic()
         self._rates.update(now, self.counts["received"], self.counts["sent"])
         self._sequencer.forget_evicted()
+        if self._keys is not None:
+            self._keys.refresh()  # a revocation takes effect on open connections too
         self._publish_own(topics.ROUTER_STATS, self.state())
         self._next_stats = now + self.config.stats_interval
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    try:
+        value = frame.get("User-Id")
+    except zmq.ZMQError:  # not set: only possible without ZAP, i.e. a bug in our setup
+        return None
+    return value if isinstance(value, str) else None
 
 
 def serve(config: RouterConfig) -> int:

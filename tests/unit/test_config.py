@@ -262,9 +262,18 @@ def test_top_level_must_be_tables(tmp_path: Path, key: str) -> None:
     assert err.reason == "must be a table, got an integer"
 
 
-def test_security_is_refused_until_implemented(tmp_path: Path) -> None:
-    err = error_of(tmp_path, '[router]\n[router.security]\ncurve = true\n')
-    assert err.path == "router.security" and "not implemented" in str(err)
+def test_security_table_is_parsed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[router]\n[router.security]\ncurve = true\nkeys_dir = "k"\n'
+                           'grant_commands = ["iec1"]\n')
+    sec = load_site(path).router.security
+    assert sec == {"curve": True, "keys_dir": tmp_path / "k", "grant_commands": ("iec1",)}
+
+
+def test_security_keys_errors_name_the_key(tmp_path: Path) -> None:
+    err = error_of(tmp_path, '[router]\n[router.security]\ncurv = true\n')
+    assert err.path == "router.security.curv" and "unknown key" in err.reason
+    err = error_of(tmp_path, '[router]\n[router.security]\ngrant_commands = ["a b"]\n')
+    assert err.path == "router.security.grant_commands"
 
 
 def test_security_must_be_a_table(tmp_path: Path) -> None:
