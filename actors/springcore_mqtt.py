@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +118,8 @@ BROKER_SETTINGS: Final = (
     Setting("prefix", str, sj.DEFAULT_PREFIX, "topic prefix of the readers (register 028E)",
             check=check_prefix),
     Setting("qos", int, 1, "QoS of subscriptions and publishes", check=check_qos),
+    Setting("tls", dict, None, "TLS: a table with ca, cert, key file paths ({} = system "
+            "CAs)", check=check_tls),
 )
 
 
@@ -129,6 +133,17 @@ def reason_text(rc: ReasonCode | MQTTErrorCode | int) -> str:
     if isinstance(rc, ReasonCode):
         return rc.getName()
     return mqtt.error_string(rc)
+
+
+def connect_error_text(exc: BaseException | None) -> str:
+    """Why a connection attempt failed, as an operator needs it: a TLS failure says so (an
+    untrusted broker certificate reads "TLS handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED]
+    certificate verify failed: unable to get local issuer certificate ...")."""
+    if exc is None:
+        return "no reason given by paho"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc}"
+    return str(exc) or type(exc).__name__
 
 
 # --- paho's thread → the actor loop -------------------------------------------------------------
@@ -156,7 +171,7 @@ class MqttHandler(Protocol):
 
     def mqtt_connected(self, failed: bool, reason: str) -> None: ...
 
-    def mqtt_connect_failed(self) -> None: ...
+    def mqtt_connect_failed(self, reason: str) -> None: ...
 
     def mqtt_disconnected(self, reason: str) -> None: ...
 
@@ -203,7 +218,13 @@ class PahoBridge:
         client.on_subscribe = self._on_subscribe
 
     def start(self, host: str, port: int, keepalive: int) -> None:
-        """Connect in paho's thread, which retries until it works (never blocks the loop)."""
+        """Connect in paho's thread, which retries until it works (never blocks the loop);
+        over TLS when the actor's ``tls`` setting is a table (paho checks the broker's
+        certificate and its name, `host`, against ``ca`` or the system CAs)."""
+        tls = self.actor.config.get("tls")
+        if tls is not None:
+            self.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
+                                keyfile=tls.get("key"))
         self.client.connect_async(host, port, keepalive)
         self.client.loop_start()
 
@@ -264,7 +285,10 @@ class PahoBridge:
         self._handover(self.handler.mqtt_connected, rc.is_failure, reason_text(rc))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._handover(self.handler.mqtt_connect_failed)
+        # paho calls this from inside its ``except OSError`` around the connect attempt and
+        # passes no error: the exception being handled is the only account of why (a refused
+        # port, an unreachable host, a TLS certificate the broker or we did not accept).
+        self._handover(self.handler.mqtt_connect_failed, connect_error_text(sys.exc_info()[1]))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
                        props: Any) -> None:
@@ -307,8 +331,6 @@ class SpringCoreMqttActor(Actor):
     reconnect: ClassVar[bool] = False  # paho reconnects by itself
     settings = (
         *BROKER_SETTINGS,
-        Setting("tls", dict, None, "TLS: a table with ca, cert, key file paths ({} = system "
-                "CAs)", check=check_tls),
         Setting("username", str, "", "broker user name ('' = anonymous)"),
         Setting("password", str, "", "broker password (never logged)"),
         Setting("client_id", str, "", "MQTT client id ('' = sctl-<name>)"),
@@ -344,10 +366,6 @@ class SpringCoreMqttActor(Actor):
                                            self.address)
         if cfg["username"]:
             bridge.client.username_pw_set(cfg["username"], cfg["password"] or None)
-        tls = cfg["tls"]
-        if tls is not None:
-            bridge.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
-                                  keyfile=tls.get("key"))
         bridge.start(cfg["broker"], broker_port(cfg), cfg["keepalive"])
 
     def on_stop(self) -> None:
@@ -385,8 +403,8 @@ class SpringCoreMqttActor(Actor):
         self.link_up(f"connected to broker {self.address}, subscribed to "
                      f"{self.config['prefix']}/{self._devices_text()}")
 
-    def mqtt_connect_failed(self) -> None:
-        self._went_down(f"cannot connect to broker {self.address}")
+    def mqtt_connect_failed(self, reason: str) -> None:
+        self._went_down(f"cannot connect to broker {self.address}: {reason}")
 
     def mqtt_disconnected(self, reason: str) -> None:
         if self.state != STOPPING:

@@ -9,7 +9,8 @@ On every (re)connect a reader subscribes to its ``{prefix}/{id}/rdr/cmd``, publi
 STATUS ``online,ready``; STATUS is repeated every `status_interval` seconds with its Uptime, and
 ``offline`` is sent when the simulator stops cleanly. META, STATUS and the Last Will are retained
 (`retain`, the device's register 0289 default), so a host that subscribes later learns each
-reader's state at once.
+reader's state at once. With ``tls = {ca, cert, key}`` the readers connect over TLS with that
+client certificate, as the actor does (same setting, same checks).
 
 Commands (through the bus like any actor):
 
@@ -103,9 +104,9 @@ class VirtualReader:
         self.publish_status("online,ready")
         self.sim.reader_changed(f"reader {self.device} connected", False)
 
-    def mqtt_connect_failed(self) -> None:
+    def mqtt_connect_failed(self, reason: str) -> None:
         self.sim.reader_changed(f"reader {self.device} cannot connect to broker "
-                                f"{self.sim.address}", True)
+                                f"{self.sim.address}: {reason}", True)
 
     def mqtt_disconnected(self, reason: str) -> None:
         self.connected = False
