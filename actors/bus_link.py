@@ -482,7 +482,9 @@ class BusLinkActor(Actor):
         """The TcpClient failed to connect, or the connection failed or was closed by the
         peer: the running transaction fails now (never a spin), the link goes down."""
         txn = self._current
-        connecting = self._client is not None and not self._client.connected
+        # the stream marks itself unconnected before it reports any close, so only the
+        # transaction knows whether this was its own connect failing or an established link
+        connecting = txn is not None and txn.dialing
         failed = txn is not None and (txn.dialing or txn.sent or self._rx.read is not None)
         self._client = None
         self._drop(reason)

@@ -1,0 +1,567 @@
+"""Fault injection at every link, with real processes: ``sctl router``, the device simulators
+and the actors of each TCP type, plus hostile peers from `tests.support.hostile`.
+
+Device side. Each TCP actor (springcore-tcp ``reader``, bus-link ``bus1``, spec-client
+``spec1``) reaches its real simulator through a `FaultProxy`, which injects one fault per test:
+connection refused, a reset in the middle of a frame, a silent (half-open as seen from the
+actor) peer, slowloris (one byte at a time), 10 MB of garbage and valid frames at far more than
+the device's rate. For each one the test checks that
+
+- the actor process stays up, and says what happened: the link state and its reason on
+  ``evt.<name>.link``, or an error reply naming the cause to the command caught in the fault;
+- recovery is automatic: once the proxy passes traffic again, the next tag or command works,
+  without anyone restarting anything;
+- memory stays bounded: VmRSS of the actor after the fault and the recovery is at most
+  `RSS_BOUND` above its value before (the 10 MB of garbage must not be kept).
+
+A 104 master vanishing (RST) right after sending a command leaves the iec104-server up, the
+command's outcome published, and the next master's command confirmed.
+
+Bus side: the actors start before the router (nothing they publish is lost), and the router is
+killed with ``kill -9`` and restarted while tags flow (nothing lost either); a stalled
+subscriber catches up on everything without slowing the actor.
+
+Covered elsewhere, not repeated here: MQTT broker restart
+(test_springcore_mqtt::test_broker_killed_and_restarted_actor_recovers), SPEC server killed in
+the middle of a reply (test_spec::test_sim_killed_mid_reply_fails_fast_then_watches_come_back),
+outbox overflow with its alarm and counter (test_bus::test_outbox_overflow_is_counted_and_alarmed:
+an actor's outbox holds 100 000 envelopes and has no setting to shrink it, so overflowing it
+through an actor would take minutes), eviction before a slow subscriber caught up
+(test_bus::test_subscriber_loss_to_eviction_is_counted_and_alarmed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from actors.protocols.spec import Cmd, Message, encode_message
+from actors.protocols.spec_types import encode_value
+from actors.protocols.springcore import encode_tag_line
+from broker.bus import Bus
+from broker.config import load_site
+from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
+from tests.support.hostile import FaultProxy, Raw104Master
+
+pytestmark = pytest.mark.timeout(90)
+
+MiB: Final = 1 << 20
+RSS_BOUND: Final = 32 * MiB  # VmRSS growth allowed across one fault and its recovery
+GARBAGE: Final = 10 * MiB
+IDN: Final = "SCTL,INSTRUMENT-SIM,0,1.0"
+CA: Final = 47
+
+SITE: Final = """
+[actors.door]
+type = "sim-springcore-tcp"
+port = {door}
+rate = 2.0
+tag = "0D0D0D0D"
+heartbeat_interval = 0.5
+
+[actors.reader]
+type = "springcore-tcp"
+host = "127.0.0.1"
+port = {reader_proxy}
+idle_timeout = 3.0
+heartbeat_interval = 0.5
+backoff_min = 0.1
+backoff_max = 0.5
+connect_timeout = 3.0
+
+[actors.inst]
+type = "sim-instrument"
+port = {inst}
+heartbeat_interval = 0.5
+
+[actors.bus1]
+type = "bus-link"
+host = "127.0.0.1"
+port = {bus1_proxy}
+timeout = 3.0
+max_buffer = 65536
+heartbeat_interval = 0.5
+backoff_min = 0.1
+backoff_max = 0.5
+connect_timeout = 3.0
+
+[actors.specsim]
+type = "sim-spec-server"
+port = {spec}
+specname = "faults"
+heartbeat_interval = 0.5
+
+[actors.spec1]
+type = "spec-client"
+host = "127.0.0.1"
+port = {spec1_proxy}
+watch = ["motor/m0/position"]
+timeout = 3.0
+hello_timeout = 2.0
+heartbeat_interval = 0.5
+backoff_min = 0.1
+backoff_max = 0.5
+connect_timeout = 3.0
+
+[actors.scada]
+type = "iec104-server"
+ip = "127.0.0.1"
+port = {scada}
+common_address = 47
+allow = ["127.0.0.1"]
+command_timeout = 3.0
+heartbeat_interval = 0.5
+poll_connections = 0.2
+
+[[actors.scada.command]]
+ioa = 2000
+type = "C_SC_NA_1"
+actor = "inst"
+command = "clear"
+"""
+
+
+def rss(pid: int) -> int:
+    """Resident set size of a process, bytes (VmRSS in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class Stack:
+    """The processes of the module, the proxies in front of the devices, and a Bus client
+    that records every ``evt.`` delivery in order."""
+
+    def __init__(self, tmp: Path) -> None:
+        door, inst, spec, scada = free_ports(4)
+        self.proxies = {"reader": FaultProxy(door), "bus1": FaultProxy(inst),
+                        "spec1": FaultProxy(spec)}
+        self.scada_port = scada
+        self.tmp = tmp
+        self.site = write_site(tmp, SITE.format(
+            door=door, inst=inst, spec=spec, scada=scada,
+            **{f"{name}_proxy": p.port for name, p in self.proxies.items()}))
+        self.procs: dict[str, Proc] = {}
+        self.bus = Bus(load_site(self.site).router, "fault-tester")
+        self.bus.subscribe("evt.", since=0)  # the actors may be up before the bus is
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def spawn(self, name: str, *args: str) -> Proc:
+        proc = Proc(sctl_cmd("-c", str(self.site), *args), self.tmp / f"{name}.log").start()
+        self.procs[name] = proc
+        return proc
+
+    def pid(self, name: str) -> int:
+        popen = self.procs[name].popen
+        assert popen is not None and popen.poll() is None, \
+            f"{name} exited ({None if popen is None else popen.returncode}):\n" \
+            f"{self.procs[name].output()[-3000:]}"
+        return popen.pid
+
+    def poll(self, seconds: float) -> None:
+        self.seen += [(d.topic, d.envelope.data) for d in self.bus.poll(seconds)]
+
+    def until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        """Record deliveries until `done()`; fail the test after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+            self.poll(0.1)
+
+    def events(self, topic: str, after: int = 0) -> list[dict[str, Any]]:
+        return [data for t, data in self.seen[after:] if t == topic]
+
+    def wait(self, topic: str, pred: Callable[[dict[str, Any]], bool] = lambda d: True,
+             after: int = 0, timeout: float = 20.0, what: str = "") -> dict[str, Any]:
+        """The first `topic` event from index `after` on that satisfies `pred`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for data in self.events(topic, after):
+                if pred(data):
+                    return data
+            left = deadline - time.monotonic()
+            assert left > 0, (f"no {topic} ({what}) in {timeout} s; saw "
+                              f"{[(t, d) for t, d in self.seen[after:]][-15:]}")
+            self.poll(min(left, 0.2))
+
+    def link(self, name: str, state: str, after: int,
+             reason: Callable[[str], bool] = lambda r: True,
+             timeout: float = 20.0) -> dict[str, Any]:
+        return self.wait(f"evt.{name}.link",
+                         lambda d: d["state"] == state and reason(str(d.get("reason"))),
+                         after, timeout, f"{name} link {state}")
+
+    def request(self, actor: str, command: str, *argv: str, timeout: float = 15.0,
+                **args: Any) -> dict[str, Any]:
+        with_stash = self.bus.request(actor, command, args, timeout=timeout, argv=list(argv))
+        self.poll(0)  # deliveries stashed during the request
+        data: dict[str, Any] = with_stash.data
+        return data
+
+    def ok(self, actor: str, command: str, *argv: str, **args: Any) -> Any:
+        reply = self.request(actor, command, *argv, **args)
+        assert reply["status"] == "ok", reply
+        return reply["result"]
+
+    def close(self) -> None:
+        self.bus.close()
+        for proc in reversed(self.procs.values()):
+            proc.stop()
+        for proxy in self.proxies.values():
+            proxy.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("faults"))
+    s.spawn("router", "router")
+    for sim, kind in (("door", "springcore-tcp"), ("inst", "instrument"),
+                      ("specsim", "spec-server")):
+        s.spawn(sim, "sim", kind, "--name", sim)
+    for actor in ("reader", "bus1", "spec1", "scada"):
+        s.spawn(actor, "actor", actor)
+    try:
+        assert s.bus.connect(wait=20.0), "router did not come up"
+        for actor in ("reader", "bus1", "spec1"):
+            s.link(actor, "up", 0, timeout=30.0)
+        yield s
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------- per actor type
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to drive one actor type: a round trip that proves the link works (`probe`), and
+    one exchange that makes the device send a frame (`provoke`: the reply to it)."""
+
+    actor: str
+    probe: Callable[[Stack], None]
+    provoke: Callable[[Stack], dict[str, Any]]
+
+
+_tags = iter(range(0x100000, 0x1FFFFF))
+
+
+def _present(s: Stack) -> dict[str, Any]:
+    return s.request("door", "present", f"{next(_tags):08X}")
+
+
+def _probe_reader(s: Stack) -> None:
+    mark = len(s.seen)
+    sent = s.ok("door", "present", tag := f"{next(_tags):08X}")
+    got = s.wait("evt.reader.tag", lambda d: d["tag_id"] == tag, mark, what=tag)
+    assert got["raw"] == sent["sent"].rstrip("\r\n")
+
+
+def _idn(s: Stack) -> dict[str, Any]:
+    return s.request("bus1", "wrnrd_until", "*IDN?\\n", "\\n")
+
+
+def _probe_bus1(s: Stack) -> None:
+    reply = _idn(s)
+    assert reply.get("result") == IDN, reply
+
+
+def _answer(s: Stack) -> dict[str, Any]:
+    return s.request("spec1", "cmd", "2*21")
+
+
+def _probe_spec1(s: Stack) -> None:
+    reply = _answer(s)
+    assert reply.get("result") == 42, reply
+
+
+KINDS: Final = {
+    "reader": Kind("reader", _probe_reader, _present),
+    "bus1": Kind("bus1", _probe_bus1, _idn),
+    "spec1": Kind("spec1", _probe_spec1, _answer),
+}
+
+
+# --------------------------------------------------------------------------- the faults
+
+
+def refused(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
+    proxy.refuse()
+    down = s.link(k.actor, "down", mark, lambda r: "refused" in r.lower())
+    proxy.accept_again()
+    s.link(k.actor, "up", mark)
+    return str(down["reason"])
+
+
+def reset_mid_frame(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
+    proxy.arm_reset()
+    reply = k.provoke(s)
+    down = s.link(k.actor, "down", mark)
+    assert proxy.reset_done
+    if k.actor == "reader":  # the half line is reported, not published as a tag
+        rejected = s.wait("evt.reader.rejected", after=mark)
+        assert "in the middle of a line" in rejected["reason"], rejected
+    else:  # the command caught in the reset fails at once, naming the connection
+        assert reply["status"] == "error", reply
+        assert any(w in reply["error"] for w in ("reset", "lost", "closed")), reply
+        assert "Error connecting" not in reply["error"], "an established link is not a connect"
+    s.link(k.actor, "up", mark)
+    return f"{down['reason']} / {reply.get('error') or 'rejected half line'}"
+
+
+def silent(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
+    proxy.mode = "silent"
+    try:
+        if k.actor == "reader":  # a silent reader is noticed by idle_timeout (badges at 2/s)
+            what = str(s.link(k.actor, "down", mark, lambda r: "idle_timeout" in r)["reason"])
+        else:
+            started = time.monotonic()
+            reply = k.provoke(s)
+            took = time.monotonic() - started
+            assert reply["status"] == "error", reply
+            assert took < 12, f"the command caught by a silent peer took {took:.1f} s to fail"
+            what = str(reply["error"])
+    finally:
+        proxy.mode = "pass"
+    if k.actor == "reader":
+        s.link(k.actor, "up", mark)
+    return what
+
+
+def slowloris(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
+    proxy.byte_delay = 0.005
+    proxy.mode = "slow"
+    try:
+        started = time.monotonic()
+        k.probe(s)  # a device that dribbles bytes is slow, not broken
+        took = time.monotonic() - started
+    finally:
+        proxy.mode = "pass"
+    downs = [d for d in s.events(f"evt.{k.actor}.link", mark) if d["state"] != "up"]
+    assert not downs, f"the link went down on a slow but valid device: {downs}"
+    return f"round trip {took:.2f} s, link stayed up"
+
+
+def garbage(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
+    """10 MB of random bytes (newlines included, so a line-based reader sees many bad lines):
+    counted and reported or the connection dropped, never a crash or an unbounded buffer."""
+    proxy.inject(random.Random(11).randbytes(GARBAGE))
+    wait_for(lambda: proxy.queued_to_actor() == 0, 60, "garbage delivered or connection dropped")
+    if k.actor == "reader":  # the reader keeps reading: each bad line is a rejected event
+        s.wait("evt.reader.rejected", after=mark)
+        return f"{len(s.events('evt.reader.rejected', mark))} rejected lines so far"
+    down = s.link(k.actor, "down", mark)
+    s.link(k.actor, "up", mark)
+    return str(down["reason"])
+
+
+def flood(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
+    """Valid frames far faster than the device makes them; every one delivered once."""
+    n, rate = 1000, 200.0  # a door reader badges a few times a minute; bursts of 20/s at most
+    if k.actor == "bus1":  # an instrument only answers: 10x the polls, all queued at once
+        reqs = [s.bus.start_request("bus1", "wrnrd_until", {}, timeout=30.0,
+                                    argv=[f"ECHO {i}\\n", "\\n"]) for i in range(200)]
+        s.until(lambda: all(r.done for r in reqs), 40, "200 replies")
+        got = [r.reply.data.get("result") if r.reply else r.error for r in reqs]
+        assert got == [str(i) for i in range(200)], got[:10]
+        return "200 concurrent commands answered in order"
+    if k.actor == "reader":
+        frames = [encode_tag_line(f"{0xF00000 + i:06X}") for i in range(n)]
+        key, topic = "tag_id", "evt.reader.tag"
+        want = [f"{0xF00000 + i:06X}" for i in range(n)]
+    else:
+        frames = [encode_message(Message(cmd=Cmd.SV_EVENT, name="motor/m0/position",
+                                         data=encode_value(1000 + i)[1])) for i in range(n)]
+        key, topic = "value", "evt.spec1.chan"
+        want = [str(1000 + i) for i in range(n)]
+    start = time.monotonic()
+    for i in range(0, n, 20):
+        proxy.inject(b"".join(frames[i:i + 20]))
+        time.sleep(max(0.0, start + (i + 20) / rate - time.monotonic()))
+
+    def values() -> list[str]:
+        return [str(d[key]) for d in s.events(topic, mark) if str(d[key]) in want]
+    s.until(lambda: len(values()) >= n, 60, f"{n} frames delivered")
+    s.poll(0.5)
+    assert values() == want, "lost, duplicated or reordered frames"
+    return f"{n} frames at {rate:g}/s delivered once, in order"
+
+
+FAULTS: Final = {f.__name__: f for f in (refused, reset_mid_frame, silent, slowloris, garbage,
+                                         flood)}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("actor", KINDS)
+def test_device_fault_is_reported_and_recovered(stack: Stack, actor: str, fault: str) -> None:
+    kind, proxy = KINDS[actor], stack.proxies[actor]
+    stack.poll(0)
+    s_link = stack.events(f"evt.{actor}.link")
+    if not s_link or s_link[-1]["state"] != "up":
+        stack.link(actor, "up", len(stack.seen) - 1, timeout=30)  # earlier case left it down
+    pid = stack.pid(actor)
+    before = rss(pid)
+    mark = len(stack.seen)
+    what = FAULTS[fault](stack, kind, proxy, mark)
+    assert proxy.mode == "pass"
+    if fault != "slowloris":
+        kind.probe(stack)  # the next round trip works, nobody restarted anything
+    assert stack.pid(actor) == pid, f"{actor} was restarted"
+    after = rss(pid)
+    links = [(d["state"], d.get("reason")) for d in stack.events(f"evt.{actor}.link", mark)]
+    print(f"{actor} {fault}: {what}; links {links}; RSS {before / MiB:.1f} -> "
+          f"{after / MiB:.1f} MiB")
+    assert after - before <= RSS_BOUND, f"RSS grew {(after - before) / MiB:.1f} MiB"
+
+
+def test_104_master_vanishing_mid_command(stack: Stack) -> None:
+    """A master sends a command and resets the connection before the confirmation: the
+    server stays up, the command's outcome is published, the next master is confirmed."""
+    stack.wait("evt.scada.link", lambda d: d["state"] == "up", timeout=30)
+    pid = stack.pid("scada")
+    before = rss(pid)
+    mark = len(stack.seen)
+    for _ in range(5):
+        master = Raw104Master(stack.scada_port)
+        master.start()
+        master.single_command(CA, 2000, True)
+        master.vanish()
+    stack.until(lambda: len(stack.events("evt.scada.command", mark)) >= 5, 30,
+                "5 command outcomes")
+    outcomes = stack.events("evt.scada.command", mark)
+    print("outcomes of vanished masters' commands:", [d["outcome"] for d in outcomes])
+    assert {d["outcome"] for d in outcomes} <= {"confirmed", "negative"}, outcomes
+    master = Raw104Master(stack.scada_port)
+    try:
+        master.start()
+        master.single_command(CA, 2000, True)
+        assert master.wait_act_con(45, 2000), "the next master's command was refused"
+    finally:
+        master.close()
+    assert stack.pid("scada") == pid
+    assert rss(pid) - before <= RSS_BOUND
+
+
+# --------------------------------------------------------------------------- bus side
+
+
+def test_router_late_then_killed_no_tag_lost(tmp_path: Path) -> None:
+    """The simulator and the reader start before the router (their outboxes hold what they
+    publish), then the router is killed with -9 and restarted on its journal file while tags
+    flow at 20/s: every tag the simulator sent arrives exactly once."""
+    (port,) = free_ports(1)
+    site = write_site(tmp_path, f"""
+[actors.door]
+type = "sim-springcore-tcp"
+port = {port}
+rate = 20.0
+tag = "0A0B0C0D"
+heartbeat_interval = 0.5
+[actors.reader]
+type = "springcore-tcp"
+host = "127.0.0.1"
+port = {port}
+heartbeat_interval = 0.5
+backoff_min = 0.1
+backoff_max = 0.5
+""", router_extra=f'journal_path = "{tmp_path / "journal.bin"}"')
+    procs: list[Proc] = []
+
+    def spawn(name: str, *args: str) -> Proc:
+        procs.append(Proc(sctl_cmd("-c", str(site), *args), tmp_path / f"{name}.log").start())
+        return procs[-1]
+
+    bus = Bus(load_site(site).router, "late-router-tester")
+    bus.subscribe("evt.door.sent", since=0)
+    bus.subscribe("evt.reader.tag", since=0)
+    seen: dict[str, list[tuple[int, str]]] = {"evt.door.sent": [], "evt.reader.tag": []}
+    try:
+        spawn("door", "sim", "springcore-tcp", "--name", "door")
+        reader = spawn("reader", "actor", "reader")
+        time.sleep(3.0)  # both run without a router: tags flow into the reader's outbox
+        router = spawn("router", "router")
+        assert bus.connect(wait=20.0), "router did not come up"
+
+        def pump(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                for d in bus.poll(min(left, 0.2)):
+                    seen[d.topic].append((d.envelope.epoch, d.envelope.data["line"]
+                                          if d.topic == "evt.door.sent" else
+                                          d.envelope.data["raw"]))
+        pump(3.0)
+        assert seen["evt.reader.tag"], "no tag from before the router came"
+        before = rss(reader.popen.pid)  # type: ignore[union-attr]
+        after = before
+        router.kill(signal.SIGKILL)
+        time.sleep(1.0)
+        spawn("router2", "router")
+        pump(4.0)
+        after = rss(reader.popen.pid)  # type: ignore[union-attr]
+        stop_at = len(seen["evt.door.sent"])
+        assert procs[0].stop() == 0  # the simulator: no more tags
+        deadline = time.monotonic() + 30
+        while len(seen["evt.reader.tag"]) < stop_at and time.monotonic() < deadline:
+            pump(0.2)
+        pump(1.0)
+    finally:
+        bus.close()
+        for p in reversed(procs):
+            p.stop()
+    sent, tags = seen["evt.door.sent"], seen["evt.reader.tag"]
+    print(f"sent {len(sent)}, delivered {len(tags)}; reader RSS {before / MiB:.1f} -> "
+          f"{after / MiB:.1f} MiB across the router's kill")
+    assert len(sent) >= 60
+    assert [line.rstrip("\r\n") for _, line in sent] == [raw for _, raw in tags], \
+        "tags lost, duplicated or reordered"
+    assert after - before <= RSS_BOUND
+
+
+def test_stalled_subscriber_catches_up_and_does_not_slow_the_actor(stack: Stack) -> None:
+    """``sctl sub`` frozen with SIGSTOP while 3 000 tags flood in (far past the router's
+    per-subscriber queue, so ZeroMQ drops for it): the reader and other subscribers go on at
+    full pace, and once resumed the frozen one prints every tag, in order, once."""
+    n = 3000
+    stack.link("reader", "up", 0)
+    sub = subprocess.Popen(sctl_cmd("-c", str(stack.site), "sub", "evt.reader.tag", "--json",
+                                    "--timeout", "80"),
+                           env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+    assert sub.stdout is not None
+    out = sub.stdout
+    got: list[str] = []
+    try:
+        first = f"{next(_tags):08X}"
+        wait_for(lambda: stack.request("door", "present", first)["status"] == "ok"
+                 and bool(select.select([out], [], [], 0.5)[0]), 20, "sub running")
+        marker = json.loads(out.readline())["envelope"]["data"]["tag_id"]
+        os.kill(sub.pid, signal.SIGSTOP)
+        mark = len(stack.seen)
+        want = [f"{0xE00000 + i:06X}" for i in range(n)]
+        stack.proxies["reader"].inject(b"".join(encode_tag_line(t) for t in want))
+        started = time.monotonic()
+        stack.until(lambda: len([d for d in stack.events("evt.reader.tag", mark)
+                                 if d["tag_id"] in want]) >= n, 60, "the flood delivered")
+        took = time.monotonic() - started
+        os.kill(sub.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while want[-1] not in got and time.monotonic() < deadline:
+            if select.select([out], [], [], 0.5)[0]:
+                got.append(json.loads(out.readline())["envelope"]["data"]["tag_id"])
+    finally:
+        os.kill(sub.pid, signal.SIGCONT)
+        sub.kill()
+        sub.wait(10)
+    print(f"{n} tags to the live subscriber in {took:.2f} s while the other was stopped")
+    assert marker == first
+    assert [t for t in got if t in want] == want, "the stalled subscriber lost or reordered tags"
