@@ -39,6 +39,8 @@ from typing import Any, Final
 
 import pytest
 
+from broker.config import load_site
+from broker.supervise import render
 from broker.watchdog import supervisor_proxy
 from tests.conftest import ROOT, sctl_cmd, subprocess_env, wait_for
 from tests.system.conftest import BIN
@@ -333,3 +335,24 @@ def run_checks(hosts: Hosts, procs: Procs, feed: Feed, site: Path, rpc: Any) -> 
     gseqs = [m["gseq"] for m in feed.lines()]
     assert gseqs == sorted(set(gseqs)), "the operator's feed is out of order or repeated"
     assert rpc.getProcessInfo("reader1")["pid"] == reader_pid, "reader1 was restarted"
+
+
+EXAMPLE: Final = ROOT / "deploy" / "examples" / "multihost" / "site.toml"
+
+
+def programs_on(host: str) -> list[str]:
+    text = render(load_site(EXAMPLE), EXAMPLE.parent / f"{host}.conf", host)
+    return [line[len("[program:"):-1] for line in text.splitlines()
+            if line.startswith("[program:")]
+
+
+@pytest.mark.timeout(60)
+def test_multihost_example_places_each_program_on_its_host() -> None:
+    """The documented example loads and renders per host (no namespaces needed)."""
+    site = load_site(EXAMPLE)
+    assert sorted(site.hosts()) == ["control", "doors"]
+    assert site.router.ingress.startswith("tcp://10.10.1.1:")  # reachable, not loopback
+    assert programs_on("control") == ["router", "watchdog"]
+    assert programs_on("doors") == ["watchdog", "mqttreaders", "reader1", "reader2"]
+    heartbeat = 1.0  # the default heartbeat_interval of the example's actors
+    assert site.supervision().hung_after * heartbeat > CUT  # rides out the test's outage
