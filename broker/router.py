@@ -503,7 +503,8 @@ class Router:
     def _refused_handshake(self, report: dict[str, Any]) -> None:
         """A peer that could not connect: logged with its address, reported (rate-limited)."""
         self._denials.handshakes += 1
-        suppressed = self._denials.report(f"peer:{report['peer']}", time.monotonic())
+        host = str(report["peer"]).rsplit(":", 1)[0]  # a reconnecting peer changes port
+        suppressed = self._denials.report(f"peer:{host}", time.monotonic())
         if suppressed is None:
             return
         details = ", ".join(f"{k} {v}" for k, v in report.items() if k != "peer")

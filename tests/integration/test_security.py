@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import zmq
 
-from broker import envelope, security
+from broker import delivery, envelope, security
 from broker.bus import Bus, client_name
 from broker.config import SiteConfig, load_site
-from broker.errors import RequestTimeout
+from broker.errors import BusError, RequestTimeout
 from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
 from tests.support.echo import EchoServer
 
@@ -173,6 +173,9 @@ def test_no_key_and_revoked_key_get_neither_feed_nor_publish(secure: Secure) -> 
         secure.operator.publish("evt.tester.ping", "event", {"n": 1})
         assert secure.operator.flush(10.0)
         assert not raw.poll(1500), "a keyless SUB received the feed"
+        with pytest.raises(BusError, match="did not answer"):  # nor the query socket
+            delivery.query(zmq.Context.instance(), plain_router.connect_url("query"),
+                           {"op": "state"}, 1.0)
     finally:
         keyless.close()
         raw.close()
