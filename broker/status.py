@@ -30,11 +30,12 @@ def site_status(site: SiteConfig, timeout: float = 2.0) -> dict[str, Any]:
                               "supervisor": str(sup.socket), "supervisor_error": None,
                               "watchdog": None, "alarms": [], "programs": {}, "actors": {}}
     infos = _supervisor(sup.socket, report)
-    bus = Bus(site.router, client_name())
     beats: dict[str, Any] = {}
     last_events: dict[str, float] = {}
     watchdog_views: list[dict[str, Any]] = []
+    bus: Bus | None = None
     try:
+        bus = Bus(site.router, client_name())  # BusError: no key for this identity (CURVE)
         report["router"] = bus.state(timeout)
         beats = heartbeats(bus, timeout)
         last_events = _last_events(bus, list(site.actors), timeout)
@@ -42,7 +43,8 @@ def site_status(site: SiteConfig, timeout: float = 2.0) -> dict[str, Any]:
     except BusError as exc:
         report["router_error"] = str(exc)
     finally:
-        bus.close()
+        if bus is not None:
+            bus.close()
     if not watchdog_views:  # router down: what the watchdogs wrote to disk
         watchdog_views = [v for h in site.hosts() if (v := read_state(sup, h)) is not None]
     programs: dict[str, Any] = {}

@@ -10,9 +10,10 @@ supervisord's view (XML-RPC over the unix socket) with the actors' heartbeats on
   ``restart_delay_max``). Rendered actor programs have ``autorestart=false``, so these restarts
   are the only ones.
 - **hung** (RUNNING, but no heartbeat from that pid for ``hung_after`` heartbeat periods) →
-  killed with SIGKILL, which makes it dead (above). Judged only while the router is heard
-  (``sys.router.stats``): with the router down every actor looks silent, and killing them all
-  would only make things worse.
+  killed with SIGKILL, which makes it dead (above). Judged only when the bus was heard (router
+  stats, other heartbeats) *after* the heartbeat became overdue: with the router down, or this
+  host cut off from it, every actor looks silent, and killing them would lose what their
+  outboxes hold. After such an outage every actor's silence is counted afresh.
 - **intensity**: more than ``max_restarts`` restarts within ``restart_window`` → the program is
   left stopped, ``sys.alarm`` is published and ``sctl status`` shows the reason.
 - an operator's ``supervisorctl stop`` leaves the program STOPPED: not a failure, nothing
@@ -41,13 +42,13 @@ from typing import Any, Final
 from broker import topics
 from broker.bus import Bus
 from broker.config import SiteConfig, SupervisorConfig
-from broker.errors import EnvelopeError
+from broker.errors import BusError, EnvelopeError
 
 log = logging.getLogger(__name__)
 
 DEAD: Final = frozenset({"EXITED", "FATAL", "BACKOFF"})
 START_GRACE: Final = 5.0  # seconds a new process has to send its first heartbeat
-ROUTER_SILENT: Final = 3.0  # seconds without sys.router.stats before hung checks pause
+BUS_GAP: Final = 2.0  # seconds without any delivery that count as a bus outage
 PUBLISH_EVERY: Final = 1.0
 
 
@@ -148,20 +149,24 @@ class Watchdog:
             others.append("router")
         for name in others:
             self.programs[name] = Program(name, actor=False)
-        self.router_heard = 0.0
+        self.bus_heard = 0.0  # when anything last arrived from the router
         self.supervisor_error: str | None = None
         self._last_publish = 0.0
         self._changed = True
         bus.subscribe(topics.HEARTBEAT + ".", gapless=False)
-        bus.subscribe(topics.ROUTER_STATS, gapless=False)
+        bus.subscribe(topics.SYSTEM + ".", gapless=False)  # router stats, our own view's echo
 
     # --- inputs ---------------------------------------------------------------------------
 
     def on_deliveries(self, deliveries: Iterable[Any], now: float) -> None:
         for d in deliveries:
-            if d.topic == topics.ROUTER_STATS:
-                self.router_heard = now
-                continue
+            if self.bus_heard and now - self.bus_heard > BUS_GAP:
+                # the bus was out (router down, or this host cut off): heartbeats could not
+                # arrive either, so every actor starts afresh instead of looking hung now
+                for each in self.programs.values():
+                    if each.last_beat:
+                        each.last_beat = now
+            self.bus_heard = now
             prog = self.programs.get(d.topic.split(".", 1)[-1])
             if prog is None or not prog.actor:
                 continue
@@ -214,12 +219,14 @@ class Watchdog:
             self._restart_dead(prog, info, now)
 
     def _check_hung(self, prog: Program, info: dict[str, Any], now: float) -> None:
-        if now - self.router_heard > ROUTER_SILENT or prog.killed_pid == prog.pid:
+        if prog.killed_pid == prog.pid:
             return
         # a new process has START_GRACE for its first heartbeat; after that, its heartbeats
         since = prog.last_beat or prog.pid_seen + START_GRACE
-        silent = now - since
-        if silent > self.sup.hung_after * prog.beat_interval:
+        overdue_at = since + self.sup.hung_after * prog.beat_interval
+        # Hung only if the bus was heard after the heartbeat became overdue: a silent actor
+        # on a silent bus is a network or router outage, and killing it would lose its outbox.
+        if now > overdue_at and self.bus_heard > overdue_at:
             reason = (f"hung: pid {prog.pid} RUNNING but no heartbeat for "
                       f"{now - (prog.last_beat or prog.pid_seen):.1f} s")
             log.warning("%s %s; killing it for a restart", prog.name, reason)
@@ -306,10 +313,40 @@ def _exit_text(info: dict[str, Any]) -> str:
     return f"exit status {info.get('exitstatus')} ({info.get('description', '')})"
 
 
+class _NoBus:
+    """Stands in for the Bus when the watchdog cannot have one (no CURVE key for its identity):
+    dead actors are still restarted, but nothing is heard (so no hung checks) or published."""
+
+    def subscribe(self, prefix: str, **kw: Any) -> None:
+        pass
+
+    def publish(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+        log.warning("not on the bus, so not published on %s: %s", topic, data)
+
+    def connect(self, wait: float) -> bool:
+        return False
+
+    def poll(self, timeout: float) -> list[Any]:
+        time.sleep(timeout)
+        return []
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
 def run(site: SiteConfig, host: str | None, stop: Any) -> int:
     """Process body of ``sctl watchdog``: loop until `stop()` is true."""
     sup = site.supervision()
-    bus = Bus(site.router, f"watchdog-{host or 'local'}")
+    bus: Any
+    try:
+        bus = Bus(site.router, f"watchdog-{host or 'local'}")
+    except BusError as exc:
+        log.error("watchdog without the bus (%s): it restarts dead actors, but cannot see "
+                  "hung ones or publish alarms", exc)
+        bus = _NoBus()
     dog = Watchdog(site, host, supervisor_proxy(sup.socket), bus)
     bus.connect(wait=2.0)
     log.info("watchdog for %s: %d programs, supervisord at %s", host or "this host",

@@ -491,6 +491,9 @@ def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: fl
         env = bus.publish(topic, kind or _KIND_BY_PREFIX.get(head, "event"), payload)
         if not bus.flush(timeout):
             _fail(f"the router did not acknowledge {topic} within {timeout:g} s", EXIT_NO_REPLY)
+        if bus.counters.get("denied"):
+            _fail(f"the router refused {topic}: key {bus.identity!r} may not publish it "
+                  "(see sys.router.denied)", EXIT_ERROR_REPLY)
         click.echo(f"published {topic} id {env.id} seq {env.seq}")
     finally:
         bus.close()

@@ -216,19 +216,23 @@ def test_operator_stop_is_not_a_failure(site_path: Path) -> None:
     assert dog.programs["reader1"].total_restarts == 0
 
 
-def test_hung_actor_is_killed_only_while_the_router_is_heard(site_path: Path) -> None:
+def test_hung_actor_is_killed_only_while_the_bus_is_heard(site_path: Path) -> None:
     dog, sup, _ = make_dog(site_path)
     sup.set("reader1", "RUNNING", pid=42)
     dog.check(0.0)
     dog.on_deliveries([Beat("reader1", 42)], 6.0)
     for t in (6.5, 7.0, 8.0, 8.4):  # < hung_after (2.5) periods since the last beat
-        dog.router_heard = t
+        dog.on_deliveries([Beat("other", 1)], t)
         dog.check(t)
     assert sup.calls == []
-    dog.check(20.0)  # router not heard since 9.4: no judgement
+    dog.check(20.0)  # nothing heard since 8.4: a bus outage, not a hung actor
     assert sup.calls == []
-    dog.router_heard = 20.0
-    dog.check(20.0)
+    dog.on_deliveries([Beat("other", 1)], 20.0)  # the bus is back: silence counts afresh
+    dog.check(20.5)
+    assert sup.calls == []
+    for t in (21.0, 22.0, 22.6, 23.0):  # reader1 still silent while the bus is heard
+        dog.on_deliveries([Beat("other", 1)], t)
+        dog.check(t)
     assert sup.calls == [("signal KILL", "reader1")]
     assert "hung" in dog.programs["reader1"].last_reason
 
