@@ -48,7 +48,7 @@ import pytest
 
 from actors.protocols.spec import Cmd, Message, encode_message
 from actors.protocols.spec_types import encode_value
-from actors.protocols.springcore import encode_tag_line
+from actors.protocols.springcore import Rejected, ScrdrDecoder, encode_tag_line
 from broker.bus import Bus
 from broker.config import load_site
 from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
@@ -355,13 +355,21 @@ def slowloris(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
 
 
 def garbage(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
-    """10 MB of random bytes (newlines included, so a line-based reader sees many bad lines):
-    counted and reported or the connection dropped, never a crash or an unbounded buffer."""
-    proxy.inject(random.Random(11).randbytes(GARBAGE))
-    wait_for(lambda: proxy.queued_to_actor() == 0, 60, "garbage delivered or connection dropped")
-    if k.actor == "reader":  # the reader keeps reading: each bad line is a rejected event
-        s.wait("evt.reader.rejected", after=mark)
-        return f"{len(s.events('evt.reader.rejected', mark))} rejected lines so far"
+    """10 MB of random bytes: the reader reports every line of it, exactly as many as its own
+    decoder finds in those bytes (nothing dropped silently, nothing kept); the binary
+    protocols drop the connection (framing is lost) and reconnect."""
+    noise = random.Random(11).randbytes(GARBAGE) + b"\r\n"
+    proxy.inject(noise)
+    if k.actor == "reader":
+        decoder = ScrdrDecoder()
+        decoder.feed(noise)
+        want = sum(isinstance(e, Rejected) for e in decoder.events())
+        s.until(lambda: len(s.events("evt.reader.rejected", mark)) >= want, 80,
+                f"{want} rejected lines")
+        s.poll(0.5)
+        assert len(s.events("evt.reader.rejected", mark)) == want
+        return f"{want} garbage lines, each published as evt.reader.rejected"
+    wait_for(lambda: proxy.queued_to_actor() == 0, 60, "connection dropped")
     down = s.link(k.actor, "down", mark)
     s.link(k.actor, "up", mark)
     return str(down["reason"])
