@@ -59,6 +59,7 @@ pytestmark = pytest.mark.timeout(90)
 MiB: Final = 1 << 20
 RSS_BOUND: Final = 32 * MiB  # VmRSS growth allowed across one fault and its recovery
 GARBAGE: Final = 10 * MiB
+OUTBOX_RSS_BOUND: Final = 160 * MiB  # a full outbox: 100 000 envelopes, at most 64 MiB of bodies
 IDN: Final = "SCTL,INSTRUMENT-SIM,0,1.0"
 CA: Final = 47
 
@@ -535,6 +536,72 @@ backoff_max = 0.5
     assert [line.rstrip("\r\n") for _, line in sent] == [raw for _, raw in tags], \
         "tags lost, duplicated or reordered"
     assert after - before <= RSS_BOUND
+
+
+def test_garbage_while_the_router_is_down_overflows_the_outbox_loudly(tmp_path: Path) -> None:
+    """A reader spewing garbage while the router is down: every bad line is an event, so
+    120 000 short bad lines overflow the actor's outbox (100 000 envelopes). The oldest
+    envelopes are dropped, and once the router is back that is an
+    ``outbox_overflow`` on ``sys.alarm`` with the count, the same count in the heartbeat's
+    ``outbox_dropped``; the actor's memory stays within the outbox bound and the next tag works."""
+    door = free_ports(1)[0]
+    proxy = FaultProxy(door)
+    site = write_site(tmp_path, f"""
+[actors.door]
+type = "sim-springcore-tcp"
+port = {door}
+[actors.reader]
+type = "springcore-tcp"
+host = "127.0.0.1"
+port = {proxy.port}
+heartbeat_interval = 0.5
+""")
+    procs = [Proc(sctl_cmd("-c", str(site), *args), tmp_path / f"{name}.log").start()
+             for name, args in (("router", ["router"]),
+                                ("door", ["sim", "springcore-tcp", "--name", "door"]),
+                                ("reader", ["actor", "reader"]))]
+    router, reader = procs[0], procs[2]
+    assert reader.popen is not None
+    bus = Bus(load_site(site).router, "overflow-tester")
+    bus.subscribe("sys.alarm")
+    bus.subscribe("hb.reader", gapless=False)
+    bus.subscribe("evt.reader.tag")
+    try:
+        assert bus.connect(wait=20.0)
+        wait_for(lambda: proxy.connections() == 1, 30, "reader connected through the proxy")
+        before = rss(reader.popen.pid)
+        router.kill(signal.SIGKILL)
+        proxy.inject(b"".join(b"%d is not a tag\r\n" % i for i in range(120_000)))
+        log = tmp_path / "reader.log"
+        wait_for(lambda: log.read_bytes().count(b"outbox full") >= 1, 60, "the outbox full")
+        peak = rss(reader.popen.pid)
+        procs.append(Proc(sctl_cmd("-c", str(site), "router"),
+                          tmp_path / "router2.log").start())
+        got: list[tuple[str, dict[str, Any]]] = []
+
+        def seen(topic: str, pred: Callable[[dict[str, Any]], bool]) -> bool:
+            got.extend((d.topic, d.envelope.data) for d in bus.poll(0.1))
+            return any(t == topic and pred(d) for t, d in got)
+        wait_for(lambda: seen("sys.alarm", lambda d: d.get("alarm") == "outbox_overflow"
+                              and d.get("source") == "reader"), 60, "the overflow alarm")
+        alarm = next(d for t, d in got if t == "sys.alarm" and d.get("alarm") == "outbox_overflow")
+        wait_for(lambda: seen("hb.reader", lambda d: d["counters"].get("outbox_dropped", 0)
+                              == alarm["dropped_total"]), 30, "outbox_dropped in hb.reader")
+        tag = "0A0B0C0D0E"
+        wait_for(lambda: bus.request("door", "present", {"tag": tag}, timeout=10.0)
+                 .data["status"] == "ok", 60, "the simulator answering")
+        wait_for(lambda: seen("evt.reader.tag", lambda d: d["tag_id"] == tag), 60,
+                 "the next tag delivered")
+        after = rss(reader.popen.pid)
+    finally:
+        bus.close()
+        for p in reversed(procs):
+            p.stop()
+        proxy.close()
+    print(f"outbox overflow: {alarm}; reader RSS {before / MiB:.1f} -> peak {peak / MiB:.1f} "
+          f"-> {after / MiB:.1f} MiB")
+    assert alarm["dropped"] > 0
+    assert peak - before <= OUTBOX_RSS_BOUND
 
 
 def test_stalled_subscriber_catches_up_and_does_not_slow_the_actor(stack: Stack) -> None:
