@@ -49,7 +49,6 @@ class FaultProxy:
         self.target_port = target_port
         self.mode = "pass"  # pass | silent | slow
         self.byte_delay = 0.005
-        self.accepted = 0
         self._reset_armed = False
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
@@ -194,7 +193,6 @@ class FaultProxy:
         pair = _Pair(actor, device)
         with self._lock:
             self._pairs.append(pair)
-            self.accepted += 1
         self._sel.register(actor, selectors.EVENT_READ, pair)
         self._sel.register(device, selectors.EVENT_READ, pair)
 

@@ -276,7 +276,7 @@ def up_again_after(record: Record, reader: str, after: float) -> float:
 
 def _shape(error: str) -> str:
     """An error without its numbers, so that equal causes count together."""
-    return re.sub(r"\d+", "N", re.sub(r"tag \S+ ", "tag T ", error))[:90]
+    return re.sub(r"\b\d+\b", "N", re.sub(r"tag \S+ ", "tag T ", error))[:90]
 
 
 def replies(soak: Soak, sim: str) -> Counter[str]:
