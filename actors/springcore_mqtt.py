@@ -15,7 +15,10 @@ Threads: paho runs its own network thread (``loop_start``) and reconnects by its
 (so ``reconnect = False``: the base does not reopen the link). Every paho callback only hands its
 arguments to the actor loop with `call_soon_threadsafe` (`PahoBridge`); all state lives on the
 loop thread. Subscriptions are made again after every (re)connect; the link is reported up once
-the broker granted them.
+the broker granted them. The session is persistent by default (``persistent_session``): while
+the actor restarts, the broker keeps its subscriptions and queues the readers' QoS 1 events for
+it, so a ``kill -9`` and restart loses none (a broker restart without persistence still does:
+then a reader's event counter, where it has one, reports the gap).
 
 Commands (wink, accept, deny, seq, leds, buzz, raw; each with ``device=ID``) are published on
 ``{prefix}/{id}/rdr/cmd``, QoS `qos`, never retained (a retained command would replay at every
@@ -196,13 +199,13 @@ class PahoBridge:
     loop thread."""
 
     def __init__(self, actor: Actor, client_id: str, handler: MqttHandler,
-                 address: str) -> None:
+                 address: str, *, clean_session: bool = True) -> None:
         self.actor = actor
         self.handler = handler
         self.address = address
         self._pending: dict[int, _Pending] = {}
         self.client = client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                           clean_session=True)
+                                           clean_session=clean_session)
         client.enable_logger(PAHO_LOG)
         # A callback that raises would end paho's thread; ours only hand over, but be sure.
         client.suppress_exceptions = True
@@ -334,6 +337,10 @@ class SpringCoreMqttActor(Actor):
         Setting("username", str, "", "broker user name ('' = anonymous)"),
         Setting("password", str, "", "broker password (never logged)"),
         Setting("client_id", str, "", "MQTT client id ('' = sctl-<name>)"),
+        Setting("persistent_session", bool, True,
+                "keep the MQTT session at the broker while the actor is down (clean_session "
+                "false): reader events published meanwhile wait at the broker (QoS 1; "
+                "mosquitto bounds them with max_queued_messages) instead of being lost"),
         Setting("devices", (list, str), sj.ALL_DEVICES,
                 'reader ids to serve, or "+" for every reader on the broker',
                 check=check_devices),
@@ -363,7 +370,8 @@ class SpringCoreMqttActor(Actor):
             return
         cfg = self.config
         self._bridge = bridge = PahoBridge(self, cfg["client_id"] or f"sctl-{self.name}", self,
-                                           self.address)
+                                           self.address,
+                                           clean_session=not cfg["persistent_session"])
         if cfg["username"]:
             bridge.client.username_pw_set(cfg["username"], cfg["password"] or None)
         bridge.start(cfg["broker"], broker_port(cfg), cfg["keepalive"])
@@ -418,7 +426,10 @@ class SpringCoreMqttActor(Actor):
 
     def mqtt_message(self, topic: str, payload: bytes, retained: bool) -> None:
         parsed = sj.parse_topic(self.config["prefix"], topic)
-        if parsed is None or parsed.kind == sj.CMD_TOPIC:
+        devices = self.config["devices"]
+        # a persistent session may still hold the subscriptions of an earlier configuration
+        if parsed is None or parsed.kind == sj.CMD_TOPIC or (
+                devices != sj.ALL_DEVICES and parsed.device not in devices):
             log.debug("actor %s: ignoring message on %s", self.name, topic)
             return
         try:

@@ -56,6 +56,7 @@ from broker.bus import Bus
 from broker.config import load_site
 from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
 from tests.support.hostile import FaultProxy, Raw104Master
+from tests.support.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -607,6 +608,57 @@ heartbeat_interval = 0.5
           f"-> {after / MiB:.1f} MiB")
     assert alarm["dropped"] > 0
     assert peak - before <= OUTBOX_RSS_BOUND
+
+
+def test_mqtt_actor_killed_events_wait_at_the_broker(tmp_path: Path) -> None:
+    """springcore-mqtt killed with -9 while its reader publishes: the badges published while
+    it is dead wait in its persistent session at the broker and arrive after the restart, each
+    once (with a clean session they were lost without a trace)."""
+    with Mosquitto(tmp_path / "mqtt") as broker:
+        site = write_site(tmp_path, f"""
+[actors.mqttreaders]
+type = "springcore-mqtt"
+port = {broker.port}
+devices = ["DA1275B0"]
+heartbeat_interval = 0.5
+[actors.readers]
+type = "sim-springcore-mqtt"
+port = {broker.port}
+devices = ["DA1275B0"]
+""")
+        procs: list[Proc] = []
+
+        def spawn(name: str, *args: str) -> Proc:
+            procs.append(Proc(sctl_cmd("-c", str(site), *args), tmp_path / f"{name}.log")
+                         .start())
+            return procs[-1]
+        bus = Bus(load_site(site).router, "mqtt-kill-tester")
+        bus.subscribe("evt.mqttreaders.tag")
+        got: list[str] = []
+        try:
+            spawn("router", "router")
+            actor = spawn("actor", "actor", "mqttreaders")
+            spawn("sim", "sim", "springcore-mqtt", "--name", "readers")
+            assert bus.connect(wait=20.0)
+
+            def present(tag: str) -> bool:
+                reply = bus.request("readers", "present", {"tag": tag}, timeout=10.0)
+                got.extend(d.envelope.data["tag_id"] for d in bus.poll(0.05))
+                return bool(reply.data["status"] == "ok")
+            wait_for(lambda: present("0A0000") and "0A0000" in got, 30, "a first badge")
+            actor.kill(signal.SIGKILL)
+            during = [f"0B{i:04X}" for i in range(20)]
+            assert all(present(t) for t in during), "the broker did not take the badges"
+            spawn("actor2", "actor", "mqttreaders")
+            deadline = time.monotonic() + 30
+            while not set(during) <= set(got) and time.monotonic() < deadline:
+                got.extend(d.envelope.data["tag_id"] for d in bus.poll(0.2))
+            got.extend(d.envelope.data["tag_id"] for d in bus.poll(1.0))
+        finally:
+            bus.close()
+            for p in reversed(procs):
+                p.stop()
+    assert [t for t in got if t in during] == during, f"lost or repeated: {got}"
 
 
 def test_stalled_subscriber_catches_up_and_does_not_slow_the_actor(stack: Stack) -> None:
