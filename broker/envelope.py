@@ -24,6 +24,15 @@ Frames out of the router carry a 16-byte stamp as a third frame: big-endian
 message that is not journaled (acks, sync markers).
 
 `decode` raises only `EnvelopeError`, whatever the bytes.
+
+Hot path. A publisher builds and encodes one envelope per message, and `make` + `encode` used to
+cost ~8 us of it: full validation of fields the sender fixed once (src, epoch), a new msgpack
+`Packer` per `packb`, a `getrandom` syscall per id. `Encoder` is the fast path of one sender: it
+checks src/epoch once, per envelope only what varies (seq, kind, data), builds the `Envelope`
+without validating it a second time and packs it with a reused `Packer`. It produces exactly
+what `make(...).encode()` produces (the same bytes; the same `EnvelopeError` messages) and takes
+the general path for anything it does not cover (commands, replies, extra fields). `encode`
+reuses one `Packer` per thread, and ids come from a per-thread pool of `os.urandom` bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,11 +69,39 @@ _REQUIRED: Final = {
     "data": dict,
 }
 _OPTIONAL: Final = {"corr": str, "reply_to": str, "deadline": (int, float)}
+# Kinds whose envelopes carry no corr/reply_to/deadline: what `Encoder` builds itself.
+PLAIN_KINDS: Final = KINDS - {"command", "reply"}
+_ID_POOL_BYTES: Final = 16 * 256  # one getrandom call per 256 ids
+
+
+class _PerThread(threading.local):
+    """A `Packer` and an id pool for each thread (neither is safe to share)."""
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer(use_bin_type=True).pack
+        self.ids = b""
+        self.at = 0
+
+
+_local = _PerThread()
+
+
+def _forget_ids() -> None:
+    # A forked child must not hand out the ids its parent's pool will hand out too.
+    _local.ids = b""
+
+
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 def new_id() -> str:
-    """A 128-bit random id as 32 hex characters."""
-    return os.urandom(16).hex()
+    """A 128-bit random id (from os.urandom) as 32 hex characters."""
+    local = _local
+    at = local.at
+    if at >= len(local.ids):
+        local.ids, at = os.urandom(_ID_POOL_BYTES), 0
+    local.at = at + 16
+    return local.ids[at:at + 16].hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +141,9 @@ class Envelope:
         return m
 
     def encode(self) -> bytes:
+        """The msgpack body (the bytes of ``msgpack.packb(self.to_map(), use_bin_type=True)``)."""
         try:
-            return msgpack.packb(self.to_map(), use_bin_type=True)  # type: ignore[no-any-return]
+            return _local.pack(self.to_map())  # type: ignore[no-any-return]
         except (TypeError, ValueError, OverflowError) as exc:
             raise EnvelopeError(
                 f"data of {self.kind} {self.id} is not msgpack-native: {exc}") from exc
@@ -138,6 +177,50 @@ def make(
 def _pop(extra: dict[str, Any], key: str, default: Any) -> Any:
     value = extra.pop(key, None)
     return default() if value is None else value
+
+
+_set = object.__setattr__
+
+
+class Encoder:
+    """Builds and encodes the envelopes of one sender (src, epoch), for one thread.
+
+    `build` returns what ``e = make(src, epoch, seq, kind, data, **extra)`` and ``e.encode()``
+    return, or raises the same `EnvelopeError`; for a plain envelope (a kind of `PLAIN_KINDS`,
+    a dict `data`, no extra fields) it gets there in about half the time.
+    """
+
+    __slots__ = ("epoch", "src")
+
+    def __init__(self, src: str, epoch: int) -> None:
+        make(src, epoch, 0, "event")  # src and epoch are checked here, once
+        self.src = src
+        self.epoch = epoch
+
+    def build(self, seq: int, kind: str, data: dict[str, Any] | None,
+              **extra: Any) -> tuple[Envelope, bytes]:
+        if data is None:
+            data = {}
+        if extra or type(data) is not dict or kind not in PLAIN_KINDS:
+            general = make(self.src, self.epoch, seq, kind, data, **extra)
+            return general, general.encode()
+        if not 0 <= seq <= MAX_U63:
+            raise EnvelopeError(f"epoch {self.epoch} / seq {seq} out of range 0..2^63-1")
+        _check_data(data)
+        # What the dataclass __init__ does, without the second validation of __post_init__.
+        env: Envelope = object.__new__(Envelope)
+        _set(env, "id", new_id())
+        _set(env, "src", self.src)
+        _set(env, "epoch", self.epoch)
+        _set(env, "seq", seq)
+        _set(env, "ts", time.time())
+        _set(env, "kind", kind)
+        _set(env, "data", data)
+        _set(env, "corr", None)
+        _set(env, "reply_to", None)
+        _set(env, "deadline", None)
+        _set(env, "v", VERSION)
+        return env, env.encode()
 
 
 def _refuse_ext(code: int, payload: bytes) -> Any:
@@ -227,12 +310,17 @@ def _validate(env: Envelope) -> None:
         raise EnvelopeError("ts is not a finite number")
     if env.kind not in KINDS:
         raise EnvelopeError(f"kind {env.kind!r} is not one of {sorted(KINDS)}")
-    if not all(isinstance(k, str) for k in env.data):
-        raise EnvelopeError("data keys must be strings")
-    if not _check_plain(env.data, 0):
+    _check_data(env.data)
+    _validate_kind_fields(env)
+
+
+def _check_data(data: dict[str, Any]) -> None:
+    for k in data:  # a loop, not all(): per-publish hot path
+        if not isinstance(k, str):
+            raise EnvelopeError("data keys must be strings")
+    if not _check_plain(data, 0):
         raise EnvelopeError(f"data holds a timestamp/datetime or nests deeper than {MAX_DEPTH} "
                             "levels")
-    _validate_kind_fields(env)
 
 
 def _validate_kind_fields(env: Envelope) -> None:

@@ -56,6 +56,7 @@ class Publisher:
         self.last_progress = time.monotonic()  # the resend timer runs from here
         self._counters = counters  # the Bus's
         self._flush = flush
+        self._encoder = envmod.Encoder(name, epoch)
         self._rules: dict[bytes, ingress.TopicRule] = {}
         self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
         self._ack_waiters: dict[int, list[Callable[[bool], object]]] = {}
@@ -70,8 +71,7 @@ class Publisher:
         if kind != need and (need is not None or kind == "command"):
             raise EnvelopeError(f"kind {kind!r} may not be published on {topic} "
                                 f"(expects {need or 'anything but command'})")
-        env = envmod.make(self.name, self.epoch, self.seq + 1, kind, data, **extra)
-        body = env.encode()
+        env, body = self._encoder.build(self.seq + 1, kind, data, **extra)
         if len(body) > self.max_message_bytes:
             raise EnvelopeError(f"{topic}: envelope of {len(body)} bytes is over the router's "
                                 f"max_message_bytes ({self.max_message_bytes})")

@@ -1,0 +1,141 @@
+"""The fast paths of the bus hot loop give exactly what the general paths give.
+
+Every fast path here was added for speed (issue 10) and must not change behaviour or the wire
+format: `envelope.Encoder` against ``make(...).encode()`` (same bytes, same errors), the pooled
+`envelope.new_id`, the per-thread `Packer` of `Envelope.encode`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker import envelope
+from broker.envelope import Encoder, Envelope, make
+from broker.errors import EnvelopeError
+
+U63 = 2**63 - 1
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+scalars = (st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats()
+           | st.text(max_size=8) | st.binary(max_size=8))
+# Also what an envelope must refuse: datetimes, objects msgpack cannot pack, non-str keys.
+odd = st.sampled_from([datetime.datetime(2026, 1, 1), object(), {1, 2}, 2**70])
+values = st.recursive(
+    scalars | odd,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=4) | st.integers(0, 3), inner, max_size=3),
+    max_leaves=10,
+)
+datas = st.none() | st.dictionaries(st.text(max_size=6) | st.integers(0, 3), values, max_size=4)
+
+
+def deep(levels: int) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for _ in range(levels):
+        data = {"d": data}
+    return data
+
+
+def outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call()
+    except EnvelopeError as exc:
+        return "error", HEX_ID.sub("<id>", str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from([*sorted(envelope.KINDS), "bogus"]),
+       seq=st.integers(-1, 2**64), data=datas)
+def test_encoder_builds_what_make_and_encode_build(kind: str, seq: int, data: Any) -> None:
+    encoder = Encoder("reader1", 7)
+    got = outcome(lambda: encoder.build(seq, kind, data))
+    if got[0] == "ok":
+        env, body = got[1]
+        assert HEX_ID.fullmatch(env.id)
+        again = make("reader1", 7, seq, kind, data, id=env.id, ts=env.ts)
+        assert env == again
+        assert body == again.encode() == msgpack.packb(env.to_map(), use_bin_type=True)
+        assert envelope.decode(body) == env
+    else:
+        assert outcome(lambda: make("reader1", 7, seq, kind, data).encode()) == got
+
+
+@pytest.mark.parametrize("data", [deep(envelope.MAX_DEPTH), deep(envelope.MAX_DEPTH + 1),
+                                  {"t": [datetime.datetime(2026, 1, 1)]}, {1: "x"},
+                                  {"x": 2**64}, {"x": object()}])
+def test_encoder_limits_are_those_of_make(data: dict[Any, Any]) -> None:
+    fast = outcome(lambda: Encoder("a", 1).build(1, "event", data)[1])
+    general = outcome(lambda: make("a", 1, 1, "event", data).encode())
+    assert fast[0] == general[0]
+    if fast[0] == "error":
+        assert fast == general
+
+
+def test_encoder_takes_the_general_path_for_commands_replies_and_extra_fields() -> None:
+    encoder = Encoder("reader1", 7)
+    cmd, body = encoder.build(3, "command", {"command": "wink"}, reply_to="rep.sctl-x",
+                              deadline=5.0)
+    assert (cmd.kind, cmd.reply_to, cmd.deadline) == ("command", "rep.sctl-x", 5.0)
+    assert envelope.decode(body) == cmd
+    rep, _ = encoder.build(4, "reply", {"status": "ok"}, corr="abc")
+    assert rep.corr == "abc"
+    with pytest.raises(EnvelopeError, match="a reply needs corr"):
+        encoder.build(5, "reply", {})
+    mine, _ = encoder.build(6, "event", {}, id="given-id", ts=12.5)
+    assert (mine.id, mine.ts) == ("given-id", 12.5)
+
+
+def test_encoder_refuses_a_bad_sender_once_at_creation() -> None:
+    with pytest.raises(EnvelopeError, match="src"):
+        Encoder("not a name", 1)
+    with pytest.raises(EnvelopeError, match="out of range"):
+        Encoder("a", -1)
+
+
+def test_envelopes_from_the_encoder_stay_frozen() -> None:
+    env, _ = Encoder("a", 1).build(1, "event", {"x": 1})
+    with pytest.raises(AttributeError):
+        env.seq = 2  # type: ignore[misc]
+
+
+def test_a_failed_encode_leaves_the_reused_packer_clean() -> None:
+    encoder = Encoder("a", 1)
+    with pytest.raises(EnvelopeError, match="not msgpack-native"):
+        encoder.build(1, "event", {"x": 2**64})
+    with pytest.raises(EnvelopeError, match="not msgpack-native"):
+        Envelope(id="m", src="a", epoch=1, seq=1, ts=1.0, kind="event",
+                 data={"x": object()}).encode()
+    env, body = encoder.build(2, "event", {"x": 1})
+    assert envelope.decode(body) == env
+
+
+def test_new_ids_are_distinct_hex_across_pool_refills() -> None:
+    ids = [envelope.new_id() for _ in range(3 * 256 + 5)]
+    assert len(set(ids)) == len(ids)
+    assert all(HEX_ID.fullmatch(i) for i in ids)
+
+
+def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
+    envelope.new_id()  # the pool is filled: a child that kept it would repeat what follows
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, "".join(envelope.new_id() for _ in range(8)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        child = fh.read().decode()
+    os.waitpid(pid, 0)
+    parent = [envelope.new_id() for _ in range(8)]
+    assert len(child) == 8 * 32
+    assert not {child[i:i + 32] for i in range(0, len(child), 32)} & set(parent)
