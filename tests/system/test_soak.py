@@ -18,9 +18,11 @@ every 0.2 s. At the end, every badge each simulator produced (``evt.<sim>.sent``
   the reader actor (``evt.reader1.rejected``: a line cut by a disconnect; ``evt.mqttreaders.lost``
   + ``sys.alarm``: a jump in the reader's event counter);
 - in flight when its reader actor was killed: sent between 1 s before a ``kill -9`` of that
-  actor and its link being up again. The bytes were in the dead process (or, for MQTT with a
-  clean session, for nobody at the broker); what reports it is the watchdog's restart
-  (``sys.watchdog``) and ``evt.<reader>.link``, not a per-badge event. Counted separately.
+  actor and its link being up again, and gone with the process (bytes in its socket, or
+  received and not yet acknowledged by the router). What reports it is the watchdog's restart
+  (``sys.watchdog``) and ``evt.<reader>.link``, not a per-badge event. Counted separately;
+  MQTT badges published while the actor is dead wait in its persistent session, so this is
+  only the moment of the kill.
 
 Anything else (unaccounted or delivered twice) fails the test. No process may grow: each
 program's VmRSS at the end is at most `RSS_GROWTH` above its first sample when the pid is the
@@ -63,8 +65,8 @@ IN_FLIGHT_BEFORE: Final = 1.0  # seconds before a reader's kill -9 that a badge 
 READERS: Final = {"door": "reader1", "mqtt-sim": "mqttreaders"}
 IN_FLIGHT: Final = {  # the fate of a badge caught by its reader actor's kill -9, and why
     "door": "written to reader1's socket around its kill -9 (watchdog restart reported)",
-    "mqtt-sim": "published while mqttreaders was dead (clean session: the broker kept "
-                "nothing for it; watchdog restart reported)"}
+    "mqtt-sim": "in mqttreaders at its kill -9 (acknowledged to the broker, not yet "
+                "journaled; watchdog restart reported)"}
 ACTORS: Final = ("reader1", "mqttreaders", "spec1", "psu1", "scada")
 SIMS: Final = ("door", "mqtt-sim", "spec-sim", "psu-sim", "scada-sim")
 DEVICE: Final = "DA1275B0"
