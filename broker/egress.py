@@ -38,6 +38,7 @@ from broker.stream import Stream
 log = logging.getLogger(__name__)
 
 REPLAY_TIMEOUT: Final = 5.0  # re-ask after this; a late answer is still used
+WANTS_CACHE: Final = 4096  # topics whose subscription match is remembered
 
 
 class Egress:
@@ -53,6 +54,8 @@ class Egress:
         self._counters = counters  # the Bus's
         self._requests = requests
         self._subs: dict[str, bool] = {}  # prefix -> gapless
+        self._gapless = False  # any(self._subs.values()), kept current by `subscribe`
+        self._wanted: dict[str, bool] = {}  # topic -> wants(topic), reset by `subscribe`
         self._stream: Stream[Delivery] = Stream()
         self.on_lost: Callable[[dict[str, Any]], object] | None = None  # the Bus's sys.alarm
         self._origin: int | None = None  # router epoch that started the gseq numbering
@@ -66,14 +69,21 @@ class Egress:
 
     @property
     def gapless(self) -> bool:
-        return any(self._subs.values())
+        return self._gapless
 
     @property
     def prefixes(self) -> list[str]:
         return list(self._subs)
 
     def wants(self, topic: str) -> bool:
-        return any(topics.matches(topic, p) for p in self._subs)
+        """Whether a subscription matches `topic`; decided once per topic (per-message path)."""
+        wanted = self._wanted.get(topic)
+        if wanted is None:
+            wanted = any(topics.matches(topic, p) for p in self._subs)
+            if len(self._wanted) >= WANTS_CACHE:
+                self._wanted.clear()
+            self._wanted[topic] = wanted
+        return wanted
 
     def subscribe(self, prefix: str, gapless: bool, since: int | None, live: bool) -> bool:
         """Add `prefix` (checked by the caller). True if the Bus, connected and synced (`live`),
@@ -81,6 +91,8 @@ class Egress:
         answer reports, taken when the probe reaches the router."""
         was_gapless = self.gapless
         self._subs[prefix] = self._subs.get(prefix, False) or gapless
+        self._gapless = was_gapless or gapless
+        self._wanted.clear()
         if since is not None:
             self._pending_start = since if self._pending_start is None \
                 else min(self._pending_start, since)
@@ -110,7 +122,8 @@ class Egress:
     # ---------------------------------------------------------------- live feed
 
     def on_live(self, d: Delivery, out: list[Delivery], synced: bool) -> None:
-        if not self.gapless:
+        if not self._gapless or self._stream.take_next(d):
+            # best effort, or the next gseq in order: no gap, no counter changed, no replay
             self._route(d, out)
             return
         if self._stream.expected is None and (not synced or self.awaiting_start):

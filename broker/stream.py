@@ -64,6 +64,17 @@ class Stream(Generic[T]):
         if router_epoch is not None:
             self.router_epoch, self.origin = router_epoch, origin
 
+    def take_next(self, item: T) -> bool:
+        """The in-order fast path of `on_live`: True, and `item` taken, when it is the next gseq
+        of the current router epoch and nothing is held or unverified: `on_live` would return
+        ``[item]`` and change no counter, and `wanted` stays None, so the caller has no replay
+        to ask for. False: nothing done, call `on_live`."""
+        if item.gseq == self.expected and item.router_epoch == self.router_epoch \
+                and not self._held and not self._unverified:
+            self.expected += 1
+            return True
+        return False
+
     def on_live(self, item: T) -> list[T]:
         g = item.gseq
         if self.router_epoch is None or self.expected is None:

@@ -2,7 +2,8 @@
 
 Every fast path here was added for speed (issue 10) and must not change behaviour or the wire
 format: `envelope.Encoder` against ``make(...).encode()`` (same bytes, same errors), the pooled
-`envelope.new_id`, the per-thread `Packer` of `Envelope.encode`.
+`envelope.new_id`, the per-thread `Packer` of `Envelope.encode`, `Stream.take_next` against
+`Stream.on_live`, and `Egress`'s cached subscription matches.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+from collections import defaultdict
 from typing import Any
 
 import msgpack
@@ -18,8 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker import envelope
+from broker.delivery import Delivery
+from broker.egress import Egress
 from broker.envelope import Encoder, Envelope, make
 from broker.errors import EnvelopeError
+from broker.requests import Requests
+from broker.stream import Stream
 
 U63 = 2**63 - 1
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -139,3 +145,69 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
     parent = [envelope.new_id() for _ in range(8)]
     assert len(child) == 8 * 32
     assert not {child[i:i + 32] for i in range(0, len(child), 32)} & set(parent)
+
+
+# --- gap-free egress: the in-order fast path --------------------------------------------------
+
+
+def stream_state(s: Stream[Delivery]) -> tuple[Any, ...]:
+    return (s.expected, s.router_epoch, s.origin, s.held, s.duplicates, s.gaps, s.filled,
+            s.lost, s.resets, s.held_dropped, s.wanted())
+
+
+# (router epoch, gseq): now and then a second epoch (a router restart), which holds everything
+# of it unverified until a replay answer
+lives = st.lists(st.tuples(st.integers(1, 12).map(lambda e: 2 if e == 12 else 1),
+                           st.integers(1, 12)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.none() | st.integers(1, 4), feed=lives, replay_at=st.integers(0, 40))
+def test_take_next_then_on_live_equals_on_live(start: int | None, feed: list[tuple[int, int]],
+                                               replay_at: int) -> None:
+    """Live items (epoch 1 or 2, gseqs with gaps, duplicates, reordering) and one replay
+    answer: feeding them through `take_next` first changes nothing that `on_live` decides."""
+    plain: Stream[Delivery] = Stream(max_held=5)
+    fast: Stream[Delivery] = Stream(max_held=5)
+    if start is not None:
+        plain.start_at(start, 1, 1)
+        fast.start_at(start, 1, 1)
+    for i, (epoch, gseq) in enumerate(feed):
+        if i == replay_at:
+            items = [Delivery("evt.a", b"", 1, g) for g in range(1, 6)]
+            assert plain.on_replay(items, 6, 0, 1, 1, 1) == fast.on_replay(items, 6, 0, 1, 1, 1)
+        d = Delivery("evt.a", b"", epoch, gseq)
+        want = plain.on_live(d)
+        got = [d] if fast.take_next(d) else fast.on_live(d)
+        assert [x.gseq for x in got] == [x.gseq for x in want]
+        assert stream_state(fast) == stream_state(plain)
+
+
+def make_egress() -> tuple[Egress, dict[str, int]]:
+    counters: dict[str, int] = defaultdict(int)
+    requests = Requests("me", "rep.me", lambda *a, **k: None, counters)
+    return Egress("me", "rep.me", counters, requests), counters
+
+
+def test_wants_follows_new_subscriptions_after_caching_a_miss() -> None:
+    egress, _ = make_egress()
+    egress.subscribe("evt.a", False, None, False)
+    assert (egress.wants("evt.a.x"), egress.wants("evt.b.x"), egress.gapless) == (
+        True, False, False)
+    egress.subscribe("evt.b", True, None, False)
+    assert (egress.wants("evt.b.x"), egress.gapless) == (True, True)
+    egress.subscribe("evt.a", False, None, False)  # a best-effort one does not undo gapless
+    assert egress.gapless
+
+
+def test_in_order_live_deliveries_keep_counters_and_route_by_topic() -> None:
+    egress, counters = make_egress()
+    egress.subscribe("evt.a", True, None, False)
+    egress.on_synced({"head": 9, "origin": 1}, 1)
+    out: list[Delivery] = []
+    for g, topic in ((10, "evt.a.x"), (11, "evt.b.x"), (12, "evt.a.y")):
+        egress.on_live(Delivery(topic, b"", 1, g), out, True)
+    assert [d.gseq for d in out] == [10, 12]
+    assert counters["delivered"] == 2
+    egress.on_live(Delivery("evt.a.z", b"", 1, 14), out, True)  # a gap: the slow path counts it
+    assert counters["gaps"] == 1 and len(out) == 2
