@@ -33,6 +33,8 @@ without validating it a second time and packs it with a reused `Packer`. It prod
 what `make(...).encode()` produces (the same bytes; the same `EnvelopeError` messages) and takes
 the general path for anything it does not cover (commands, replies, extra fields). `encode`
 reuses one `Packer` per thread, and ids come from a per-thread pool of `os.urandom` bytes.
+`decode` checks the common map (the eight required keys, exact types) in one pass and validates
+the envelope once, not twice; every other map takes the general path.
 """
 
 from __future__ import annotations
@@ -207,20 +209,27 @@ class Encoder:
         if not 0 <= seq <= MAX_U63:
             raise EnvelopeError(f"epoch {self.epoch} / seq {seq} out of range 0..2^63-1")
         _check_data(data)
-        # What the dataclass __init__ does, without the second validation of __post_init__.
-        env: Envelope = object.__new__(Envelope)
-        _set(env, "id", new_id())
-        _set(env, "src", self.src)
-        _set(env, "epoch", self.epoch)
-        _set(env, "seq", seq)
-        _set(env, "ts", time.time())
-        _set(env, "kind", kind)
-        _set(env, "data", data)
-        _set(env, "corr", None)
-        _set(env, "reply_to", None)
-        _set(env, "deadline", None)
-        _set(env, "v", VERSION)
+        env = _unchecked(new_id(), self.src, self.epoch, seq, time.time(), kind, data, VERSION)
         return env, env.encode()
+
+
+def _unchecked(id_: str, src: str, epoch: int, seq: int, ts: float, kind: str,
+               data: dict[str, Any], v: int) -> Envelope:
+    """A plain Envelope (no corr, reply_to, deadline) built the way the dataclass __init__
+    builds it, minus `_validate`: for callers that validate the fields themselves."""
+    env: Envelope = object.__new__(Envelope)
+    _set(env, "id", id_)
+    _set(env, "src", src)
+    _set(env, "epoch", epoch)
+    _set(env, "seq", seq)
+    _set(env, "ts", ts)
+    _set(env, "kind", kind)
+    _set(env, "data", data)
+    _set(env, "corr", None)
+    _set(env, "reply_to", None)
+    _set(env, "deadline", None)
+    _set(env, "v", v)
+    return env
 
 
 def _refuse_ext(code: int, payload: bytes) -> Any:
@@ -240,6 +249,10 @@ def decode(raw: bytes) -> Envelope:
         raise EnvelopeError(f"not valid msgpack ({type(exc).__name__}: {exc})", raw) from None
     if not isinstance(obj, dict):
         raise EnvelopeError(f"body is a msgpack {type(obj).__name__}, not a map", raw)
+    if obj.keys() == _REQUIRED.keys():
+        plain = _decode_plain(obj, raw)
+        if plain is not None:
+            return plain
     for key, typ in _REQUIRED.items():
         if key not in obj:
             raise EnvelopeError(f"missing key {key!r}", raw)
@@ -266,6 +279,25 @@ def decode(raw: bytes) -> Envelope:
         )
     except EnvelopeError as exc:
         raise EnvelopeError(str(exc), raw) from None
+
+
+def _decode_plain(obj: dict[str, Any], raw: bytes) -> Envelope | None:
+    """`decode`'s fast path for the common map: exactly the required keys, each of the exact
+    type `_check_type` wants (so no bool, no subclass). The same checks as the general path
+    in one pass; None sends anything else down the general path."""
+    v, id_, src, epoch, seq = obj["v"], obj["id"], obj["src"], obj["epoch"], obj["seq"]
+    ts, kind, data = obj["ts"], obj["kind"], obj["data"]
+    if (type(v) is not int or type(id_) is not str or type(src) is not str
+            or type(epoch) is not int or type(seq) is not int
+            or (type(ts) is not float and type(ts) is not int)
+            or type(kind) is not str or type(data) is not dict):
+        return None
+    env = _unchecked(id_, src, epoch, seq, float(ts), kind, data, v)
+    try:
+        _validate(env)
+    except EnvelopeError as exc:
+        raise EnvelopeError(str(exc), raw) from None
+    return env
 
 
 _SCALARS: Final = frozenset({str, int, float, bytes, bool, type(None)})

@@ -2,7 +2,8 @@
 
 Every fast path here was added for speed (issue 10) and must not change behaviour or the wire
 format: `envelope.Encoder` against ``make(...).encode()`` (same bytes, same errors), the pooled
-`envelope.new_id`, the per-thread `Packer` of `Envelope.encode`, `Stream.take_next` against
+`envelope.new_id`, the per-thread `Packer` of `Envelope.encode`, `decode`'s one-pass check of
+the common map against its general path, `Stream.take_next` against
 `Stream.on_live`, and `Egress`'s cached subscription matches.
 """
 
@@ -26,6 +27,7 @@ from broker.envelope import Encoder, Envelope, make
 from broker.errors import EnvelopeError
 from broker.requests import Requests
 from broker.stream import Stream
+from tests.unit.test_envelope import maps
 
 U63 = 2**63 - 1
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -69,7 +71,7 @@ def test_encoder_builds_what_make_and_encode_build(kind: str, seq: int, data: An
         again = make("reader1", 7, seq, kind, data, id=env.id, ts=env.ts)
         assert env == again
         assert body == again.encode() == msgpack.packb(env.to_map(), use_bin_type=True)
-        assert envelope.decode(body) == env
+        assert envelope.decode(body).encode() == body  # bytes: data may hold a NaN
     else:
         assert outcome(lambda: make("reader1", 7, seq, kind, data).encode()) == got
 
@@ -145,6 +147,48 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
     parent = [envelope.new_id() for _ in range(8)]
     assert len(child) == 8 * 32
     assert not {child[i:i + 32] for i in range(0, len(child), 32)} & set(parent)
+
+
+def general_decode(raw: bytes) -> Envelope:
+    """`envelope.decode` with its fast path switched off."""
+    fast = envelope._decode_plain
+    envelope._decode_plain = lambda obj, raw: None
+    try:
+        return envelope.decode(raw)
+    finally:
+        envelope._decode_plain = fast
+
+
+def decode_outcome(decoder: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", decoder(raw)
+    except EnvelopeError as exc:
+        return "error", (str(exc), exc.args[1:])
+
+
+@settings(max_examples=400, deadline=None)
+@given(m=maps | st.fixed_dictionaries({  # the eight keys, exact types, values near the limits
+    "v": st.sampled_from([1, 2]), "id": st.sampled_from(["", "m1", "x" * 129]),
+    "src": st.sampled_from(["a", "router", "bad name"]), "epoch": st.integers(-1, 2**64 - 1),
+    "seq": st.integers(-1, 2**64 - 1), "ts": st.floats() | st.integers(-5, 5),
+    "kind": st.sampled_from([*sorted(envelope.KINDS), "x"]),
+    "data": st.dictionaries(st.text(max_size=3) | st.integers(0, 2), st.integers(), max_size=2)}))
+def test_decode_fast_path_decides_like_the_general_path(m: dict[Any, Any]) -> None:
+    try:
+        raw = msgpack.packb(m, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return
+    assert decode_outcome(envelope.decode, raw) == decode_outcome(general_decode, raw)
+
+
+def test_decode_fast_path_refuses_bools_and_keeps_int_ts() -> None:
+    good = make("a", 1, 1, "event", {}).to_map()
+    for key in ("v", "epoch", "seq", "ts"):
+        raw = msgpack.packb({**good, key: True}, use_bin_type=True)
+        with pytest.raises(EnvelopeError, match=f"key '{key}' has type bool"):
+            envelope.decode(raw)
+    env = envelope.decode(msgpack.packb({**good, "ts": 5}, use_bin_type=True))
+    assert type(env.ts) is float and env.ts == 5.0
 
 
 # --- gap-free egress: the in-order fast path --------------------------------------------------
