@@ -63,6 +63,7 @@ from broker.config import (
 )
 from broker.envelope import Envelope
 from broker.errors import ConfigError, EnvelopeError
+from broker.outbox import DEFAULT_MAX_MESSAGES
 
 __all__ = ["Actor", "CommandError", "Deferred", "Param", "Setting", "command"]
 
@@ -90,6 +91,9 @@ BASE_SETTINGS: Final = (
     Setting("reply_cache_size", int, 1000,
             "finished command ids remembered to answer retries without re-running",
             check=positive),
+    Setting("outbox_max_messages", int, DEFAULT_MAX_MESSAGES,
+            "envelopes kept for the router while it is unreachable; beyond, the oldest are "
+            "dropped (counted in outbox_dropped, one sys.alarm per episode)", check=positive),
     Setting("recover_horizon", float, 600.0,
             "seconds of the router journal searched at start for this actor's command "
             "records, so a retried command never runs twice across a restart (0 = off)",
@@ -300,7 +304,8 @@ class Actor:
     def _setup(self) -> None:
         self._loop.thread_id = threading.get_ident()
         # With CURVE an actor (simulators too) acts as its own key: NAME.key_secret.
-        self._bus = bus = Bus(self.router, self.name, context=self._context, identity=self.name)
+        self._bus = bus = Bus(self.router, self.name, context=self._context, identity=self.name,
+                              outbox_max_messages=self.config["outbox_max_messages"])
         bus.subscribe(self._cmd_topic, gapless=False)
         self._loop.pollables = bus.pollables
         self._loop.next_deadline = bus.next_deadline

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -351,7 +352,7 @@ class Bus:
         for s, flags in self.pollables():
             poller.register(s, flags)
         wait = max(0.0, min(time.monotonic() + timeout, self.next_deadline()) - time.monotonic())
-        return self.handle(dict(poller.poll(int(wait * 1000))))
+        return self.handle(dict(poller.poll(math.ceil(wait * 1000))))
 
     def next_deadline(self) -> float:
         """Monotonic time by which `tick()` must run again."""

@@ -63,7 +63,7 @@ pytestmark = pytest.mark.timeout(90)
 MiB: Final = 1 << 20
 RSS_BOUND: Final = 32 * MiB  # VmRSS growth allowed across one fault and its recovery
 GARBAGE: Final = 10 * MiB
-OUTBOX_RSS_BOUND: Final = 160 * MiB  # a full outbox: 100 000 envelopes, at most 64 MiB of bodies
+OUTBOX_RSS_BOUND: Final = 32 * MiB  # a full outbox of 5 000 small envelopes, with room to spare
 IDN: Final = "SCTL,INSTRUMENT-SIM,0,1.0"
 CA: Final = 47
 
@@ -546,7 +546,7 @@ backoff_max = 0.5
 
 def test_garbage_while_the_router_is_down_overflows_the_outbox_loudly(tmp_path: Path) -> None:
     """A reader spewing garbage while the router is down: every bad line is an event, so
-    120 000 short bad lines overflow the actor's outbox (100 000 envelopes). The oldest
+    8 000 short bad lines overflow the actor's outbox (set to 5 000 envelopes). The oldest
     envelopes are dropped, and once the router is back that is an
     ``outbox_overflow`` on ``sys.alarm`` with the count, the same count in the heartbeat's
     ``outbox_dropped``; the actor's memory stays within the outbox bound and the next tag works."""
@@ -561,6 +561,7 @@ type = "springcore-tcp"
 host = "127.0.0.1"
 port = {proxy.port}
 heartbeat_interval = 0.5
+outbox_max_messages = 5000
 """)
     procs = [Proc(sctl_cmd("-c", str(site), *args), tmp_path / f"{name}.log").start()
              for name, args in (("router", ["router"]),
@@ -577,7 +578,7 @@ heartbeat_interval = 0.5
         wait_for(lambda: proxy.connections() == 1, 30, "reader connected through the proxy")
         before = rss(reader.popen.pid)
         router.kill(signal.SIGKILL)
-        proxy.inject(b"".join(b"%d is not a tag\r\n" % i for i in range(120_000)))
+        proxy.inject(b"".join(b"%d is not a tag\r\n" % i for i in range(8_000)))
         log = tmp_path / "reader.log"
         wait_for(lambda: log.read_bytes().count(b"outbox full") >= 1, 60, "the outbox full")
         peak = rss(reader.popen.pid)
