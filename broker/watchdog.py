@@ -166,6 +166,8 @@ class Watchdog:
                 for each in self.programs.values():
                     if each.last_beat:
                         each.last_beat = now
+                    else:  # not heard from yet: its start-up grace starts over too
+                        each.pid_seen = max(each.pid_seen, now)
             self.bus_heard = now
             prog = self.programs.get(d.topic.split(".", 1)[-1])
             if prog is None or not prog.actor:

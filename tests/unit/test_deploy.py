@@ -237,6 +237,25 @@ def test_hung_actor_is_killed_only_while_the_bus_is_heard(site_path: Path) -> No
     assert "hung" in dog.programs["reader1"].last_reason
 
 
+def test_an_outage_before_the_first_heartbeat_is_not_a_hang(site_path: Path) -> None:
+    """The bus went away before this actor's first heartbeat reached the watchdog: when it
+    comes back, the actor gets its start-up grace again instead of being killed at once."""
+    dog, sup, _ = make_dog(site_path)
+    sup.set("reader1", "RUNNING", pid=42)
+    dog.on_deliveries([Beat("other", 1)], 0.5)
+    dog.check(1.0)  # pid 42 seen; no heartbeat from it yet
+    for t in (1.5, 2.0, 12.0):  # the bus is silent from 0.5 to 12.0 (a cut)
+        dog.check(t)
+    dog.on_deliveries([Beat("other", 1)], 12.0)
+    for t in (12.5, 13.0, 14.0, 15.0):
+        dog.on_deliveries([Beat("other", 1)], t)
+        dog.check(t)
+    assert sup.calls == []
+    dog.on_deliveries([Beat("reader1", 42)], 15.5)
+    dog.check(16.0)
+    assert sup.calls == []
+
+
 def test_supervisord_down_is_reported_not_fatal(site_path: Path) -> None:
     dog, sup, _ = make_dog(site_path)
 
