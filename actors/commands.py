@@ -30,7 +30,7 @@ from actors.params import (
     parse_call,
 )
 from broker.envelope import Envelope
-from broker.errors import EnvelopeError
+from broker.errors import EnvelopeError, LocalProtocolError
 
 __all__ = ["CommandError", "CommandSpec", "Deferred", "Dispatcher", "Outcome", "Param",
            "ReplyCache", "bind", "collect", "command", "convert", "parse_call"]
@@ -239,7 +239,9 @@ class Dispatcher:
         self.current = env
         try:
             result = getattr(self.target, spec.attr)(**kwargs)
-        except CommandError as exc:
+        except (CommandError, LocalProtocolError) as exc:
+            # LocalProtocolError: a codec refused the values it was asked to encode, and says
+            # why in operator terms (hex width, length): an error reply, not an internal error
             result = Outcome("error", None, str(exc))
         except Exception as exc:
             log.exception("command %s (id %s from %s) failed", spec.name, env.id, env.src)

@@ -549,13 +549,6 @@ class SpringCoreMqttActor(Actor):
         fmt = self.config["command_format"]
         return self._send(device, lambda: sj.encode_command(fmt, fields), fmt)
 
-    @staticmethod
-    def _field(make: Callable[[Any], Field], value: Any) -> Field:
-        try:
-            return make(value)
-        except LocalProtocolError as exc:
-            raise CommandError(str(exc)) from None
-
     DEVICE: ClassVar[Param] = Param("device", str, "",
                                     "reader id (required when several readers are served)")
 
@@ -574,17 +567,17 @@ class SpringCoreMqttActor(Actor):
     @command("seq", Param("code", str, doc="UI sequence code, one byte in HEX (60, 0E)"),
              DEVICE, doc="play a UI sequence by its hex code")
     def seq(self, code: str, device: str) -> Deferred:
-        return self._fields(device, self._field(springcore.seq_command, code))
+        return self._fields(device, springcore.seq_command(code))
 
     @command("leds", Param("hex8", str, doc="4 bytes in hex, one per LED (92929292)"), DEVICE,
              doc="set the 4 LEDs directly")
     def leds(self, hex8: str, device: str) -> Deferred:
-        return self._fields(device, self._field(springcore.leds_command, hex8))
+        return self._fields(device, springcore.leds_command(hex8))
 
     @command("buzz", Param("ms", int, doc="beep duration, milliseconds (0-65535)"), DEVICE,
              doc="beep")
     def buzz(self, ms: int, device: str) -> Deferred:
-        return self._fields(device, self._field(springcore.buzz_command, ms))
+        return self._fields(device, springcore.buzz_command(ms))
 
     @command("raw", Param("fields", str, doc="a JSON object, or $SCCMD fields SEQ=60;BUZZ=0064"),
              DEVICE, doc="send a raw command (JSON or $SCCMD, whatever command_format)")

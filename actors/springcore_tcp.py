@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from actors.base import Actor, CommandError, Param, Setting, command
@@ -213,13 +212,6 @@ class SpringCoreTcpActor(Actor):
         log.info("reader %s: sent %r", self.address, line)
         return {"sent": line.decode("ascii"), "to": self.address}
 
-    @staticmethod
-    def _field(make: Callable[[Any], Field], value: Any) -> Field:
-        try:
-            return make(value)
-        except LocalProtocolError as exc:
-            raise CommandError(str(exc)) from None
-
     @command("wink", doc="play the Wink sequence (SEQ=0E) to find the reader")
     def cmd_wink(self) -> dict[str, Any]:
         return self._send([seq_command(SEQ_WINK)])
@@ -235,16 +227,16 @@ class SpringCoreTcpActor(Actor):
     @command("seq", Param("code", str, doc="sequence code, 1 byte hex: 0E, 60, 61, 05 ..."),
              doc="play UI sequence CODE (SEQ=hh)")
     def cmd_seq(self, code: str) -> dict[str, Any]:
-        return self._send([self._field(seq_command, code)])
+        return self._send([seq_command(code)])
 
     @command("leds", Param("hex8", str, doc="4 bytes hex, byte n drives LED n+1"),
              doc="direct LED control (LEDS=hhhhhhhh)")
     def cmd_leds(self, hex8: str) -> dict[str, Any]:
-        return self._send([self._field(leds_command, hex8)])
+        return self._send([leds_command(hex8)])
 
     @command("buzz", Param("ms", int, doc="duration, 0-65535 ms"), doc="beep (BUZZ=hhhh)")
     def cmd_buzz(self, ms: int) -> dict[str, Any]:
-        return self._send([self._field(buzz_command, ms)])
+        return self._send([buzz_command(ms)])
 
     @command("raw", Param("fields", str, doc="Field=Value;Field=Value (e.g. "
                                              "LEDS=92929292;BUZZ=0064)"),

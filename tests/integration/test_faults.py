@@ -55,6 +55,7 @@ from actors.protocols.springcore import Rejected, ScrdrDecoder, encode_tag_line
 from broker.bus import Bus
 from broker.config import load_site
 from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
+from tests.support.feed import Feed
 from tests.support.hostile import FaultProxy, Raw104Master
 from tests.support.mosquitto import Mosquitto
 
@@ -146,7 +147,7 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-class Stack:
+class Stack(Feed):
     """The processes of the module, the proxies in front of the devices, and a Bus client
     that records every ``evt.`` delivery in order."""
 
@@ -161,9 +162,8 @@ class Stack:
             **{f"{name}_proxy": p.port for name, p in self.proxies.items()}),
             router_extra="egress_hwm = 200")  # a stalled subscriber overflows its queue soon
         self.procs: dict[str, Proc] = {}
-        self.bus = Bus(load_site(self.site).router, "fault-tester")
+        super().__init__(Bus(load_site(self.site).router, "fault-tester"))
         self.bus.subscribe("evt.", since=0)  # the actors may be up before the bus is
-        self.seen: list[tuple[str, dict[str, Any]]] = []
 
     def spawn(self, name: str, *args: str) -> Proc:
         proc = Proc(sctl_cmd("-c", str(self.site), *args), self.tmp / f"{name}.log").start()
@@ -177,31 +177,12 @@ class Stack:
             f"{self.procs[name].output()[-3000:]}"
         return popen.pid
 
-    def poll(self, seconds: float) -> None:
-        self.seen += [(d.topic, d.envelope.data) for d in self.bus.poll(seconds)]
-
     def until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         """Record deliveries until `done()`; fail the test after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while not done():
             assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
             self.poll(0.1)
-
-    def events(self, topic: str, after: int = 0) -> list[dict[str, Any]]:
-        return [data for t, data in self.seen[after:] if t == topic]
-
-    def wait(self, topic: str, pred: Callable[[dict[str, Any]], bool] = lambda d: True,
-             after: int = 0, timeout: float = 20.0, what: str = "") -> dict[str, Any]:
-        """The first `topic` event from index `after` on that satisfies `pred`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for data in self.events(topic, after):
-                if pred(data):
-                    return data
-            left = deadline - time.monotonic()
-            assert left > 0, (f"no {topic} ({what}) in {timeout} s; saw "
-                              f"{[(t, d) for t, d in self.seen[after:]][-15:]}")
-            self.poll(min(left, 0.2))
 
     def link(self, name: str, state: str, after: int,
              reason: Callable[[str], bool] = lambda r: True,

@@ -117,6 +117,7 @@ def test_tags_from_two_readers_and_accept_reaches_exactly_one(stack: Stack) -> N
     assert unknown["status"] == "error" and "'DEADBEEF' is never seen" in unknown["error"]
     bad = stack.request("mqttreaders", "leds", hex8="123", device=B0).data
     assert bad["status"] == "error" and "8 hex digits" in bad["error"]
+    assert "internal error" not in bad["error"]
 
 
 def test_scrdr_commands_and_raw(stack: Stack) -> None:

@@ -17,6 +17,7 @@ import pytest
 from broker.bus import Bus
 from broker.config import load_site
 from tests.conftest import ROOT, Proc, free_ports, sctl_cmd, subprocess_env, write_site
+from tests.support.feed import Feed
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -52,16 +53,15 @@ port = {port}
 """
 
 
-class Stack:
+class Stack(Feed):
     """The site, its processes, and a Bus client that records every ``evt.`` and ``hb.reader``
     delivery in order."""
 
     def __init__(self, site: Path, spawn: Callable[..., Proc], port: int) -> None:
+        super().__init__(Bus(load_site(site).router, "tester"))
         self.site = site
         self.spawn = spawn
         self.port = port
-        self.bus = Bus(load_site(site).router, "tester")
-        self.seen: list[tuple[str, dict[str, Any]]] = []
 
     def start_sim(self, *sets: str) -> Proc:
         mark = len(self.seen)
@@ -74,29 +74,10 @@ class Stack:
     def start_reader(self, name: str = "reader") -> Proc:
         return self.spawn("-c", str(self.site), "actor", name, name=name)
 
-    def poll(self, seconds: float) -> None:
-        self.seen += [(d.topic, d.envelope.data) for d in self.bus.poll(seconds)]
-
     def drain(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             self.poll(left)
-
-    def events(self, topic: str, after: int = 0) -> list[dict[str, Any]]:
-        return [data for t, data in self.seen[after:] if t == topic]
-
-    def wait(self, topic: str, pred: Callable[[dict[str, Any]], bool] = lambda d: True,
-             after: int = 0, timeout: float = 20.0, what: str = "") -> dict[str, Any]:
-        """The first `topic` event from index `after` on that satisfies `pred`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for data in self.events(topic, after):
-                if pred(data):
-                    return data
-            left = deadline - time.monotonic()
-            assert left > 0, (f"no {topic} ({what}) in {timeout} s; saw "
-                              f"{[(t, d) for t, d in self.seen[after:]][-15:]}")
-            self.poll(min(left, 0.2))
 
     def link(self, name: str, state: str, after: int = 0) -> dict[str, Any]:
         return self.wait(f"evt.{name}.link", lambda d: d["state"] == state, after,
@@ -168,6 +149,7 @@ def test_tag_reaches_the_bus_and_commands_reach_the_reader(stack: Stack) -> None
 
     bad = stack.send("reader", "seq", "600")
     assert bad["status"] == "error" and "exactly 2 hex digits" in bad["error"]
+    assert "internal error" not in bad["error"]
     bad = stack.send("reader", "raw", "LEDS")
     assert bad["status"] == "error" and "is not Field=Value" in bad["error"]
 

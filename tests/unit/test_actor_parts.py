@@ -284,6 +284,11 @@ class Target:
     def unsendable(self) -> object:
         return object()
 
+    @command("encode")
+    def encode(self) -> None:
+        from broker.errors import LocalProtocolError
+        raise LocalProtocolError("LEDS must be 8 hex digits, got '123'")
+
 
 class Harness:
     def __init__(self, now: float = 1000.0) -> None:
@@ -314,6 +319,12 @@ def test_duplicate_of_a_finished_command_gets_the_cached_reply() -> None:
     assert h.target.calls == ["add"]
     assert h.sent == [("c1", Outcome("ok", 5, ""))] * 3
     assert h.counters["command_duplicates"] == 2 and h.counters["commands"] == 1
+
+
+def test_a_codec_refusing_the_arguments_is_an_error_reply_not_an_internal_error() -> None:
+    h = Harness()
+    h.d.dispatch(cmd("encode"))
+    assert h.sent == [("c1", Outcome("error", None, "LEDS must be 8 hex digits, got '123'"))]
 
 
 def test_duplicate_of_a_running_command_waits_for_the_one_reply() -> None:
@@ -347,7 +358,7 @@ def test_errors_become_replies() -> None:
     h.d.dispatch(cmd("crash", id="k"))
     h.d.dispatch(cmd("unsendable", id="s"))
     errors = {i: o.error for i, o in h.sent}
-    assert errors["u"] == "unknown command 'nope' (commands: add, crash, later, unsendable)"
+    assert errors["u"] == "unknown command 'nope' (commands: add, crash, encode, later, unsendable)"
     assert errors["x"] == "add: parameter a: expected an integer, got 'x'"
     assert errors["k"] == "internal error in crash: KeyError: 'boom'"
     assert errors["s"].startswith("internal error: result cannot be sent")
