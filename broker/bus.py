@@ -27,8 +27,11 @@ sockets of `query`) is a CURVE client acting as the key ``identity`` (`broker.se
 secret key and the router's public key are read from keys_dir when the Bus is created. The
 Bus's `name` (the envelopes' src) is separate: an actor's is its key name, sctl's a client name.
 
-Driving it: simple clients call `poll(timeout)`. Event loops register `pollables()` in their own
-`zmq.Poller`, pass the result to `handle(events)` and call `tick()` by `next_deadline()`.
+Driving it: simple clients call `poll(timeout)`. Event loops call `pollables()` before every
+wait and register them in their own `zmq.Poller` (the flags change from turn to turn), pass the
+result to `handle(events)` and call `tick()` by `next_deadline()`. `publish` hands the first
+envelope of a loop turn to ZeroMQ at once and the turn's later ones when `pollables()` ends the
+turn, as one burst: a lone send costs a wake-up of ZeroMQ's I/O thread, a burst one for many.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ HEARTBEAT_IVL_MS: Final = 1000  # ZMTP heartbeats: a dead peer or half-open TCP 
 HEARTBEAT_TIMEOUT_MS: Final = 4000
 RECV_BATCH: Final = 2000  # messages drained per socket per handle(), for fairness
 QUERY_TIMEOUT: Final = 5.0
+# Publishes handed to ZeroMQ at once per loop turn; the turn's later ones go out together when
+# the driver comes back to the loop (`pollables`). Each lone send wakes ZeroMQ's I/O thread
+# (~30 us of CPU on a 2-core VM), a burst wakes it once (~5 us a message).
+SEND_AT_ONCE: Final = 1
 
 
 def client_name(prefix: str = "sctl") -> str:
@@ -128,7 +135,7 @@ class Bus:
         ), 0)
         self._outbox = Outbox(outbox_max_messages, outbox_max_bytes)
         self._publisher = Publisher(self.name, self.epoch, router.max_message_bytes,
-                                    self._outbox, self.counters, self._flush)
+                                    self._outbox, self.counters, self._on_enqueued)
         self._ack_topic = topics.ack(name)
         self._reply_topic = topics.reply(name)
         self._requests = Requests(self.name, self._reply_topic, self.publish, self.counters)
@@ -138,6 +145,7 @@ class Bus:
         self._pub: zmq.Socket[bytes] | None = None
         self._sub: zmq.Socket[bytes] | None = None
         self._blocked = False  # PUB said Again; wait for POLLOUT
+        self._sent_this_turn = 0  # publishes sent at once since the last pollables()
         self.synced = False
         self.router_epoch: int | None = None
         self._sync_token = ""
@@ -239,6 +247,13 @@ class Bus:
     def outbox_size(self) -> int:
         return len(self._outbox)
 
+    def _on_enqueued(self) -> None:
+        """The Publisher queued one envelope: the turn's first goes out now, later ones wait
+        for the end of the turn (`pollables`) and leave as one burst."""
+        if self._sent_this_turn < SEND_AT_ONCE:
+            self._sent_this_turn += 1
+            self._flush()
+
     def _flush(self) -> None:
         if self.synced and self._pub is not None and not self._blocked:
             # False: the pipe is full, POLLOUT in pollables() resumes us
@@ -315,6 +330,11 @@ class Bus:
     # ---------------------------------------------------------------- pumping
 
     def pollables(self) -> list[tuple[zmq.Socket[bytes], int]]:
+        """The sockets to poll and their flags. Called before each wait, so it also ends the
+        loop turn: what the turn published and has not sent yet goes out now."""
+        self._sent_this_turn = 0
+        if self._outbox.waiting:
+            self._flush()
         out: list[tuple[zmq.Socket[bytes], int]] = []
         if self._sub is not None:
             out.append((self._sub, zmq.POLLIN))

@@ -97,27 +97,25 @@ def _no_ext(code: int, payload: bytes) -> Any:
     raise ValueError("extension type")
 
 
-# msgpack decodes the timestamp ext (type -1) itself, never through ext_hook; its three encodings
-# start with these bytes. A match inside a string only sends the message down the slow path.
-_TIMESTAMP_HEADS: Final = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+# msgpack decodes the timestamp ext (type -1) itself, never through ext_hook: unpacked with the
+# default timestamp=0 it becomes a `msgpack.Timestamp`, which no envelope may hold.
+_TIMESTAMP: Final = msgpack.Timestamp
 
 
-def _shallow(value: Any, depth: int) -> bool:
-    """True when containers in `value` nest no deeper than envelope.MAX_DEPTH (data is 0)."""
+def _plain(value: Any, depth: int) -> bool:
+    """True when containers in `value` nest no deeper than envelope.MAX_DEPTH (data is 0) and
+    hold no timestamp."""
     if depth > envelope.MAX_DEPTH:
         return False
     if type(value) is dict:
-        return all(_shallow(v, depth + 1) for v in value.values())
+        return all(_plain(v, depth + 1) for v in value.values())
     if type(value) is list:
-        return all(_shallow(v, depth + 1) for v in value)
-    return True
+        return all(_plain(v, depth + 1) for v in value)
+    return type(value) is not _TIMESTAMP
 
 
 def fast_fields(body: bytes) -> Fields | None:
     """The fields of a plainly valid envelope, or None to leave the verdict to envelope.decode."""
-    for head in _TIMESTAMP_HEADS:
-        if head in body:
-            return None
     try:
         obj = msgpack.unpackb(body, raw=False, ext_hook=_no_ext, strict_map_key=False)
     except Exception:  # garbage: envelope.decode will say exactly what is wrong
@@ -140,7 +138,8 @@ def fast_fields(body: bytes) -> Fields | None:
     for key, value in data.items():
         if type(key) is not str:
             return None
-        if (type(value) is dict or type(value) is list) and not _shallow(value, 1):
+        if type(value) is _TIMESTAMP \
+                or (type(value) is dict or type(value) is list) and not _plain(value, 1):
             return None
     return src, epoch, seq, kind, data
 
