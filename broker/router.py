@@ -91,7 +91,9 @@ class Router:
         self._pending: list[tuple[bytes, bytes, bytes]] = []  # egress frames of this batch
         self._touched: dict[SourceKey, None] = {}  # pairs to ack after this batch
         self._sequencer = Sequencer(self.journal.sources, config.gap_timeout)
-        self._rules: dict[bytes, ingress.TopicRule] = {}
+        self._hc_of = self.journal.sources.get  # hot path: one bound method, looked up once
+        # topic frame -> (its rule, the kinds that pass it: ingress.passing_kinds)
+        self._rules: dict[bytes, tuple[ingress.TopicRule, frozenset[str]]] = {}
         self._max_body = config.max_message_bytes
         self._bad_input = BadInput()
         self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
@@ -302,11 +304,12 @@ class Router:
             self._bad("frames", frames, f"{len(frames)} frames, expected 2 (topic, body)")
             return
         tframe, body = frames
-        rule = self._rules.get(tframe)
-        if rule is None:
-            rule = self._rule(frames)
-            if rule is None:
+        cached = self._rules.get(tframe)
+        if cached is None:
+            cached = self._rule(frames)
+            if cached is None:
                 return
+        rule, passing = cached
         if len(body) > self._max_body:  # before any decoding: a huge body costs nothing more
             self._bad("too_large", frames, f"body of {len(body)} bytes is over "
                       f"max_message_bytes {self._max_body}")
@@ -318,8 +321,19 @@ class Router:
             self._bad(ingress.reason_of(exc), frames, str(exc))
             self._consume_unread(body)
             return
-        src = f[0]
+        src, epoch, seq = f[0], f[1], f[2]
         if self._keys is not None and self._denied(rule[0], f, frames):
+            return
+        if f[3] in passing and seq and src != SRC:  # ingress.refusal would say None
+            key = (src, epoch)
+            if self._hc_of(key) == seq - 1:  # the next seq of a known pair: Verdict.NEXT
+                self._touched[key] = None
+                self._accept(key, tframe, rule[0], body, seq)
+                filled = self._sequencer.took(key, seq)
+                if filled is not None:
+                    self._report_gap(filled)
+            else:
+                self._sequence(key, seq, tframe, rule[0], body)
             return
         if rule[2] == ingress.SYNC and src != SRC:
             self._sync(f, frames)
@@ -327,11 +341,11 @@ class Router:
         refusal = ingress.refusal(rule, f)
         if refusal is not None:
             self._bad(refusal[0], frames, refusal[1])
-            self._consume(src, f[1], f[2])
+            self._consume(src, epoch, seq)
         else:
-            self._sequence((src, f[1]), f[2], tframe, rule[0], body)
+            self._sequence((src, epoch), seq, tframe, rule[0], body)
 
-    def _rule(self, frames: list[bytes]) -> ingress.TopicRule | None:
+    def _rule(self, frames: list[bytes]) -> tuple[ingress.TopicRule, frozenset[str]] | None:
         """Decide and cache the rule of a topic not seen before; None (reported) if invalid."""
         tframe = frames[0]
         try:
@@ -341,8 +355,8 @@ class Router:
             return None
         if len(self._rules) >= TOPIC_CACHE_MAX:
             self._rules.clear()
-        self._rules[tframe] = rule
-        return rule
+        cached = self._rules[tframe] = (rule, ingress.passing_kinds(rule))
+        return cached
 
     def _consume_unread(self, body: bytes) -> None:
         """A body refused before it was decoded still uses up its seq, if that can be read."""

@@ -202,8 +202,10 @@ def test_request_times_out_with_clear_error(router_factory) -> None:
 
 
 def test_outbox_overflow_is_counted_and_alarmed(router_factory) -> None:
+    """Both ends report the loss: the sender its outbox overflow (once per episode, when acks
+    flow again), the router (its journal knows the pair) the seqs the sender's sync skipped."""
     site_path, router = router_factory()
-    watcher = Collector(site_path, "sys.alarm", 1)
+    watcher = Collector(site_path, "sys.alarm", 2, timeout=30)
     watcher.start()
     assert watcher.ready.wait(15)
     bus = Bus(load_site(site_path).router, "overflower", outbox_max_messages=50)
@@ -216,8 +218,14 @@ def test_outbox_overflow_is_counted_and_alarmed(router_factory) -> None:
     router.start()
     assert bus.flush(20)
     watcher.join(20)
-    assert watcher.got, (watcher.counters, bus.counters)
-    assert watcher.got[0].envelope.data["alarm"] == "outbox_overflow"
+    alarms = {d.envelope.data["alarm"]: d.envelope.data for d in watcher.got}
+    assert set(alarms) == {"outbox_overflow", "ingress_lost"}, (watcher.counters, bus.counters)
+    overflow, lost = alarms["outbox_overflow"], alarms["ingress_lost"]
+    assert overflow["source"] == lost["source"] == "overflower"
+    assert overflow["dropped"] == bus.counters["outbox_dropped"] == 150
+    # the router skips what the sender no longer holds: at most the dropped seqs
+    first, last = lost["missing"]
+    assert overflow["first_seq"] <= first <= last == overflow["last_seq"]
     bus.close()
 
 

@@ -25,6 +25,7 @@ def nested(depth: int) -> Any:
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
     st.builds(msgpack.Timestamp, st.integers(0, 2**32 - 1)),
+    st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4)),
     st.text(max_size=140), st.binary(max_size=8),
     st.sampled_from(["reader1", "bad name", "a.b", "", "x" * 65, "rep.c1", *envelope.KINDS]),
 )
@@ -42,7 +43,9 @@ EDGES: dict[str, list[Any]] = {
     "ts": [0, 1.5, float("nan"), float("inf"), -float("inf"), True, 2**64 - 1],
     "data": [{}, {"a": 1}, {1: "a"}, [], {"a": {1: 2}}, {"t": msgpack.Timestamp(1, 5)},
              {"t": [{"x": msgpack.Timestamp(0, 0)}]}, {"a": nested(32)}, {"a": nested(33)},
-             {"a": [nested(31)]}, {"a": [nested(32)]}, {"s": "\xd6\xff"}],
+             {"a": [nested(31)]}, {"a": [nested(32)]}, {"s": "\xd6\xff"},
+             {"e": msgpack.ExtType(5, b"x")}, {"e": [{"x": msgpack.ExtType(0, b"")}]},
+             {"k": {b"bytes key": 1}}, {"k": {1: [2]}}],
     "corr": [None, "", "c1"],
     "reply_to": [None, "", "rep.a", "bad topic"],
     "deadline": [None, 1.0, float("nan")],
@@ -193,3 +196,22 @@ def test_sequence_fields_read_only_the_head() -> None:
 ])
 def test_sequence_fields_unreadable(body: bytes) -> None:
     assert ingress.sequence_fields(body) is None
+
+
+@pytest.mark.parametrize("topic", [b"evt.r1.tag", b"cmd.r1", b"rep.c1", b"hb.r1", b"log.r1",
+                                   b"sys.alarm", b"ack.r1", b"sys.router.gap", b"ctl.sync",
+                                   b"ctl.other"])
+def test_passing_kinds_is_what_refusal_lets_through(topic: bytes) -> None:
+    """The router's shortcut for the common envelope: `kind in passing_kinds(rule)` with a
+    sequenced seq and a src other than the router's is exactly `refusal(...) is None` (sync
+    topics aside, which the router handles before refusal)."""
+    rule = ingress.topic_rule(topic)
+    passing = ingress.passing_kinds(rule)
+    for kind in envelope.KINDS:
+        accepted = ingress.refusal(rule, ("a", 1, 1, kind, {})) is None
+        if rule[2] == ingress.SYNC:
+            assert kind not in passing
+        else:
+            assert (kind in passing) == accepted, kind
+        assert ingress.refusal(rule, ("a", 1, 0, kind, {})) is not None
+        assert ingress.refusal(rule, (ingress.ROUTER_SRC, 1, 1, kind, {})) is not None
