@@ -29,12 +29,14 @@ Hot path. A publisher builds and encodes one envelope per message, and `make` + 
 cost ~8 us of it: full validation of fields the sender fixed once (src, epoch), a new msgpack
 `Packer` per `packb`, a `getrandom` syscall per id. `Encoder` is the fast path of one sender: it
 checks src/epoch once, per envelope only what varies (seq, kind, data), builds the `Envelope`
-without validating it a second time and packs it with a reused `Packer`. It produces exactly
-what `make(...).encode()` produces (the same bytes; the same `EnvelopeError` messages) and takes
-the general path for anything it does not cover (commands, replies, extra fields). `encode`
-reuses one `Packer` per thread, and ids come from a per-thread pool of `os.urandom` bytes.
-`decode` checks the common map (the eight required keys, exact types) in one pass and validates
-the envelope once, not twice; every other map takes the general path.
+without validating it a second time (`_unchecked`: plain slot stores, not 11 frozen-dataclass
+``object.__setattr__`` calls) and packs the wire map it builds itself (not `to_map`) with a
+`Packer` of its own. It produces exactly what `make(...).encode()` produces (the same bytes; the
+same `EnvelopeError` messages) and takes the general path for anything it does not cover
+(commands, replies, extra fields). `encode` reuses one `Packer` per thread. Ids are slices of
+pre-hexed pools of `os.urandom` bytes (`_IdPool`: one per thread for `new_id`, one per
+`Encoder`). `decode` checks the common map (the eight required keys, exact types) in one pass
+and validates the envelope once, not twice; every other map takes the general path.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -73,7 +76,40 @@ _REQUIRED: Final = {
 _OPTIONAL: Final = {"corr": str, "reply_to": str, "deadline": (int, float)}
 # Kinds whose envelopes carry no corr/reply_to/deadline: what `Encoder` builds itself.
 PLAIN_KINDS: Final = KINDS - {"command", "reply"}
-_ID_POOL_BYTES: Final = 16 * 256  # one getrandom call per 256 ids
+_ID_BYTES: Final = 16
+_ID_POOL_BYTES: Final = _ID_BYTES * 256  # one getrandom call per 256 ids
+
+
+class _IdPool:
+    """128-bit random ids as 32 hex characters, hexed in bulk: one `os.urandom` call and one
+    ``hex()`` per 256 ids, then an id is a str slice (~0.15 us, against ~0.6 us for slicing the
+    bytes and hexing each id). Not thread-safe: one per thread (`new_id`) or per `Encoder`."""
+
+    __slots__ = ("__weakref__", "at", "hexed")
+
+    def __init__(self) -> None:
+        self.hexed = ""
+        self.at = 0
+        _pools.add(self)
+
+    def take(self) -> str:
+        at = self.at
+        if at >= len(self.hexed):
+            self.hexed, at = os.urandom(_ID_POOL_BYTES).hex(), 0
+        self.at = at + 2 * _ID_BYTES
+        return self.hexed[at:at + 2 * _ID_BYTES]
+
+
+_pools: weakref.WeakSet[_IdPool] = weakref.WeakSet()
+
+
+def _forget_ids() -> None:
+    # A forked child must not hand out the ids its parent's pools will hand out too.
+    for pool in list(_pools):
+        pool.hexed = ""
+
+
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 class _PerThread(threading.local):
@@ -81,29 +117,15 @@ class _PerThread(threading.local):
 
     def __init__(self) -> None:
         self.pack = msgpack.Packer(use_bin_type=True).pack
-        self.ids = b""
-        self.at = 0
+        self.ids = _IdPool()
 
 
 _local = _PerThread()
 
 
-def _forget_ids() -> None:
-    # A forked child must not hand out the ids its parent's pool will hand out too.
-    _local.ids = b""
-
-
-os.register_at_fork(after_in_child=_forget_ids)
-
-
 def new_id() -> str:
     """A 128-bit random id (from os.urandom) as 32 hex characters."""
-    local = _local
-    at = local.at
-    if at >= len(local.ids):
-        local.ids, at = os.urandom(_ID_POOL_BYTES), 0
-    local.at = at + 16
-    return local.ids[at:at + 16].hex()
+    return _local.ids.take()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +166,7 @@ class Envelope:
 
     def encode(self) -> bytes:
         """The msgpack body (the bytes of ``msgpack.packb(self.to_map(), use_bin_type=True)``)."""
-        try:
-            return _local.pack(self.to_map())  # type: ignore[no-any-return]
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise EnvelopeError(
-                f"data of {self.kind} {self.id} is not msgpack-native: {exc}") from exc
+        return _pack(_local.pack, self.to_map())
 
     def expired(self, now: float | None = None) -> bool:
         """True when this is a command whose deadline has passed."""
@@ -181,7 +199,13 @@ def _pop(extra: dict[str, Any], key: str, default: Any) -> Any:
     return default() if value is None else value
 
 
-_set = object.__setattr__
+def _pack(pack: Any, m: dict[str, Any]) -> bytes:
+    """`pack(m)` (a `Packer`'s) with msgpack's refusals as `EnvelopeError`."""
+    try:
+        return pack(m)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EnvelopeError(
+            f"data of {m['kind']} {m['id']} is not msgpack-native: {exc}") from exc
 
 
 class Encoder:
@@ -189,15 +213,18 @@ class Encoder:
 
     `build` returns what ``e = make(src, epoch, seq, kind, data, **extra)`` and ``e.encode()``
     return, or raises the same `EnvelopeError`; for a plain envelope (a kind of `PLAIN_KINDS`,
-    a dict `data`, no extra fields) it gets there in about half the time.
+    a dict `data`, no extra fields) it gets there in about a third of the time. It owns its id
+    pool and `Packer` (one thread: no `threading.local` look-ups per envelope).
     """
 
-    __slots__ = ("epoch", "src")
+    __slots__ = ("_next_id", "_pack", "epoch", "src")
 
     def __init__(self, src: str, epoch: int) -> None:
         make(src, epoch, 0, "event")  # src and epoch are checked here, once
         self.src = src
         self.epoch = epoch
+        self._next_id = _IdPool().take
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def build(self, seq: int, kind: str, data: dict[str, Any] | None,
               **extra: Any) -> tuple[Envelope, bytes]:
@@ -209,27 +236,40 @@ class Encoder:
         if not 0 <= seq <= MAX_U63:
             raise EnvelopeError(f"epoch {self.epoch} / seq {seq} out of range 0..2^63-1")
         _check_data(data)
-        env = _unchecked(new_id(), self.src, self.epoch, seq, time.time(), kind, data, VERSION)
-        return env, env.encode()
+        id_, src, epoch, ts = self._next_id(), self.src, self.epoch, time.time()
+        # the map `to_map` builds for these fields, in its key order (the bytes depend on it)
+        body = _pack(self._pack, {"v": VERSION, "id": id_, "src": src, "epoch": epoch,
+                                  "seq": seq, "ts": ts, "kind": kind, "data": data})
+        return _unchecked(id_, src, epoch, seq, ts, kind, data, VERSION), body
+
+
+# Envelope's slots without its frozen __setattr__; see `_unchecked`.
+_Draft = type("_Draft", (), {"__slots__": Envelope.__slots__})
 
 
 def _unchecked(id_: str, src: str, epoch: int, seq: int, ts: float, kind: str,
                data: dict[str, Any], v: int) -> Envelope:
-    """A plain Envelope (no corr, reply_to, deadline) built the way the dataclass __init__
-    builds it, minus `_validate`: for callers that validate the fields themselves."""
-    env: Envelope = object.__new__(Envelope)
-    _set(env, "id", id_)
-    _set(env, "src", src)
-    _set(env, "epoch", epoch)
-    _set(env, "seq", seq)
-    _set(env, "ts", ts)
-    _set(env, "kind", kind)
-    _set(env, "data", data)
-    _set(env, "corr", None)
-    _set(env, "reply_to", None)
-    _set(env, "deadline", None)
-    _set(env, "v", v)
-    return env
+    """A plain Envelope (no corr, reply_to, deadline) with the fields the dataclass __init__
+    sets, minus `_validate`: for callers that validate the fields themselves.
+
+    Filled as a `_Draft` with plain slot stores (~0.3 us, against ~1.4 us for 11 frozen-dataclass
+    ``object.__setattr__`` calls), then turned into an Envelope by assigning ``__class__``, which
+    CPython allows between classes of the same slot layout.
+    """
+    env: Any = _Draft()
+    env.id = id_
+    env.src = src
+    env.epoch = epoch
+    env.seq = seq
+    env.ts = ts
+    env.kind = kind
+    env.data = data
+    env.corr = None
+    env.reply_to = None
+    env.deadline = None
+    env.v = v
+    env.__class__ = Envelope
+    return env  # type: ignore[no-any-return]
 
 
 def _refuse_ext(code: int, payload: bytes) -> Any:
@@ -301,18 +341,23 @@ def _decode_plain(obj: dict[str, Any], raw: bytes) -> Envelope | None:
 
 
 _SCALARS: Final = frozenset({str, int, float, bytes, bool, type(None)})
+# What a Packer packs but `decode` refuses: ext types, the spec's timestamp (decoded to a datetime)
+_REFUSED: Final = (datetime, msgpack.Timestamp, msgpack.ExtType)
 
 
 def _check_plain(value: Any, depth: int) -> bool:
-    """True when `value` holds only msgpack-native types (no datetime) within MAX_DEPTH."""
+    """True when `value` holds only msgpack-native types (no ext type, no timestamp or
+    datetime) within MAX_DEPTH. A tuple counts as a list (msgpack packs both as arrays), but
+    not the namedtuple ExtType."""
     if depth > MAX_DEPTH:
         return False
     if isinstance(value, dict):
         items: Any = value.values()
-    elif isinstance(value, list):
+    elif isinstance(value, list) or (isinstance(value, tuple)
+                                     and not isinstance(value, msgpack.ExtType)):
         items = value
     else:
-        return not isinstance(value, datetime)
+        return not isinstance(value, _REFUSED)
     if depth == MAX_DEPTH:
         return not items  # any child would sit at MAX_DEPTH + 1
     for v in items:  # noqa: SIM110 - a loop, not all(): per-publish hot path, scalars skip the call
@@ -347,12 +392,28 @@ def _validate(env: Envelope) -> None:
 
 
 def _check_data(data: dict[str, Any]) -> None:
-    for k in data:  # a loop, not all(): per-publish hot path
+    """Raises EnvelopeError unless `data` is a map of str keys to `_check_plain` values.
+
+    Per-publish hot path: one pass over the items accepts the usual data; whatever it does not
+    accept goes to `_refuse_data`, whose order of checks picks the error (keys before values).
+    """
+    if type(data) is dict:
+        for k, v in data.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not _check_plain(v, 1)):
+                break
+        else:
+            return
+    _refuse_data(data)
+
+
+def _refuse_data(data: dict[str, Any]) -> None:
+    """`_check_data`'s full check, which raises the error for what its fast pass turned down."""
+    for k in data:
         if not isinstance(k, str):
             raise EnvelopeError("data keys must be strings")
     if not _check_plain(data, 0):
-        raise EnvelopeError(f"data holds a timestamp/datetime or nests deeper than {MAX_DEPTH} "
-                            "levels")
+        raise EnvelopeError("data holds an extension type, a timestamp/datetime or nests deeper "
+                            f"than {MAX_DEPTH} levels")
 
 
 def _validate_kind_fields(env: Envelope) -> None:

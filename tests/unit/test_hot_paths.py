@@ -2,15 +2,19 @@
 
 Every fast path here was added for speed (issue 10) and must not change behaviour or the wire
 format: `envelope.Encoder` against ``make(...).encode()`` (same bytes, same errors), the pooled
-`envelope.new_id`, the per-thread `Packer` of `Envelope.encode`, `decode`'s one-pass check of
-the common map against its general path, `Stream.take_next` against
-`Stream.on_live`, and `Egress`'s cached subscription matches.
+`envelope.new_id` and the Encoder's own pool, the per-thread `Packer` of `Envelope.encode`,
+`_check_data`'s one-pass accept against its full check, `_unchecked` envelopes against the
+dataclass's, `decode`'s one-pass check of the common map against its general path,
+`Stream.take_next` against `Stream.on_live`, and `Egress`'s cached subscription matches.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 import os
+import pickle
 import re
 from collections import defaultdict
 from typing import Any
@@ -34,15 +38,24 @@ HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 scalars = (st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats()
            | st.text(max_size=8) | st.binary(max_size=8))
-# Also what an envelope must refuse: datetimes, objects msgpack cannot pack, non-str keys.
-odd = st.sampled_from([datetime.datetime(2026, 1, 1), object(), {1, 2}, 2**70])
+# Also what an envelope must refuse: datetimes, the msgpack timestamp and ext types (a Packer
+# packs them, the router refuses them), objects msgpack cannot pack, non-str keys.
+odd = st.sampled_from([datetime.datetime(2026, 1, 1), msgpack.Timestamp(1, 0),
+                       msgpack.ExtType(5, b"x"), object(), {1, 2}, 2**70])
+
+
+class Key(str):
+    """A str subclass: a valid data key that is not of type str."""
+
+
 values = st.recursive(
     scalars | odd,
-    lambda inner: st.lists(inner, max_size=3)
+    lambda inner: st.lists(inner, max_size=3) | st.lists(inner, max_size=3).map(tuple)
     | st.dictionaries(st.text(max_size=4) | st.integers(0, 3), inner, max_size=3),
     max_leaves=10,
 )
-datas = st.none() | st.dictionaries(st.text(max_size=6) | st.integers(0, 3), values, max_size=4)
+keys = st.text(max_size=6) | st.integers(0, 3) | st.text(max_size=2).map(Key)
+datas = st.none() | st.dictionaries(keys, values, max_size=4)
 
 
 def deep(levels: int) -> dict[str, Any]:
@@ -85,6 +98,48 @@ def test_encoder_limits_are_those_of_make(data: dict[Any, Any]) -> None:
     assert fast[0] == general[0]
     if fast[0] == "error":
         assert fast == general
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(keys, values, max_size=4))
+def test_check_data_fast_pass_decides_like_the_full_check(data: dict[Any, Any]) -> None:
+    """The one-pass accept of `_check_data` accepts only what `_refuse_data` accepts, and what
+    it turns down gets `_refuse_data`'s error."""
+    assert outcome(lambda: envelope._check_data(data)) == outcome(
+        lambda: envelope._refuse_data(data))
+
+
+@pytest.mark.parametrize("value", [msgpack.Timestamp(1, 0), msgpack.ExtType(5, b"x"),
+                                   [{"t": msgpack.Timestamp(0, 5)}], (msgpack.ExtType(0, b""),),
+                                   (deep(envelope.MAX_DEPTH),)])
+def test_the_publisher_refuses_what_the_router_refuses(value: Any) -> None:
+    """A Packer packs these, and `decode` (the router) refuses the bytes: the sender refuses
+    them first, whatever the path."""
+    data = {"x": value}
+    raw = msgpack.packb({**make("a", 1, 1, "event").to_map(), "data": data}, use_bin_type=True)
+    with pytest.raises(EnvelopeError):
+        envelope.decode(raw)
+    with pytest.raises(EnvelopeError, match="extension type, a timestamp/datetime or nests"):
+        Encoder("a", 1).build(1, "event", data)
+    with pytest.raises(EnvelopeError, match="extension type, a timestamp/datetime or nests"):
+        make("a", 1, 1, "event", data)
+
+
+def test_a_tuple_in_data_is_packed_as_a_list() -> None:
+    _, body = Encoder("a", 1).build(1, "event", {"x": (1, (2, "b"))})
+    assert envelope.decode(body).data == {"x": [1, [2, "b"]]}
+
+
+def test_unchecked_envelopes_are_envelopes_like_the_dataclass_builds() -> None:
+    env = envelope._unchecked("m1", "a", 1, 2, 3.5, "event", {"x": 1}, 1)
+    assert type(env) is Envelope
+    assert env == Envelope(id="m1", src="a", epoch=1, seq=2, ts=3.5, kind="event", data={"x": 1})
+    assert repr(env) == repr(Envelope(id="m1", src="a", epoch=1, seq=2, ts=3.5, kind="event",
+                                      data={"x": 1}))
+    assert dataclasses.replace(env, seq=3).seq == 3
+    assert copy.deepcopy(env) == pickle.loads(pickle.dumps(env)) == env
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.corr = "x"  # type: ignore[misc]
 
 
 def test_encoder_takes_the_general_path_for_commands_replies_and_extra_fields() -> None:
@@ -145,6 +200,26 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
         child = fh.read().decode()
     os.waitpid(pid, 0)
     parent = [envelope.new_id() for _ in range(8)]
+    assert len(child) == 8 * 32
+    assert not {child[i:i + 32] for i in range(0, len(child), 32)} & set(parent)
+
+
+def test_a_forked_child_does_not_repeat_the_ids_of_its_parents_encoder() -> None:
+    encoder = Encoder("a", 1)
+    encoder.build(1, "event", {})  # the encoder's own pool is filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, "".join(encoder.build(1, "event", {})[0].id
+                                    for _ in range(8)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        child = fh.read().decode()
+    os.waitpid(pid, 0)
+    parent = [encoder.build(1, "event", {})[0].id for _ in range(8)]
     assert len(child) == 8 * 32
     assert not {child[i:i + 32] for i in range(0, len(child), 32)} & set(parent)
 
