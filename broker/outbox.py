@@ -14,17 +14,17 @@ of its bounds).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final
 
 DEFAULT_MAX_MESSAGES: Final = 100_000
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 
-
-class Entry(NamedTuple):
-    seq: int
-    topic: bytes
-    body: bytes
+# (seq, topic, body). A plain tuple, not a NamedTuple: one is built per publish (~0.03 us against
+# ~0.25), and the cyclic GC untracks exact tuples of atoms, so a full outbox does not make every
+# collection walk it again.
+Entry = tuple[int, bytes, bytes]
 
 
 @dataclass
@@ -38,7 +38,11 @@ class Overflow:
 
 
 class Outbox:
-    """Two queues: `_inflight` (sent, waiting for an ack) then `_waiting` (not yet sent)."""
+    """Two queues: `_inflight` (sent, waiting for an ack) then `_waiting` (not yet sent).
+
+    `held` counts both, kept up to date rather than summed from two len() calls: `add` and the
+    Publisher read it at every publish.
+    """
 
     def __init__(self, max_messages: int = DEFAULT_MAX_MESSAGES,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -48,13 +52,14 @@ class Outbox:
         self.max_bytes = max_bytes
         self._inflight: deque[Entry] = deque()
         self._waiting: deque[Entry] = deque()
+        self.held = 0  # entries in both queues
         self._bytes = 0
         self.acked = 0  # highest seq the router acknowledged
         self.dropped_total = 0
         self._in_episode = False
 
     def __len__(self) -> int:
-        return len(self._inflight) + len(self._waiting)
+        return self.held
 
     @property
     def bytes(self) -> int:
@@ -62,12 +67,13 @@ class Outbox:
 
     def add(self, entry: Entry) -> Overflow | None:
         self._waiting.append(entry)
-        self._bytes += len(entry.body) + len(entry.topic)
-        if len(self) <= self.max_messages and self._bytes <= self.max_bytes:
+        self.held += 1
+        self._bytes += len(entry[1]) + len(entry[2])
+        if self.held <= self.max_messages and self._bytes <= self.max_bytes:
             return None
-        first = (self._inflight or self._waiting)[0].seq
+        first = (self._inflight or self._waiting)[0][0]
         dropped = 0
-        while len(self) > 1 and (len(self) > self.max_messages or self._bytes > self.max_bytes):
+        while self.held > 1 and (self.held > self.max_messages or self._bytes > self.max_bytes):
             self._pop_oldest()
             dropped += 1
         self.dropped_total += dropped
@@ -76,8 +82,9 @@ class Outbox:
         return Overflow(dropped, first, first + dropped - 1, new_episode)
 
     def _pop_oldest(self) -> None:
-        e = (self._inflight or self._waiting).popleft()
-        self._bytes -= len(e.body) + len(e.topic)
+        _, topic, body = (self._inflight or self._waiting).popleft()
+        self.held -= 1
+        self._bytes -= len(topic) + len(body)
 
     def ack(self, seq: int) -> int:
         """Forget entries up to `seq`; return how many were released."""
@@ -86,21 +93,30 @@ class Outbox:
         self.acked = seq
         released = 0
         for queue in (self._inflight, self._waiting):
-            while queue and queue[0].seq <= seq:
-                e = queue.popleft()
-                self._bytes -= len(e.body) + len(e.topic)
+            while queue and queue[0][0] <= seq:
+                _, topic, body = queue.popleft()
+                self._bytes -= len(topic) + len(body)
                 released += 1
-        if self._in_episode and len(self) <= self.max_messages // 2 \
+        self.held -= released
+        if self._in_episode and self.held <= self.max_messages // 2 \
                 and self._bytes <= self.max_bytes // 2:
             self._in_episode = False
         return released
 
-    def next_unsent(self) -> Entry | None:
-        return self._waiting[0] if self._waiting else None
+    def unsent(self) -> Iterator[Entry]:
+        """The entries not yet handed to ZeroMQ, oldest first. Nothing may change the outbox
+        while they are iterated; `mark_sent` then says how many went."""
+        return iter(self._waiting)
 
-    def mark_sent(self) -> None:
-        """The entry `next_unsent` returned was handed to ZeroMQ."""
-        self._inflight.append(self._waiting.popleft())
+    def mark_sent(self, count: int) -> None:
+        """The first `count` entries of `unsent` were handed to ZeroMQ: one call per burst."""
+        waiting, inflight = self._waiting, self._inflight
+        if count == len(waiting):
+            inflight.extend(waiting)
+            waiting.clear()
+        else:
+            for _ in range(count):
+                inflight.append(waiting.popleft())
 
     def rewind(self) -> int:
         """Mark every unacked entry as unsent again; return how many will be resent."""
@@ -113,7 +129,7 @@ class Outbox:
     def first_seq(self) -> int | None:
         """The oldest seq still held (sent or not), None when empty."""
         queue = self._inflight or self._waiting
-        return queue[0].seq if queue else None
+        return queue[0][0] if queue else None
 
     @property
     def inflight(self) -> int:

@@ -1,26 +1,32 @@
-"""Outbox and Stream: the sans-IO halves of the Bus's delivery guarantees."""
+"""Outbox, Publisher and Stream: the sans-IO halves of the Bus's delivery guarantees."""
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
+import msgpack
+import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker import envelope, ingress, publisher
+from broker.errors import EnvelopeError, TopicError
 from broker.outbox import Entry, Outbox
+from broker.publisher import Publisher
 from broker.stream import Stream
 
 
 def entry(seq: int, size: int = 10) -> Entry:
-    return Entry(seq, b"t", b"x" * size)
+    return (seq, b"t", b"x" * size)
 
 
 def drain_unsent(box: Outbox) -> list[int]:
-    sent = []
-    while (e := box.next_unsent()) is not None:
-        box.mark_sent()
-        sent.append(e.seq)
+    sent = [seq for seq, _, _ in box.unsent()]
+    box.mark_sent(len(sent))
     return sent
 
 
@@ -79,6 +85,144 @@ class TestOutbox:
         box.rewind()
         assert box.ack(3) == 3
         assert drain_unsent(box) == [4]
+
+
+    def test_mark_sent_moves_a_prefix_of_the_unsent(self) -> None:
+        box = Outbox()
+        for s in range(1, 6):
+            box.add(entry(s))
+        box.mark_sent(2)
+        assert (box.inflight, box.waiting, len(box)) == (2, 3, 5)
+        assert [seq for seq, _, _ in box.unsent()] == [3, 4, 5]
+        box.mark_sent(3)
+        assert (box.inflight, box.waiting, box.first_seq) == (5, 0, 1)
+
+    @settings(max_examples=200, deadline=None)
+    @given(ops=st.lists(st.tuples(st.sampled_from(["add", "send", "ack", "rewind"]),
+                                  st.integers(0, 6)), max_size=40))
+    def test_held_counts_what_the_queues_hold(self, ops: list[tuple[str, int]]) -> None:
+        box = Outbox(max_messages=5, max_bytes=60)
+        seq = 0
+        for op, n in ops:
+            if op == "add":
+                seq += 1
+                box.add(entry(seq, n * 4))
+            elif op == "send":
+                box.mark_sent(min(n, box.waiting))
+            elif op == "ack":
+                box.ack(seq - n)
+            else:
+                box.rewind()
+            assert len(box) == box.held == box.inflight + box.waiting
+            assert box.bytes == sum(len(t) + len(b) for q in (box._inflight, box._waiting)
+                                    for _, t, b in q)
+
+
+def make_publisher(max_message_bytes: int = 1 << 20) -> tuple[Publisher, dict[str, int]]:
+    counters: dict[str, int] = defaultdict(int)
+    return Publisher("me", 1, max_message_bytes, Outbox(), counters, lambda: None), counters
+
+
+class TestPublisher:
+    def test_timestamp_and_ext_data_are_refused_before_a_seq_is_used(self) -> None:
+        """The router decodes msgpack timestamps to datetimes and refuses them, and refuses ext
+        types: the publisher refuses them first, and the next envelope still gets seq 1."""
+        pub, counters = make_publisher()
+        for value in (msgpack.Timestamp(1, 0), [msgpack.Timestamp(0, 5)],
+                      msgpack.ExtType(3, b"x")):
+            with pytest.raises(EnvelopeError, match="timestamp"):
+                pub.publish("evt.a", "event", {"t": value})
+        assert (pub.seq, len(pub.outbox), counters["published"]) == (0, 0, 0)
+        assert pub.publish("evt.a", "event", {"t": 1.5}).seq == 1
+
+    @pytest.mark.parametrize("topic", ["evt.a", "cmd.me", "rep.me", "hb.me", "log.me", "ack.me",
+                                       "sys.router.x", "sys.alarm", "ctl.sync", "ctl.x"])
+    @pytest.mark.parametrize("kind", [*sorted(envelope.KINDS), "bogus"])
+    def test_topic_and_kind_checks_agree_with_the_router(self, topic: str, kind: str) -> None:
+        """Refused or not, and with which error, the first publish on a topic (which learns
+        its rule) and the next (from the cache) decide alike; and what they let through the
+        router's `ingress.refusal` lets through too."""
+        extra: dict[str, Any] = {"command": {"reply_to": "rep.me"}, "reply": {"corr": "c"}}
+        pub, _ = make_publisher()
+        got = [outcome(lambda: pub.publish(topic, kind, {}, **extra.get(kind, {})))
+               for _ in range(2)]
+        assert got[0][0] == got[1][0]
+        if got[0][0] == "ok":
+            env = got[0][1]
+            fields = (env.src, env.epoch, env.seq, env.kind, env.data)
+            assert ingress.refusal(ingress.topic_rule(topic.encode()), fields) is None
+        else:
+            assert got[0] == got[1]
+
+    def test_kind_errors_are_those_of_the_rule(self) -> None:
+        pub, _ = make_publisher()
+        with pytest.raises(TopicError, match=r"ack\.me is reserved for the router"):
+            pub.publish("ack.me", "event", {})
+        with pytest.raises(EnvelopeError, match=r"kind 'event' may not be published on cmd\.me "
+                                                r"\(expects command\)"):
+            pub.publish("cmd.me", "event", {})
+        with pytest.raises(EnvelopeError, match="expects anything but command"):
+            pub.publish("evt.a", "command", {}, reply_to="rep.me")
+        with pytest.raises(EnvelopeError, match="kind 'bogus' is not one of"):
+            pub.publish("evt.a", "bogus", {})
+        with pytest.raises(TopicError):
+            pub.publish("evt..a", "event", {})
+        assert pub.seq == 0
+
+    def test_send_unsent_stops_at_a_full_pipe_and_counts_what_went(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(publisher, "_send", FakePub.send)
+        pub, counters = make_publisher()
+        for i in range(5):
+            pub.publish("evt.a", "event", {"i": i})
+        sock = FakePub(accept_messages=3)
+        assert pub.send_unsent(sock) is False  # type: ignore[arg-type]
+        assert [envelope.decode(body).seq for _, body in sock.messages] == [1, 2, 3]
+        assert (pub.outbox.inflight, pub.outbox.waiting, counters["sent"]) == (3, 2, 3)
+        sock.accept_messages = 10
+        assert pub.send_unsent(sock) is True  # type: ignore[arg-type]
+        assert [envelope.decode(body).seq for _, body in sock.messages] == [1, 2, 3, 4, 5]
+        assert (pub.outbox.inflight, pub.outbox.waiting, counters["sent"]) == (5, 0, 5)
+
+    def test_a_failed_body_frame_leaves_its_entry_unsent(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(publisher, "_send", FakePub.send)
+        pub, counters = make_publisher()
+        for i in range(3):
+            pub.publish("evt.a", "event", {"i": i})
+        sock = FakePub(accept_messages=10, fail_body_of=2)
+        with pytest.raises(zmq.ZMQError):
+            pub.send_unsent(sock)  # type: ignore[arg-type]
+        assert (pub.outbox.inflight, pub.outbox.waiting, counters["sent"]) == (1, 2, 1)
+
+
+def outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call()
+    except (EnvelopeError, TopicError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+class FakePub:
+    """Stands in for the PUB socket and, with `send` in place of `publisher._send` (pyzmq's
+    C-level send), takes `accept_messages` messages, then raises zmq.Again at the next topic
+    frame; `fail_body_of` makes that message's body frame fail."""
+
+    def __init__(self, accept_messages: int, fail_body_of: int = 0) -> None:
+        self.accept_messages = accept_messages
+        self.fail_body_of = fail_body_of
+        self.messages: list[tuple[bytes, bytes]] = []
+        self._topic = b""
+
+    def send(self, frame: bytes, flags: int) -> None:
+        if flags & zmq.SNDMORE:
+            if len(self.messages) >= self.accept_messages:
+                raise zmq.Again()
+            self._topic = frame
+        elif len(self.messages) + 1 == self.fail_body_of:
+            raise zmq.ZMQError(zmq.ETERM)
+        else:
+            self.messages.append((self._topic, frame))
 
 
 @dataclass(frozen=True)
