@@ -75,7 +75,9 @@ class Publisher:
         if kind not in passing:
             self._check_kind(topic, tframe, kind)
         seq = self.seq + 1
-        env, body = self._encoder.build(seq, kind, data, **extra)
+        # not build(..., **extra) when extra is empty: unpacking even {} costs ~0.15 us
+        env, body = (self._encoder.build(seq, kind, data, **extra) if extra
+                     else self._encoder.build(seq, kind, data))
         if len(body) > self.max_message_bytes:
             raise EnvelopeError(f"{topic}: envelope of {len(body)} bytes is over the router's "
                                 f"max_message_bytes ({self.max_message_bytes})")
