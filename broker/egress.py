@@ -121,6 +121,19 @@ class Egress:
 
     # ---------------------------------------------------------------- live feed
 
+    def cursor(self, router_epoch: int | None) -> int:
+        """For the fused in-order path of `Bus._drain_sub`: the next gseq in order
+        (`Stream.cursor`), -1 when that path may not be taken (with best-effort subscriptions
+        only, every message is routed as it comes). A message of `router_epoch` with that gseq
+        is what `on_live` would route at once: the caller routes it itself if it is not the
+        reply topic (`wants`), counts the cursor on and hands both back to `took`."""
+        return self._stream.cursor(router_epoch) if self._gapless else -1
+
+    def took(self, cursor: int, delivered: int) -> None:
+        """The caller's batch took everything up to `cursor` and delivered `delivered`."""
+        self._stream.advance(cursor)
+        self._counters["delivered"] += delivered
+
     def on_live(self, d: Delivery, out: list[Delivery], synced: bool) -> None:
         if not self._gapless or self._stream.take_next(d):
             # best effort, or the next gseq in order: no gap, no counter changed, no replay

@@ -75,6 +75,22 @@ class Stream(Generic[T]):
             return True
         return False
 
+    def cursor(self, router_epoch: int | None) -> int:
+        """`take_next` for a batch without a call per item: the gseq it would take next from
+        live items of `router_epoch`, or -1 when it would take none (not started, something
+        held or unverified, another epoch). As long as nothing else calls the Stream,
+        `take_next` is True exactly for the items of that epoch whose gseq equals the cursor,
+        each moving it on by one; the caller counts it on and hands it back to `advance`."""
+        if self.expected is None or self._held or self._unverified \
+                or router_epoch != self.router_epoch:
+            return -1
+        return self.expected
+
+    def advance(self, cursor: int) -> None:
+        """The batch of `cursor` took everything in order up to `cursor` (exclusive)."""
+        if cursor != -1:
+            self.expected = cursor
+
     def on_live(self, item: T) -> list[T]:
         g = item.gseq
         if self.router_epoch is None or self.expected is None:
