@@ -412,8 +412,10 @@ def _refuse_data(data: dict[str, Any]) -> None:
         if not isinstance(k, str):
             raise EnvelopeError("data keys must be strings")
     if not _check_plain(data, 0):
-        raise EnvelopeError("data holds an extension type, a timestamp/datetime or nests deeper "
-                            f"than {MAX_DEPTH} levels")
+        # The router's words (`ingress.reason_of` reads sys.router.bad's reason from them); a
+        # sender's ExtType gets them too, as decoded data never holds one.
+        raise EnvelopeError(f"data holds a timestamp/datetime or nests deeper than {MAX_DEPTH} "
+                            "levels")
 
 
 def _validate_kind_fields(env: Envelope) -> None:
