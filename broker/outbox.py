@@ -13,6 +13,7 @@ of its bounds).
 
 from __future__ import annotations
 
+import builtins  # the `bytes` property of Outbox hides the type in its class
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +22,13 @@ from typing import Final
 DEFAULT_MAX_MESSAGES: Final = 100_000
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 
-# (seq, topic, body). A plain tuple, not a NamedTuple: one is built per publish (~0.03 us against
-# ~0.25), and the cyclic GC untracks exact tuples of atoms, so a full outbox does not make every
-# collection walk it again.
-Entry = tuple[int, bytes, bytes]
+# (seq, topic, body, end): `end` is the outbox's running total of bytes added, this entry's
+# included. Entries leave oldest first (acks, overflow), so the bytes still held are always
+# ``added - end of the last entry gone``: a release of any length costs one subtraction. A
+# plain tuple, not a NamedTuple: one is built per publish (~0.03 us against ~0.25), and the
+# cyclic GC untracks exact tuples of atoms, so a full outbox does not make every collection
+# walk it again.
+Entry = tuple[int, bytes, bytes, int]
 
 
 @dataclass
@@ -38,7 +42,8 @@ class Overflow:
 
 
 class Outbox:
-    """Two queues: `_inflight` (sent, waiting for an ack) then `_waiting` (not yet sent).
+    """Two queues: `_inflight` (sent, waiting for an ack) then `_waiting` (not yet sent); in
+    seq order end to end, as entries move from the head of one to the tail of the other.
 
     `held` counts both, kept up to date rather than summed from two len() calls: `add` and the
     Publisher read it at every publish.
@@ -53,7 +58,8 @@ class Outbox:
         self._inflight: deque[Entry] = deque()
         self._waiting: deque[Entry] = deque()
         self.held = 0  # entries in both queues
-        self._bytes = 0
+        self._added = 0  # bytes ever added (an Entry's `end`)
+        self._gone = 0  # bytes ever released or dropped: the `end` of the last entry gone
         self.acked = 0  # highest seq the router acknowledged
         self.dropped_total = 0
         self._in_episode = False
@@ -63,28 +69,26 @@ class Outbox:
 
     @property
     def bytes(self) -> int:
-        return self._bytes
+        return self._added - self._gone
 
-    def add(self, entry: Entry) -> Overflow | None:
-        self._waiting.append(entry)
+    def add(self, seq: int, topic: builtins.bytes, body: builtins.bytes) -> Overflow | None:
+        """Queue the next envelope as unsent; what had to go to keep the bounds, if anything."""
+        self._added += len(topic) + len(body)
+        self._waiting.append((seq, topic, body, self._added))
         self.held += 1
-        self._bytes += len(entry[1]) + len(entry[2])
-        if self.held <= self.max_messages and self._bytes <= self.max_bytes:
+        if self.held <= self.max_messages and self._added - self._gone <= self.max_bytes:
             return None
         first = (self._inflight or self._waiting)[0][0]
         dropped = 0
-        while self.held > 1 and (self.held > self.max_messages or self._bytes > self.max_bytes):
-            self._pop_oldest()
+        while self.held > 1 and (self.held > self.max_messages
+                                 or self._added - self._gone > self.max_bytes):
+            self._gone = (self._inflight or self._waiting).popleft()[3]
+            self.held -= 1
             dropped += 1
         self.dropped_total += dropped
         new_episode = not self._in_episode
         self._in_episode = True
         return Overflow(dropped, first, first + dropped - 1, new_episode)
-
-    def _pop_oldest(self) -> None:
-        _, topic, body = (self._inflight or self._waiting).popleft()
-        self.held -= 1
-        self._bytes -= len(topic) + len(body)
 
     def ack(self, seq: int) -> int:
         """Forget entries up to `seq`; return how many were released."""
@@ -93,13 +97,20 @@ class Outbox:
         self.acked = seq
         released = 0
         for queue in (self._inflight, self._waiting):
-            while queue and queue[0][0] <= seq:
-                _, topic, body = queue.popleft()
-                self._bytes -= len(topic) + len(body)
+            if not queue:
+                continue
+            if queue[-1][0] <= seq:  # the usual ack: it covers the whole queue
+                released += len(queue)
+                self._gone = queue[-1][3]
+                queue.clear()
+                continue
+            while queue[0][0] <= seq:
+                self._gone = queue.popleft()[3]
                 released += 1
+            break  # this queue keeps an entry past seq, and the next one holds later seqs
         self.held -= released
         if self._in_episode and self.held <= self.max_messages // 2 \
-                and self._bytes <= self.max_bytes // 2:
+                and self._added - self._gone <= self.max_bytes // 2:
             self._in_episode = False
         return released
 

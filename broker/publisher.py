@@ -86,7 +86,7 @@ class Publisher:
         outbox = self.outbox
         if not outbox.held:
             self.last_progress = time.monotonic()
-        overflow = outbox.add((seq, tframe, body))
+        overflow = outbox.add(seq, tframe, body)
         if overflow is not None:
             self._on_overflow(overflow)
         self._flush()
@@ -99,7 +99,7 @@ class Publisher:
         """
         sent = 0
         try:
-            for _, topic, body in self.outbox.unsent():
+            for _, topic, body, _ in self.outbox.unsent():
                 try:
                     # XPUB_NODROP refuses at a message's first frame only, never mid-message
                     _send(pub, topic, _MORE)

@@ -15,17 +15,17 @@ from hypothesis import strategies as st
 
 from broker import envelope, ingress, publisher
 from broker.errors import EnvelopeError, TopicError
-from broker.outbox import Entry, Outbox
+from broker.outbox import Entry, Outbox, Overflow
 from broker.publisher import Publisher
 from broker.stream import Stream
 
 
-def entry(seq: int, size: int = 10) -> Entry:
-    return (seq, b"t", b"x" * size)
+def add(box: Outbox, seq: int, size: int = 10) -> Overflow | None:
+    return box.add(seq, b"t", b"x" * size)
 
 
 def drain_unsent(box: Outbox) -> list[int]:
-    sent = [seq for seq, _, _ in box.unsent()]
+    sent = [e[0] for e in box.unsent()]
     box.mark_sent(len(sent))
     return sent
 
@@ -34,7 +34,7 @@ class TestOutbox:
     def test_ack_releases_prefix_only(self) -> None:
         box = Outbox()
         for s in range(1, 6):
-            box.add(entry(s))
+            add(box, s)
         assert drain_unsent(box) == [1, 2, 3, 4, 5]
         assert box.ack(3) == 3
         assert len(box) == 2
@@ -44,9 +44,9 @@ class TestOutbox:
     def test_rewind_resends_unacked_in_order_before_new(self) -> None:
         box = Outbox()
         for s in range(1, 4):
-            box.add(entry(s))
+            add(box, s)
         drain_unsent(box)
-        box.add(entry(4))
+        add(box, 4)
         box.ack(1)
         assert box.rewind() == 2
         assert drain_unsent(box) == [2, 3, 4]
@@ -54,25 +54,25 @@ class TestOutbox:
     def test_overflow_by_count_drops_oldest_and_reports_episode_once(self) -> None:
         box = Outbox(max_messages=3)
         for s in range(1, 4):
-            assert box.add(entry(s)) is None
-        first = box.add(entry(4))
+            assert add(box, s) is None
+        first = add(box, 4)
         assert first is not None and first.dropped == 1 and first.first_seq == 1
         assert first.new_episode
-        second = box.add(entry(5))
+        second = add(box, 5)
         assert second is not None and not second.new_episode
         assert box.dropped_total == 2
         assert drain_unsent(box) == [3, 4, 5]
         box.ack(5)  # back under half: the next overflow is a new episode
         for s in range(6, 9):
-            box.add(entry(s))
-        again = box.add(entry(9))
+            add(box, s)
+        again = add(box, 9)
         assert again is not None and again.new_episode
 
     def test_overflow_by_bytes(self) -> None:
         box = Outbox(max_messages=100, max_bytes=100)
-        box.add(entry(1, 40))
-        box.add(entry(2, 40))
-        over = box.add(entry(3, 40))
+        add(box, 1, 40)
+        add(box, 2, 40)
+        over = add(box, 3, 40)
         assert over is not None and over.dropped == 1
         assert box.bytes <= 100
 
@@ -80,7 +80,7 @@ class TestOutbox:
         # after a router restart, the sync answer may ack seqs we had not yet re-sent
         box = Outbox()
         for s in range(1, 5):
-            box.add(entry(s))
+            add(box, s)
         drain_unsent(box)
         box.rewind()
         assert box.ack(3) == 3
@@ -90,10 +90,10 @@ class TestOutbox:
     def test_mark_sent_moves_a_prefix_of_the_unsent(self) -> None:
         box = Outbox()
         for s in range(1, 6):
-            box.add(entry(s))
+            add(box, s)
         box.mark_sent(2)
         assert (box.inflight, box.waiting, len(box)) == (2, 3, 5)
-        assert [seq for seq, _, _ in box.unsent()] == [3, 4, 5]
+        assert [e[0] for e in box.unsent()] == [3, 4, 5]
         box.mark_sent(3)
         assert (box.inflight, box.waiting, box.first_seq) == (5, 0, 1)
 
@@ -106,7 +106,7 @@ class TestOutbox:
         for op, n in ops:
             if op == "add":
                 seq += 1
-                box.add(entry(seq, n * 4))
+                add(box, seq, n * 4)
             elif op == "send":
                 box.mark_sent(min(n, box.waiting))
             elif op == "ack":
@@ -114,8 +114,10 @@ class TestOutbox:
             else:
                 box.rewind()
             assert len(box) == box.held == box.inflight + box.waiting
-            assert box.bytes == sum(len(t) + len(b) for q in (box._inflight, box._waiting)
-                                    for _, t, b in q)
+            held: list[Entry] = [*box._inflight, *box._waiting]
+            assert [e[0] for e in held] == list(range(seq - len(held) + 1, seq + 1))
+            assert all(e[0] > box.acked for e in held)
+            assert box.bytes == sum(len(t) + len(b) for _, t, b, _ in held)
 
 
 def make_publisher(max_message_bytes: int = 1 << 20) -> tuple[Publisher, dict[str, int]]:
