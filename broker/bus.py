@@ -425,8 +425,9 @@ class Bus:
         three frames are read unrolled, as Frames: their `more` flag tells a malformed message
         apart at no extra cost (getsockopt(RCVMORE) costs ~1 us a call, more than a Frame).
         The common case, the next gseq in order of the current router epoch, is taken by
-        comparing ints against the egress cursor (`Egress.cursor`), without a method call,
-        counter update or stamp check per message. Everything else (acks, gaps, duplicates, a
+        comparing ints against the egress cursor (`Egress.cursor`) instead of passing through
+        `_on_frames`, `Egress.on_live` and `Stream.take_next` (~1.3 us a message); the
+        delivered counter is updated once a batch. Everything else (acks, gaps, duplicates, a
         new router epoch, replies to our commands, best-effort subscriptions, malformed
         frames) takes the general path `_on_frames`, with the cursor handed back before it
         and read again after it, as that path may change the stream and the router epoch.
