@@ -242,7 +242,9 @@ class Bus:
         not allowed on it, reserved topic, body over max_message_bytes) before a seq is used:
         a refused envelope must not leave a hole in this sender's stream.
         """
-        return self._publisher.publish(topic, kind, data, **extra)
+        if extra:  # unpacking even an empty **extra costs ~0.15 us per publish
+            return self._publisher.publish(topic, kind, data, **extra)
+        return self._publisher.publish(topic, kind, data)
 
     def reply_to(self, command: Envelope, status: str, result: Any = None,
                  error: str = "") -> Envelope | None:
