@@ -32,6 +32,7 @@ three sockets log failed handshakes with the peer address.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -88,6 +89,7 @@ class Router:
         self._opened = False
         self._queries = QueryHandler(self.journal, self.router_epoch, self.state)
         self._own_seq = 0
+        self._encoder = envelope.Encoder(SRC, self.router_epoch)  # acks: one per batch and pair
         self._pending: list[tuple[bytes, bytes, bytes]] = []  # egress frames of this batch
         self._touched: dict[SourceKey, None] = {}  # pairs to ack after this batch
         self._sequencer = Sequencer(self.journal.sources, config.gap_timeout)
@@ -233,7 +235,8 @@ class Router:
 
     def _step(self) -> None:
         wait = min(max(self._next_stats - time.monotonic(), 0.0), MAX_POLL_S)
-        events = dict(self._poller.poll(int(wait * 1000)))
+        # rounded up: a wait under 1 ms rounded down to 0 would spin until the stats are due
+        events = dict(self._poller.poll(math.ceil(wait * 1000)))
         if self._xsub in events:
             self._drain_ingress()
         if self._xpub in events:
@@ -534,13 +537,13 @@ class Router:
     def _publish_own(self, topic: str, data: dict[str, Any]) -> None:
         """A journaled router envelope (src router, its own seq), sent with the batch."""
         self._own_seq += 1
-        body = envelope.make(SRC, self.router_epoch, self._own_seq, "system", data).encode()
+        _, body = self._encoder.build(self._own_seq, "system", data)
         gseq = self.journal.append(topic, body, SRC, self.router_epoch, self._own_seq)
         self._pending.append((topic.encode(), body, STAMP.pack(self.router_epoch, gseq)))
 
     def _transient(self, topic: str, data: dict[str, Any]) -> None:
         """An unjournaled router envelope: seq 0, stamp gseq 0 (acks, sync replies)."""
-        body = envelope.make(SRC, self.router_epoch, 0, "system", data).encode()
+        _, body = self._encoder.build(0, "system", data)
         self._pending.append((topic.encode(), body, STAMP.pack(self.router_epoch, 0)))
 
     # -- egress, query, stats ----------------------------------------------------------------
