@@ -408,6 +408,8 @@ def _check_data(data: dict[str, Any]) -> None:
 
 def _refuse_data(data: dict[str, Any]) -> None:
     """`_check_data`'s full check, which raises the error for what its fast pass turned down."""
+    if not isinstance(data, dict):  # the router refuses it ("key 'data' has type ..."): first
+        raise EnvelopeError(f"data must be a map, not {type(data).__name__}")
     for k in data:
         if not isinstance(k, str):
             raise EnvelopeError("data keys must be strings")

@@ -67,8 +67,9 @@ def due(start: float, rate: float, limit: int) -> int:
 def pump(bus: Any, timeout: float) -> None:
     """One turn of an event loop around `bus`, the way an actor's loop drives it: its own
     `zmq.Poller` over `Bus.pollables`, a wait rounded *up* to whole milliseconds (bounded by
-    `Bus.next_deadline`), then `Bus.handle`. (`Bus.poll` rounds a wait under 1 ms down to a
-    zero-timeout poll and loops until the time is up: a pacing publisher would spin a core.)"""
+    `Bus.next_deadline`), then `Bus.handle`. (`Bus.poll(timeout)` would do the same, but
+    it returns only with deliveries or at the timeout; the publisher must get back to
+    publishing as soon as its acks are read.)"""
     poller = zmq.Poller()
     for sock, flags in bus.pollables():
         poller.register(sock, flags)

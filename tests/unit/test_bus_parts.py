@@ -331,3 +331,73 @@ def test_stream_delivers_everything_once_in_order(n: int, loss: float, seed: int
         journal = [Msg(x) for x in range(start, n + 1)]
         delivered += [m.gseq for m in s.on_replay(journal, n + 1, 0)]
     assert delivered == list(range(1, n + 1))
+
+
+def test_non_map_data_is_refused_before_a_seq_is_used() -> None:
+    """The router refuses an envelope whose data is not a map: the publisher refuses it first."""
+    pub, counters = make_publisher()
+    for data in (["x"], "xy", 5):
+        with pytest.raises(EnvelopeError, match="data must be a map"):
+            pub.publish("evt.a", "event", data)  # type: ignore[arg-type]
+    assert (pub.seq, counters["published"]) == (0, 0)
+    assert pub.publish("evt.a", "event", {}).seq == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["publish", "publish", "publish", "turn", "room", "unsync",
+                                 "sync"]), max_size=60),
+       st.integers(0, 30))
+def test_a_turns_publishes_all_go_out_in_order_by_the_turns_end(steps: list[str],
+                                                                room: int) -> None:
+    """`Bus._on_enqueued`/`pollables`: the first publish of a loop turn is sent at once, the
+    rest when `pollables()` ends the turn; a full pipe (zmq.Again) waits for POLLOUT, an
+    unsynced Bus for the sync. Whatever the order of those, every seq is sent exactly once, in
+    order, and after a turn's end nothing is left unsent unless the Bus cannot send."""
+    from pathlib import Path
+
+    from broker.bus import SEND_AT_ONCE, Bus
+    from broker.config import parse_site
+
+    class TurnPub(FakePub):
+        def send_multipart(self, frames: Any, flags: int = 0) -> None:
+            """A sync probe (handle() probes while unsynced): not part of the stream."""
+
+    fake = TurnPub(room)
+    bus = Bus(parse_site({}, Path("site.toml")).router, "me")
+    bus._pub = fake  # type: ignore[assignment]
+    bus.synced = True
+    original = publisher._send
+    publisher._send = FakePub.send  # type: ignore[assignment]
+    try:
+        sent_at_once = 0
+        for step in steps:
+            before = len(fake.messages)
+            if step == "publish":
+                bus.publish("evt.a", "event", {})
+                if bus.synced and len(fake.messages) > before:
+                    sent_at_once += 1
+            elif step == "turn":
+                flags = dict(bus.pollables())[fake]
+                left = bus._outbox.waiting
+                assert not left or not bus.synced or bus._blocked, "unsent after the turn"
+                assert flags == (zmq.POLLOUT if bus._blocked else 0)
+                sent_at_once = 0
+            elif step == "room":
+                fake.accept_messages += 5
+                if bus._blocked:
+                    bus.handle({fake: zmq.POLLOUT})
+            elif step == "unsync":
+                bus.synced = False
+            else:  # the sync answer arrives; the driver's next turn begins
+                bus.synced = True
+                bus.pollables()
+                sent_at_once = 0
+            assert sent_at_once <= SEND_AT_ONCE
+        fake.accept_messages = 10**6
+        bus.synced = True
+        bus.handle({fake: zmq.POLLOUT})
+        bus.pollables()
+    finally:
+        publisher._send = original  # type: ignore[assignment]
+    seqs = [msgpack.unpackb(body)["seq"] for _, body in fake.messages]
+    assert seqs == list(range(1, steps.count("publish") + 1))
