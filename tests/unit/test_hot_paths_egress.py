@@ -51,8 +51,14 @@ REPLY = envelope.make("reader1", 1, 1, "reply", {"status": "ok", "result": None,
 live = st.tuples(st.sampled_from(["evt.a.x", "evt.a.y", "evt.b.x", topics.reply(NAME)]),
                  st.sampled_from([b"", b"x", REPLY]), st.sampled_from([E1] * 9 + [E2]),
                  st.none() | st.integers(1, 14))
+SYNC_TOKEN = "t0"  # of the sync probe each Bus has out
+# the answer to it: the stream of a Bus not started yet starts at head + 1 (mid-batch)
+SYNC_BODY = envelope.make("router", 1, 0, "system", {
+    "sync": SYNC_TOKEN, "head": 2, "first": 1, "router_epoch": E1, "origin": E1, "epoch": 0,
+    "seq": 0}).encode()
 odd = st.sampled_from([
     [topics.ack(NAME).encode(), ACK_BODY, stamp(E1, 0)],  # an ack: not ours, nothing to do
+    [topics.ack(NAME).encode(), SYNC_BODY, stamp(E1, 0)],
     [topics.ack(NAME).encode(), b"\xc1", stamp(E1, 0)],  # an ack that is not an envelope
     [b"evt.a.x", b"body"],  # two frames
     [b"evt.a.x"],
@@ -74,11 +80,16 @@ def messages(feed: list[Any], start: int) -> list[list[bytes]]:
     return out
 
 
-def new_bus(gapless: bool, start: int) -> Bus:
+def new_bus(gapless: bool, start: int, started: bool) -> Bus:
+    """A synced Bus with a sync probe out; `started`: its stream starts at `start`, else it
+    waits for the answer to that probe (a new gapless subscription's start probe)."""
     bus = Bus(ROUTER, NAME)
     bus.subscribe("evt.a", gapless=gapless)
-    bus.synced, bus.router_epoch = True, E1
-    bus._egress.on_synced({"head": start - 1, "origin": E1}, E1)
+    bus.synced, bus.router_epoch, bus._sync_token = True, E1, SYNC_TOKEN
+    if started:
+        bus._egress.on_synced({"head": start - 1, "origin": E1}, E1)
+    else:
+        bus._egress.awaiting_start = True
     with mock.patch.object(envelope, "new_id", return_value=REQUEST_ID):
         bus._requests.start("reader1", "wink", {}, 60.0, None)
     return bus
@@ -113,20 +124,21 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(feed=feeds, gapless=st.booleans(), start=st.integers(1, 4), batch=st.integers(1, 5))
+@given(feed=feeds, gapless=st.booleans(), start=st.integers(1, 4), batch=st.integers(1, 5),
+       started=st.booleans())
 def test_drain_sub_equals_on_frames_one_by_one(
         pipe: tuple[zmq.Socket[bytes], zmq.Socket[bytes]], caplog: pytest.LogCaptureFixture,
-        feed: list[Any], gapless: bool, start: int, batch: int) -> None:
+        feed: list[Any], gapless: bool, start: int, batch: int, started: bool) -> None:
     tx, rx = pipe
     feed = messages(feed, start)
     caplog.set_level(logging.WARNING, logger="broker.bus")
-    general = new_bus(gapless, start)
+    general = new_bus(gapless, start, started)
     want: list[Delivery] = []
     for frames in feed:
         general._on_frames(list(frames), want)
     want_log = warnings(caplog)
 
-    fused = new_bus(gapless, start)
+    fused = new_bus(gapless, start, started)
     fused._sub = rx
     for frames in feed:
         tx.send_multipart(frames)
