@@ -186,42 +186,34 @@ def test_new_ids_are_distinct_hex_across_pool_refills() -> None:
     assert all(HEX_ID.fullmatch(i) for i in ids)
 
 
-def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
-    envelope.new_id()  # the pool is filled: a child that kept it would repeat what follows
+def assert_child_repeats_no_id(take: Any) -> None:
+    """Eight ids from `take()` in a forked child and eight in the parent share none (a pool
+    the child kept would hand out what the parent hands out next)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            os.write(write, "".join(envelope.new_id() for _ in range(8)).encode())
+            os.write(write, "".join(take() for _ in range(8)).encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as fh:
         child = fh.read().decode()
     os.waitpid(pid, 0)
-    parent = [envelope.new_id() for _ in range(8)]
+    parent = [take() for _ in range(8)]
     assert len(child) == 8 * 32
     assert not {child[i:i + 32] for i in range(0, len(child), 32)} & set(parent)
+
+
+def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
+    envelope.new_id()  # the pool is filled
+    assert_child_repeats_no_id(envelope.new_id)
 
 
 def test_a_forked_child_does_not_repeat_the_ids_of_its_parents_encoder() -> None:
     encoder = Encoder("a", 1)
     encoder.build(1, "event", {})  # the encoder's own pool is filled
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.write(write, "".join(encoder.build(1, "event", {})[0].id
-                                    for _ in range(8)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as fh:
-        child = fh.read().decode()
-    os.waitpid(pid, 0)
-    parent = [encoder.build(1, "event", {})[0].id for _ in range(8)]
-    assert len(child) == 8 * 32
-    assert not {child[i:i + 32] for i in range(0, len(child), 32)} & set(parent)
+    assert_child_repeats_no_id(lambda: encoder.build(1, "event", {})[0].id)
 
 
 def general_decode(raw: bytes) -> Envelope:
