@@ -355,6 +355,7 @@ def test_a_turns_publishes_all_go_out_in_order_by_the_turns_end(steps: list[str]
     order, and after a turn's end nothing is left unsent unless the Bus cannot send."""
     from pathlib import Path
 
+    from broker import bus as busmod
     from broker.bus import SEND_AT_ONCE, Bus
     from broker.config import parse_site
 
@@ -366,9 +367,11 @@ def test_a_turns_publishes_all_go_out_in_order_by_the_turns_end(steps: list[str]
     bus = Bus(parse_site({}, Path("site.toml")).router, "me")
     bus._pub = fake  # type: ignore[assignment]
     bus.synced = True
-    original = publisher._send
+    original, window = publisher._send, busmod.TURN_WINDOW
     publisher._send = FakePub.send  # type: ignore[assignment]
+    busmod.TURN_WINDOW = 3600.0  # type: ignore[misc]  # every step inside one loop turn
     try:
+        bus.pollables()  # the driver's first turn begins
         sent_at_once = 0
         for step in steps:
             before = len(fake.messages)
@@ -399,5 +402,30 @@ def test_a_turns_publishes_all_go_out_in_order_by_the_turns_end(steps: list[str]
         bus.pollables()
     finally:
         publisher._send = original  # type: ignore[assignment]
+        busmod.TURN_WINDOW = window  # type: ignore[misc]
     seqs = [msgpack.unpackb(body)["seq"] for _, body in fake.messages]
     assert seqs == list(range(1, steps.count("publish") + 1))
+
+
+def test_a_bus_nobody_pumps_sends_every_publish_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script that publishes between other work and does not pump its Bus (no loop turn
+    whose end would send the rest) still gets every publish sent at once."""
+    from pathlib import Path
+
+    from broker import bus as busmod
+    from broker.bus import Bus
+    from broker.config import parse_site
+
+    fake = FakePub(100)
+    bus = Bus(parse_site({}, Path("site.toml")).router, "me")
+    bus._pub = fake  # type: ignore[assignment]
+    bus.synced = True
+    monkeypatch.setattr(publisher, "_send", FakePub.send)
+    bus.pollables()  # a turn began...
+    bus.publish("evt.a", "event", {})
+    bus.publish("evt.a", "event", {})
+    assert len(fake.messages) == 1  # ...so the second waits for its end
+    monkeypatch.setattr(busmod, "TURN_WINDOW", 0.0)  # ...which does not come
+    bus.publish("evt.a", "event", {})
+    assert [msgpack.unpackb(b)["seq"] for _, b in fake.messages] == [1, 2, 3]
+    bus._pub = None
