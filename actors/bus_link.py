@@ -46,9 +46,9 @@ from typing import Any, Final
 
 import zmq
 
-from actors.base import Actor, CommandError, Deferred, Param, Setting, command
-from actors.link import UP
-from actors.loop import TimerHandle
+from actors.core.actor import Actor, CommandError, Deferred, Param, Setting, command
+from actors.core.link import UP
+from actors.core.loop import TimerHandle
 from actors.protocols.cmd_tcp import (
     DEFAULT_TIMEOUT,
     FUNCTIONS,
@@ -58,10 +58,10 @@ from actors.protocols.cmd_tcp import (
     Receiver,
     plan_call,
 )
-from actors.tcp import TcpClient
-from broker import topics
+from actors.transports.tcp import TcpClient
 from broker.config import ActorConfig, RouterConfig, port_number, positive
-from broker.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TopicError
+from broker.wire import topics
+from broker.wire.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TopicError
 
 log = logging.getLogger(__name__)
 

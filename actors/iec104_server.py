@@ -1,7 +1,7 @@
 """``iec104-server``: the actor *is* an IEC 60870-5-104 server (c104) for SCADA masters.
 
 Bus messages feed monitoring points and 104 commands become bus commands, as the site file's
-``[[actors.NAME.point]]`` / ``[[actors.NAME.command]]`` tables say (`actors.iec104_map`, which
+``[[actors.NAME.point]]`` / ``[[actors.NAME.command]]`` tables say (`actors.protocols.iec104_map`, which
 checks them before anything starts).
 
 Threads. c104 runs its callbacks on its own threads and *fails open*: a callback that raises is
@@ -41,8 +41,8 @@ from typing import Any, ClassVar, Final
 import c104
 import zmq
 
-from actors.base import Actor, CommandError, Param, Setting, command
-from actors.iec104_map import (
+from actors.core.actor import Actor, CommandError, Param, Setting, command
+from actors.protocols.iec104_map import (
     BusCall,
     CommandRoute,
     Mapping104,
@@ -51,10 +51,11 @@ from actors.iec104_map import (
     PointTable,
     parse_mapping,
 )
-from broker.bus import Delivery
+from actors.transports.c104 import c104_type, from_c104, to_c104
+from broker.client.bus import Delivery
+from broker.client.requests import Request
 from broker.config import ActorConfig, RouterConfig, non_negative, port_number, positive
-from broker.errors import ConfigError, EnvelopeError
-from broker.requests import Request
+from broker.wire.errors import ConfigError, EnvelopeError
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +63,6 @@ WAIT_MARGIN: Final = 1.0  # seconds a c104 thread waits beyond the bus request's
 POLL_CONNECTIONS: Final = 0.5  # seconds between connection-count checks (disconnect events)
 MIN_TICK_MS: Final = 50  # c104 refuses less
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# --- c104 value conversion (shared with the master simulator) --------------------------------
-
-
-def to_c104(kind: str, value: Any) -> Any:
-    """A neutral value (`actors.iec104_map.coerce`) as the object c104 wants for `kind`."""
-    if kind == "double":
-        return getattr(c104.Double, value)
-    if kind == "scaled":
-        return c104.Int16(value)
-    if kind == "normalized":
-        return c104.NormalizedFloat(value)
-    return value
-
-
-def from_c104(value: Any) -> Any:
-    """A c104 point value as a neutral, msgpack-native value."""
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    if isinstance(value, c104.Double):
-        return value.name
-    if isinstance(value, c104.Int16):
-        return int(value)  # type: ignore[call-overload]  # the stub lacks __int__
-    if isinstance(value, c104.NormalizedFloat):
-        return float(value)  # type: ignore[arg-type]  # the stub lacks __float__
-    return str(value)
-
-
-def c104_type(name: str) -> c104.Type:
-    return getattr(c104.Type, name)  # type: ignore[no-any-return]
 
 
 # --- settings checks ---------------------------------------------------------------------------

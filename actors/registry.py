@@ -13,9 +13,9 @@ from typing import Any, Final
 
 import zmq
 
-from actors.base import Actor
+from actors.core.actor import Actor
 from broker.config import ActorConfig, SiteConfig
-from broker.errors import ConfigError
+from broker.wire.errors import ConfigError
 
 SIM_PREFIX: Final = "sim-"  # simulator types: "sim-" + the kind given to `sctl sim KIND`
 

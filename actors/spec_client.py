@@ -30,9 +30,9 @@ from typing import Any, Final
 
 import zmq
 
-from actors.base import Actor, CommandError, Deferred, Param, Setting, command
-from actors.link import UP
-from actors.loop import TimerHandle
+from actors.core.actor import Actor, CommandError, Deferred, Param, Setting, command
+from actors.core.link import UP
+from actors.core.loop import TimerHandle
 from actors.protocols.spec import (
     NAME_SIZE,
     Cmd,
@@ -52,9 +52,9 @@ from actors.protocols.spec_types import (
     parse_text,
     to_plain,
 )
-from actors.tcp import TcpClient
+from actors.transports.tcp import TcpClient
 from broker.config import ActorConfig, RouterConfig, positive
-from broker.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -593,7 +593,7 @@ class SpecClientActor(Actor):
 
 def _positional_words(env: Any, names: tuple[str, ...]) -> int:
     """How many of a command's argv words fill parameters by position (a ``name=value`` word
-    whose name is declared names its parameter instead, as `actors.params` binds them)."""
+    whose name is declared names its parameter instead, as `actors.core.params` binds them)."""
     argv = env.data.get("argv") if env is not None and isinstance(env.data, dict) else None
     if not isinstance(argv, list):
         return 0

@@ -32,292 +32,31 @@ runner forwards to ``log.<name>``), never a crash.
 from __future__ import annotations
 
 import logging
-import os
-import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.enums import MQTTErrorCode
 
-from actors.base import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
-from actors.link import UP
-from actors.loop import TimerHandle
+from actors.core.actor import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
+from actors.core.link import UP
 from actors.protocols import springcore
 from actors.protocols import springcore_json as sj
 from actors.protocols.springcore import Field
-from broker import topics
-from broker.config import port_number, positive
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from actors.transports.mqtt import (
+    EXCERPT,
+    PahoBridge,
+    broker_port,
+    broker_settings,
+    excerpt,
+    reason_text,
+)
+from broker.config import positive
+from broker.wire import topics
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
-
-PLAIN_PORT: Final = 1883
-TLS_PORT: Final = 8883
-TLS_KEYS: Final = ("ca", "cert", "key")
-EXCERPT: Final = 64  # payload bytes shown in a warning
-
-
-# --- settings checks (ValueError → ConfigError naming actors.NAME.<key>) ------------------------
-
-def check_devices(value: Any) -> None:
-    """``"+"`` or a non-empty list of distinct device ids."""
-    if isinstance(value, str):
-        if value != sj.ALL_DEVICES:
-            raise ValueError('must be a list of device ids or "+" for every reader')
-        return
-    if not value:
-        raise ValueError('must not be empty (use "+" for every reader on the broker)')
-    for device in value:
-        if not isinstance(device, str):
-            raise ValueError(f"device ids are strings, got {device!r}")
-        sj.check_device_id(device)
-    if len(set(value)) != len(value):
-        raise ValueError("lists a device id twice")
-
-
-def check_tls(value: Any) -> None:
-    """A table with optional ``ca``, ``cert``, ``key`` paths (absolute or relative to the working
-    directory) that must exist; ``cert`` and ``key`` go together."""
-    unknown = set(value) - set(TLS_KEYS)
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))} (known: ca, cert, key)")
-    for key in TLS_KEYS:
-        path = value.get(key)
-        if path is None:
-            continue
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"{key} must be a file path")
-        if not os.path.isfile(path):
-            raise ValueError(f"{key} file {path!r} does not exist (relative paths are taken "
-                             f"from the working directory {os.getcwd()!r})")
-    if ("cert" in value) != ("key" in value):
-        raise ValueError("cert and key go together (the client certificate and its key)")
-
-
-def check_qos(value: Any) -> None:
-    if value not in (0, 1, 2):
-        raise ValueError("must be 0, 1 or 2")
-
-
-def check_format(value: Any) -> None:
-    if value not in sj.FORMATS:
-        raise ValueError(f"must be one of {', '.join(sj.FORMATS)}")
-
-
-def check_prefix(value: Any) -> None:
-    sj.check_prefix(value)
-
-
-BROKER_SETTINGS: Final = (
-    Setting("broker", str, "127.0.0.1", "MQTT broker host name or address"),
-    Setting("port", int, None, f"broker port (default {PLAIN_PORT}, {TLS_PORT} with tls)",
-            check=port_number),
-    Setting("keepalive", int, 30, "MQTT keepalive, seconds", check=positive),
-    Setting("prefix", str, sj.DEFAULT_PREFIX, "topic prefix of the readers (register 028E)",
-            check=check_prefix),
-    Setting("qos", int, 1, "QoS of subscriptions and publishes", check=check_qos),
-    Setting("tls", dict, None, "TLS: a table with ca, cert, key file paths ({} = system "
-            "CAs)", check=check_tls),
-)
-
-
-def broker_port(config: dict[str, Any]) -> int:
-    if config["port"] is not None:
-        return int(config["port"])
-    return TLS_PORT if config.get("tls") is not None else PLAIN_PORT
-
-
-def reason_text(rc: ReasonCode | MQTTErrorCode | int) -> str:
-    if isinstance(rc, ReasonCode):
-        return rc.getName()
-    return mqtt.error_string(rc)
-
-
-def connect_error_text(exc: BaseException | None) -> str:
-    """Why a connection attempt failed, as an operator needs it: a TLS failure says so (an
-    untrusted broker certificate reads "TLS handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED]
-    certificate verify failed: unable to get local issuer certificate ...")."""
-    if exc is None:
-        return "no reason given by paho"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc}"
-    return str(exc) or type(exc).__name__
-
-
-# --- paho's thread → the actor loop -------------------------------------------------------------
-
-class _RetryNoise(logging.Filter):
-    """paho logs every failed reconnect attempt at ERROR ("Client is not connected ..."); the
-    link events (``evt.<name>.link``, one WARNING when it goes down) already say it, so these
-    go to DEBUG instead of flooding ``log.<name>`` during a broker outage. Everything else
-    paho reports (an exception in a callback, say) keeps its level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING and \
-                record.getMessage().startswith("Client is not connected"):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return PAHO_LOG.isEnabledFor(logging.DEBUG)
-        return True
-
-
-PAHO_LOG: Final = logging.getLogger(f"{__name__}.paho")
-PAHO_LOG.addFilter(_RetryNoise())
-
-
-class MqttHandler(Protocol):
-    """What a `PahoBridge` calls, on the actor loop thread."""
-
-    def mqtt_connected(self, failed: bool, reason: str) -> None: ...
-
-    def mqtt_connect_failed(self, reason: str) -> None: ...
-
-    def mqtt_disconnected(self, reason: str) -> None: ...
-
-    def mqtt_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
-
-    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None: ...
-
-
-@dataclass
-class _Pending:
-    deferred: Deferred
-    timer: TimerHandle
-    result: dict[str, Any]
-    on_acked: Callable[[dict[str, Any]], object] | None
-
-
-class PahoBridge:
-    """A paho client (API version 2) whose callbacks, on paho's network thread, only hand their
-    arguments to `handler` on the actor loop (`Actor.call_soon_threadsafe`); and the publishes
-    of that client still waiting for their acknowledgement (PUBACK for QoS 1). Message ids are
-    per client, so each bridge keeps its own table. Everything but the callbacks runs on the
-    loop thread."""
-
-    def __init__(self, actor: Actor, client_id: str, handler: MqttHandler,
-                 address: str, *, clean_session: bool = True) -> None:
-        self.actor = actor
-        self.handler = handler
-        self.address = address
-        self._pending: dict[int, _Pending] = {}
-        self.client = client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                           clean_session=clean_session)
-        client.enable_logger(PAHO_LOG)
-        # A callback that raises would end paho's thread; ours only hand over, but be sure.
-        client.suppress_exceptions = True
-        client.max_inflight_messages_set(0)  # commands are few; see `_withdraw`
-        cfg = actor.config
-        client.reconnect_delay_set(max(1, round(cfg["backoff_min"])),
-                                   max(1, round(cfg["backoff_max"])))
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-
-    def start(self, host: str, port: int, keepalive: int) -> None:
-        """Connect in paho's thread, which retries until it works (never blocks the loop);
-        over TLS when the actor's ``tls`` setting is a table (paho checks the broker's
-        certificate and its name, `host`, against ``ca`` or the system CAs)."""
-        tls = self.actor.config.get("tls")
-        if tls is not None:
-            self.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
-                                keyfile=tls.get("key"))
-        self.client.connect_async(host, port, keepalive)
-        self.client.loop_start()
-
-    def stop(self, reason: str) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        for mid in list(self._pending):
-            self.settle(mid, reason)
-
-    def publish(self, topic: str, payload: bytes, result: dict[str, Any], timeout: float,
-                on_acked: Callable[[dict[str, Any]], object] | None = None, *,
-                retain: bool = False) -> Deferred:
-        """Publish at the actor's `qos`; the Deferred resolves to `result` once the broker
-        acknowledged it, or fails after `timeout` seconds, when the message is withdrawn so
-        that paho does not deliver it late after a reconnect."""
-        info = self.client.publish(topic, payload, qos=self.actor.config["qos"], retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._withdraw(info.mid)
-            raise CommandError(f"publish to broker {self.address} failed: "
-                               f"{reason_text(info.rc)}")
-        deferred = Deferred()
-        timer = self.actor.call_later(
-            timeout, self.settle, info.mid,
-            f"broker {self.address} did not acknowledge within {timeout:g} s (withdrawn: it "
-            "will not be sent later)")
-        self._pending[info.mid] = _Pending(deferred, timer, result, on_acked)
-        return deferred
-
-    def settle(self, mid: int, error: str | None) -> None:
-        """The publish `mid` was acknowledged (`error` None) or failed."""
-        pending = self._pending.pop(mid, None)
-        if pending is None:
-            return
-        pending.timer.cancel()
-        if error is not None:
-            self._withdraw(mid)
-            pending.deferred.fail(error)
-            return
-        if pending.on_acked is not None:
-            pending.on_acked(pending.result)
-        pending.deferred.resolve(pending.result)
-
-    def _withdraw(self, mid: int) -> None:
-        """Forget an unacknowledged publish, so paho does not resend it after a reconnect.
-
-        paho has no public call for this; it keeps QoS 1 messages in ``_out_messages`` (under
-        ``_out_message_mutex``) and resends them on reconnect. With max_inflight 0 (unlimited)
-        removing one leaves no in-flight count to fix up.
-        """
-        with self.client._out_message_mutex:
-            self.client._out_messages.pop(mid, None)
-
-    def _handover(self, fn: Callable[..., object], *args: Any) -> None:
-        self.actor.call_soon_threadsafe(fn, *args)
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
-                    props: Any) -> None:
-        self._handover(self.handler.mqtt_connected, rc.is_failure, reason_text(rc))
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        # paho calls this from inside its ``except OSError`` around the connect attempt and
-        # passes no error: the exception being handled is the only account of why (a refused
-        # port, an unreachable host, a TLS certificate the broker or we did not accept).
-        self._handover(self.handler.mqtt_connect_failed, connect_error_text(sys.exc_info()[1]))
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
-                       props: Any) -> None:
-        self._handover(self.handler.mqtt_disconnected, reason_text(rc))
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._handover(self.handler.mqtt_message, msg.topic, bytes(msg.payload), msg.retain)
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
-                    props: Any) -> None:
-        self._handover(self.settle, mid, f"broker {self.address} refused it: "
-                       f"{reason_text(rc)}" if rc.is_failure else None)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
-                      codes: list[ReasonCode], props: Any) -> None:
-        self._handover(self.handler.mqtt_subscribed, mid,
-                      [reason_text(c) for c in codes if c.is_failure])
-
-
-def excerpt(payload: bytes) -> str:
-    """A payload for a log line: text if printable, else hex; bounded."""
-    head = payload[:EXCERPT]
-    text = head.decode("utf-8", "replace")
-    shown = repr(text) if text.isprintable() else f"hex {head.hex()}"
-    return shown + ("..." if len(payload) > EXCERPT else "")
-
 
 # --- the actor ----------------------------------------------------------------------------------
 
@@ -333,7 +72,9 @@ class SpringCoreMqttActor(Actor):
     type_name: ClassVar[str] = "springcore-mqtt"
     reconnect: ClassVar[bool] = False  # paho reconnects by itself
     settings = (
-        *BROKER_SETTINGS,
+        *broker_settings(Setting("prefix", str, sj.DEFAULT_PREFIX,
+                                 "topic prefix of the readers (register 028E)",
+                                 check=sj.check_prefix)),
         Setting("username", str, "", "broker user name ('' = anonymous)"),
         Setting("password", str, "", "broker password (never logged)"),
         Setting("client_id", str, "", "MQTT client id ('' = sctl-<name>)"),
@@ -343,9 +84,9 @@ class SpringCoreMqttActor(Actor):
                 "mosquitto bounds them with max_queued_messages) instead of being lost"),
         Setting("devices", (list, str), sj.ALL_DEVICES,
                 'reader ids to serve, or "+" for every reader on the broker',
-                check=check_devices),
+                check=sj.check_devices),
         Setting("command_format", str, sj.JSON, "json ({\"Sequence\":\"60\"}) or scrdr "
-                "($SCCMD;SEQ=60)", check=check_format),
+                "($SCCMD;SEQ=60)", check=sj.check_format),
         Setting("command_timeout", float, 5.0,
                 "seconds to wait for the broker's PUBACK of a command", check=positive),
     )

@@ -14,7 +14,7 @@ Link handling, on top of the base's state machine and backoff:
   connect — is another client connected? the reader accepts one", then retried with backoff,
   instead of an up/down flap that looks like a working link.
 - Half-open connections (the reader lost power, a cable was pulled): TCP keepalive from
-  `actors.tcp.TcpClient`, plus the optional `idle_timeout` (the reader has no heartbeat over
+  `actors.transports.tcp.TcpClient`, plus the optional `idle_timeout` (the reader has no heartbeat over
   TCP, so "nothing for N s" can only mean something at sites where tags pass often).
 - A device that vanishes mid-line: the partial line is reported (``evt.<name>.rejected`` and
   the log) and discarded; the next connection starts clean.
@@ -31,9 +31,9 @@ import logging
 import time
 from typing import Any, Final
 
-from actors.base import Actor, CommandError, Param, Setting, command
-from actors.link import UP
-from actors.loop import TimerHandle
+from actors.core.actor import Actor, CommandError, Param, Setting, command
+from actors.core.link import UP
+from actors.core.loop import TimerHandle
 from actors.protocols.springcore import (
     BAD,
     LINE_ENDINGS,
@@ -49,9 +49,9 @@ from actors.protocols.springcore import (
     leds_command,
     seq_command,
 )
-from actors.tcp import TcpClient
+from actors.transports.tcp import TcpClient
 from broker.config import non_negative, port_number
-from broker.errors import LocalProtocolError
+from broker.wire.errors import LocalProtocolError
 
 log = logging.getLogger(__name__)
 

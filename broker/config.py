@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from broker import topics
-from broker.errors import ConfigError, TopicError
+from broker.wire import topics
+from broker.wire.errors import ConfigError, TopicError
 
 DEFAULT_SITE: Final = Path("deploy/site.toml")
 ENV_VAR: Final = "SCTL_CONFIG"

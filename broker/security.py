@@ -40,8 +40,8 @@ from typing import Any, Final
 import zmq
 import zmq.auth
 
-from broker import topics
-from broker.errors import BusError, ConfigError, TopicError
+from broker.wire import topics
+from broker.wire.errors import BusError, ConfigError, TopicError
 
 log = logging.getLogger(__name__)
 

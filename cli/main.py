@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from broker.config import SiteConfig, load_site
-from broker.errors import BusError, ConfigError, EnvelopeError, SctlError
+from broker.wire.errors import BusError, ConfigError, EnvelopeError, SctlError
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
@@ -64,7 +64,7 @@ def _bus(site: SiteConfig, wait: float,
          subscribe: Sequence[tuple[str, int | None]] = ()) -> Any:
     """A connected client Bus, or exit 3 saying the router does not answer. Subscriptions are
     made before connecting, so the sync handshake fixes where they start."""
-    from broker.bus import Bus, client_name
+    from broker.client.bus import Bus, client_name
 
     try:
         bus = Bus(site.router, client_name())
@@ -96,7 +96,7 @@ def _dumps(obj: Any) -> str:
 @click.pass_context
 def router(ctx: click.Context) -> None:
     """Run the router of the site (binds ingress, egress, query)."""
-    from broker.router import serve
+    from broker.router.server import serve
 
     _setup_logging(ctx.obj["verbose"], logging.INFO)
     sys.exit(serve(site_of(ctx).router))
@@ -107,7 +107,7 @@ def router(ctx: click.Context) -> None:
 @click.pass_context
 def actor(ctx: click.Context, name: str) -> None:
     """Run actor NAME from the site file (any registered type)."""
-    from actors.runner import run_actor
+    from cli.runner import run_actor
 
     _setup_logging(ctx.obj["verbose"], logging.INFO)
     site = site_of(ctx)
@@ -140,7 +140,7 @@ def sim(ctx: click.Context, kind: str, name: str | None, sets: tuple[str, ...]) 
     """Run the device simulator KIND as an actor (springcore-tcp, springcore-mqtt,
     spec-server, instrument, iec104-master). `sctl describe NAME` lists its commands."""
     from actors.registry import sim_config
-    from actors.runner import run_actor
+    from cli.runner import run_actor
 
     _setup_logging(ctx.obj["verbose"], logging.INFO)
     site = site_of(ctx)
@@ -167,7 +167,7 @@ def watchdog(ctx: click.Context, host: str | None) -> None:
     import signal
     import threading
 
-    from broker import watchdog as wd
+    from cli.ops import watchdog as wd
 
     _setup_logging(ctx.obj["verbose"], logging.INFO)
     site = site_of(ctx)
@@ -194,7 +194,7 @@ def render(ctx: click.Context, host: str | None, output: str | None, check: bool
     """Write the supervisord configuration of the site (router, watchdog, services, actors)."""
     from pathlib import Path
 
-    from broker.supervise import render as render_site
+    from cli.ops.supervisord import render as render_site
 
     site = site_of(ctx)
     if host is not None and host not in site.hosts():
@@ -317,7 +317,7 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
 def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str, ...],
              timeout: float) -> Any:
     """Send one command and return the reply envelope, or exit 3 explaining the silence."""
-    from broker.ops import explain_silence, heartbeats
+    from cli.ops.heartbeats import explain_silence, heartbeats
 
     _setup_logging(ctx.obj["verbose"])
     site = site_of(ctx)
@@ -418,7 +418,7 @@ def ping(ctx: click.Context, actor_name: str, timeout: float) -> None:
 def sub(ctx: click.Context, prefixes: tuple[str, ...], count: int | None,
         timeout: float | None, since: int | None, as_json: bool) -> None:
     """Print messages whose topic matches PREFIX (all if none), gap-free and in order."""
-    from broker.topics import check_prefix
+    from broker.wire.topics import check_prefix
 
     _setup_logging(ctx.obj["verbose"])
     site = site_of(ctx)
@@ -472,7 +472,7 @@ _KIND_BY_PREFIX = {"evt": "event", "hb": "heartbeat", "log": "log", "sys": "syst
 @click.pass_context
 def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: float) -> None:
     """Publish one envelope with JSON object DATA on TOPIC; exit 0 once the router has it."""
-    from broker.topics import check_topic
+    from broker.wire.topics import check_topic
 
     _setup_logging(ctx.obj["verbose"])
     site = site_of(ctx)
@@ -509,7 +509,7 @@ def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: fl
 def status(ctx: click.Context, as_json: bool, timeout: float) -> None:
     """Every program of the site: supervisord state, pid, uptime, link, last event, counts,
     restarts and alarms. Works with the router or supervisord down (says so)."""
-    from broker.status import site_status
+    from cli.ops.status import site_status
 
     _setup_logging(ctx.obj["verbose"])
     report = site_status(site_of(ctx), timeout)
@@ -574,7 +574,7 @@ def _print_status(report: dict[str, Any]) -> None:
 def top(ctx: click.Context, interval: float, window: float, once: bool, as_json: bool) -> None:
     """Live view of the site: actors, links, per-topic rates, event latency, drops, restarts,
     alarms (Ctrl-C to quit)."""
-    from broker.top import TopView, render
+    from cli.ops.top import TopView, render
 
     _setup_logging(ctx.obj["verbose"])
     bus = _bus(site_of(ctx), 5.0)

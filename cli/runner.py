@@ -14,11 +14,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from actors.base import EXIT_CONFIG, Actor
-from actors.buslog import BusLogHandler
+from actors.core.actor import EXIT_CONFIG, Actor
+from actors.core.buslog import BusLogHandler
 from actors.registry import create_actor
 from broker.config import ActorConfig, SiteConfig
-from broker.errors import ConfigError
+from broker.wire.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Lifecycle, in three phases like pykka's actor loop:
    publish), subscribe to ``cmd.<name>``, publish a ``starting`` heartbeat, run `on_start`, open
    the device link if the class has one. An exception here is logged and `run` returns 1, so
    supervisord restarts the process.
-2. running: the loop (`actors.loop.Loop`) until `request_stop` (SIGTERM/SIGINT in `run_actor`).
+2. running: the loop (`actors.core.loop.Loop`) until `request_stop` (SIGTERM/SIGINT in `run_actor`).
 3. teardown: close the link (``evt.<name>.link`` down, reason "actor stopping"), run `on_stop`,
    answer every command still running with "actor stopping", publish a ``stopping`` heartbeat and
    flush the outbox for up to `STOP_FLUSH` seconds so the last events reach the router.
@@ -38,8 +38,8 @@ from typing import Any, ClassVar, Final
 
 import zmq
 
-from actors import recovery
-from actors.commands import (
+from actors.core import recovery
+from actors.core.commands import (
     CommandError,
     CommandSpec,
     Deferred,
@@ -49,10 +49,10 @@ from actors.commands import (
     collect,
     command,
 )
-from actors.link import CONNECTING, DOWN, UP, Backoff, Link, LinkChange, LinkStateError
-from actors.loop import Loop, Pollable, TimerHandle
-from broker import topics
-from broker.bus import Bus, Delivery
+from actors.core.link import CONNECTING, DOWN, UP, Backoff, Link, LinkChange, LinkStateError
+from actors.core.loop import Loop, Pollable, TimerHandle
+from broker.client.bus import Bus, Delivery
+from broker.client.outbox import DEFAULT_MAX_MESSAGES
 from broker.config import (
     ActorConfig,
     RouterConfig,
@@ -61,9 +61,9 @@ from broker.config import (
     parse_settings,
     positive,
 )
-from broker.envelope import Envelope
-from broker.errors import ConfigError, EnvelopeError
-from broker.outbox import DEFAULT_MAX_MESSAGES
+from broker.wire import topics
+from broker.wire.envelope import Envelope
+from broker.wire.errors import ConfigError, EnvelopeError
 
 __all__ = ["Actor", "CommandError", "Deferred", "Param", "Setting", "command"]
 
@@ -385,7 +385,7 @@ class Actor:
         self.bus.reply_to(env, outcome.status, outcome.result, outcome.error)
 
     def _record_run(self, env: Envelope, name: str, outcome: Outcome | None) -> int | None:
-        """evt.<name>.run before and after a command runs (see actors.recovery); returns the
+        """evt.<name>.run before and after a command runs (see actors.core.recovery); returns the
         started record's seq, which the command waits on (write-ahead)."""
         if outcome is None:
             return self.publish_event(

@@ -4,8 +4,8 @@ A handler returns a result, raises `CommandError`, or returns a `Deferred` and s
 from any thread. The reply cache makes execution exactly-once (DESIGN §4.4): finished commands
 keep their reply (status, result, error) in a bounded LRU keyed by command id, so a retried
 command is answered again without running again; commands still running or waiting for their
-write-ahead record (`actors.recovery`) are tracked by the Dispatcher, and their duplicates get
-no second run. Declarations and argument conversion are in `actors.params`.
+write-ahead record (`actors.core.recovery`) are tracked by the Dispatcher, and their duplicates get
+no second run. Declarations and argument conversion are in `actors.core.params`.
 
 Nothing in this module does I/O; it is unit-tested without sockets.
 """
@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from actors.params import (
+from actors.core.params import (
     CommandError,
     CommandSpec,
     Param,
@@ -29,8 +29,8 @@ from actors.params import (
     convert,
     parse_call,
 )
-from broker.envelope import Envelope
-from broker.errors import EnvelopeError, LocalProtocolError
+from broker.wire.envelope import Envelope
+from broker.wire.errors import EnvelopeError, LocalProtocolError
 
 __all__ = ["CommandError", "CommandSpec", "Deferred", "Dispatcher", "Outcome", "Param",
            "ReplyCache", "bind", "collect", "command", "convert", "parse_call"]
@@ -81,7 +81,7 @@ class Cancellable(Protocol):
 
 
 class LoopLike(Protocol):
-    """The part of `actors.loop.Loop` this module uses (tests pass a fake)."""
+    """The part of `actors.core.loop.Loop` this module uses (tests pass a fake)."""
 
     def in_loop_thread(self) -> bool: ...
 
@@ -158,7 +158,7 @@ class Dispatcher:
         self.clock = clock
         self.current: Envelope | None = None
         self.stopping = False
-        # Write-ahead records (actors.recovery): record(env, name, None) before a command runs
+        # Write-ahead records (actors.core.recovery): record(env, name, None) before a command runs
         # returns a ticket; when_recorded(ticket, go) calls go(True) once it is durable (the
         # router journaled it), go(False) if it never will be. record(env, name, outcome) after.
         self.record: Callable[[Envelope, str, Outcome | None], int | None] | None = None

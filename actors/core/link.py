@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker.errors import SctlError
+from broker.wire.errors import SctlError
 
 IDLE: Final = "idle"
 CONNECTING: Final = "connecting"

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
-from broker.errors import SctlError
+from broker.wire.errors import SctlError
 
 COMMAND_ATTR: Final = "__sctl_command__"
 KINDS: Final[dict[type, str]] = {

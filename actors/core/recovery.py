@@ -26,10 +26,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from actors.commands import Outcome
-from broker import wire
-from broker.bus import Bus, Delivery
-from broker.errors import BusError, EnvelopeError
+from actors.core.commands import Outcome
+from broker.client.bus import Bus, Delivery
+from broker.wire import protocol
+from broker.wire.errors import BusError, EnvelopeError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def read_back(bus: Bus, actor: str, horizon: float,
         gseq = _first_after(bus, first, last, time.time() - horizon, end)
         records: list[dict[str, Any]] = []
         while time.monotonic() < end:
-            header, items = bus.query({"op": wire.OP_SINCE, "gseq": gseq, "prefixes": [topic]},
+            header, items = bus.query({"op": protocol.OP_SINCE, "gseq": gseq, "prefixes": [topic]},
                                       timeout=max(0.1, end - time.monotonic()))
             records.extend(_own(items, actor))
             gseq = int(header.get("next", gseq))
@@ -108,7 +108,7 @@ def _first_after(bus: Bus, lo: int, hi: int, since: float, end: float) -> int:
     hi += 1
     while lo < hi and time.monotonic() < end:
         mid = (lo + hi) // 2
-        _, items = bus.query({"op": wire.OP_SINCE, "gseq": mid, "limit": 1},
+        _, items = bus.query({"op": protocol.OP_SINCE, "gseq": mid, "limit": 1},
                              timeout=max(0.1, end - time.monotonic()))
         if not items:
             return lo  # evicted meanwhile: scan from what is there

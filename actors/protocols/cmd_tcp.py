@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 DEFAULT_TIMEOUT: Final = 60.0  # seconds, Pyrame's socket.setdefaulttimeout(60)
 UNDEF: Final = "undef"

@@ -5,7 +5,7 @@ The site file describes what the 104 server exposes, one table per information o
     [[actors.scada.point]]            # a monitoring point fed from the bus
     ioa = 100
     type = "M_ME_NC_1"
-    topic = "evt.motor1.position"     # bus topic prefix (segment aligned, see broker.topics)
+    topic = "evt.motor1.position"     # bus topic prefix (segment aligned, see broker.wire.topics)
     field = "value"                   # dotted path into the envelope's data (default "value")
     match = { chan = "motor/th/position" }   # optional: data fields that must be equal
     map = { open = 1.0, closed = 0.0 }       # optional: received value -> point value
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, Final, NoReturn
 
-from broker import topics
-from broker.errors import ConfigError, TopicError
+from broker.wire import topics
+from broker.wire.errors import ConfigError, TopicError
 
 MONITOR_TYPES: Final[dict[str, str]] = {
     "M_SP_NA_1": "bool", "M_SP_TB_1": "bool",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Final
 
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 SV_SPEC_MAGIC: Final = 0xFEEDFACE
 NAME_SIZE: Final = 80

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from actors.protocols.spec import BIG, LITTLE, DataType, Message
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 ELEMENTS: Final[dict[int, str]] = {  # numeric array type → struct code
     DataType.SV_ARR_DOUBLE: "d", DataType.SV_ARR_FLOAT: "f", DataType.SV_ARR_LONG: "i",

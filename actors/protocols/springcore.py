@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from actors.protocols.springcore_tag import INSERT, INSERT_REMOVE, REMOVE, normalize_move, tag_event
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 MAX_LINE: Final = 65536  # bytes of one $SCRDR line, line ending excluded ("up to 64kB")
 MAX_COMMAND: Final = 255  # a $SCCMD line must be shorter than 256 characters (ending excluded)

@@ -46,7 +46,7 @@ from actors.protocols.springcore_tag import (
     normalize_move,
     tag_event,
 )
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 DEFAULT_PREFIX: Final = "springcard/springcore"
 MAX_PAYLOAD: Final = 65536  # the device's own bound on a message (§1.1)
@@ -397,3 +397,26 @@ def encode_status(state: str, *, uptime: str | None = None,
 
 def encode_meta(fields: dict[str, Any]) -> bytes:
     return _compact(fields)
+
+
+# --- settings checks of a device type using this format (ValueError names the key) ------
+
+def check_devices(value: Any) -> None:
+    """``"+"`` or a non-empty list of distinct device ids."""
+    if isinstance(value, str):
+        if value != ALL_DEVICES:
+            raise ValueError('must be a list of device ids or "+" for every reader')
+        return
+    if not value:
+        raise ValueError('must not be empty (use "+" for every reader on the broker)')
+    for device in value:
+        if not isinstance(device, str):
+            raise ValueError(f"device ids are strings, got {device!r}")
+        check_device_id(device)
+    if len(set(value)) != len(value):
+        raise ValueError("lists a device id twice")
+
+
+def check_format(value: Any) -> None:
+    if value not in FORMATS:
+        raise ValueError(f"must be one of {', '.join(FORMATS)}")

@@ -24,10 +24,10 @@ from typing import Any, Final
 
 import c104
 
-from actors.base import Actor, CommandError, Deferred, Param, Setting, command
-from actors.iec104_map import COMMAND_TYPES, MappingError, coerce
-from actors.iec104_server import c104_type, from_c104, to_c104
-from actors.link import UP
+from actors.core.actor import Actor, CommandError, Deferred, Param, Setting, command
+from actors.core.link import UP
+from actors.protocols.iec104_map import COMMAND_TYPES, MappingError, coerce
+from actors.transports.c104 import c104_type, from_c104, to_c104
 from broker.config import port_number, positive
 
 log = logging.getLogger(__name__)

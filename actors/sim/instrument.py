@@ -32,8 +32,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from actors.base import Actor, CommandError, Param, Setting, command
-from actors.tcp import TcpListener, TcpStream
+from actors.core.actor import Actor, CommandError, Param, Setting, command
+from actors.transports.tcp import TcpListener, TcpStream
 from broker.config import non_negative
 
 log = logging.getLogger(__name__)

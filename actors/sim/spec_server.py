@@ -31,15 +31,15 @@ from typing import Any, Final
 
 import zmq
 
-from actors.base import Actor, CommandError, Param, Setting, command
-from actors.loop import TimerHandle
+from actors.core.actor import Actor, CommandError, Param, Setting, command
+from actors.core.loop import TimerHandle
 from actors.protocols.spec import LITTLE, Cmd, DataType, Decoder, Message, encode_message
 from actors.protocols.spec_types import Value, decode_value, encode_value, format_number
 from actors.sim.spec_eval import EvalError, Interpreter, to_number
 from actors.sim.spec_state import ALL_MOTORS, PropertyError, SpecState
-from actors.tcp import TcpListener, TcpStream
+from actors.transports.tcp import TcpListener, TcpStream
 from broker.config import ActorConfig, RouterConfig, non_negative, positive
-from broker.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 

@@ -33,18 +33,12 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from actors.base import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
+from actors.core.actor import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
 from actors.protocols import springcore
 from actors.protocols import springcore_json as sj
-from actors.springcore_mqtt import (
-    BROKER_SETTINGS,
-    PahoBridge,
-    broker_port,
-    check_devices,
-    check_format,
-)
+from actors.transports.mqtt import PahoBridge, broker_port, broker_settings
 from broker.config import positive
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +122,15 @@ class SpringCoreMqttSim(Actor):
     type_name: ClassVar[str] = "sim-springcore-mqtt"
     reconnect: ClassVar[bool] = False  # paho reconnects by itself
     settings = (
-        *BROKER_SETTINGS,
+        *broker_settings(Setting("prefix", str, sj.DEFAULT_PREFIX,
+                                 "topic prefix of the readers (register 028E)",
+                                 check=sj.check_prefix)),
         Setting("devices", list, ["DA1275B0"], "ids of the virtual readers",
-                check=check_devices),
+                check=sj.check_devices),
         Setting("status_interval", float, 30.0, "seconds between STATUS messages",
                 check=positive),
         Setting("format", str, sj.JSON, "default event format: json or scrdr",
-                check=check_format),
+                check=sj.check_format),
         Setting("variant", str, "current", "default JSON field names: current or old",
                 check=check_variant),
         Setting("publish_timeout", float, 5.0, "seconds to wait for the broker's PUBACK",

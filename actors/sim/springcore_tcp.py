@@ -26,8 +26,8 @@ import logging
 import socket
 from typing import Any, Final
 
-from actors.base import Actor, CommandError, Param, Setting, command
-from actors.loop import TimerHandle
+from actors.core.actor import Actor, CommandError, Param, Setting, command
+from actors.core.loop import TimerHandle
 from actors.protocols.springcore import (
     CHECKSUM_MODES,
     MAX_COMMAND,
@@ -35,9 +35,9 @@ from actors.protocols.springcore import (
     encode_tag_line,
     greeting_line,
 )
-from actors.tcp import TcpListener, TcpStream
+from actors.transports.tcp import TcpListener, TcpStream
 from broker.config import non_negative
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 

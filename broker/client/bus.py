@@ -1,6 +1,6 @@
 """The Bus client: the one way actors, sctl and outside Python tools use the bus.
 
-A `Bus` is owned by one thread. It has three sockets to the router (see `broker.wire`): a PUB to
+A `Bus` is owned by one thread. It has three sockets to the router (see `broker.wire.protocol`): a PUB to
 ingress (``XPUB_NODROP``: a full pipe is reported, not dropped), a SUB to egress, and a DEALER to
 the query socket. It gives:
 
@@ -17,8 +17,8 @@ the query socket. It gives:
 - **commands**: `start_request`/`request` publish a command and re-publish it (same id) until a
   reply or the deadline; the actor's reply cache makes the execution exactly-once.
 
-The parts explain their strategy: `broker.publisher` (ingress), `broker.egress` (subscriptions,
-gap-free egress), `broker.requests` (commands), `broker.delivery` (what the router sends). This
+The parts explain their strategy: `broker.client.publisher` (ingress), `broker.client.egress` (subscriptions,
+gap-free egress), `broker.client.requests` (commands), `broker.client.delivery` (what the router sends). This
 module owns the sockets, the sync handshake and the one set of timers of all the parts
 (`next_deadline`, `tick`), and dispatches what arrives.
 
@@ -51,16 +51,18 @@ from typing import Any, Final
 
 import zmq
 
-from broker import delivery, security, topics, wire
-from broker import envelope as envmod
+from broker import security
+from broker.client import delivery
+from broker.client.delivery import Delivery, parse_reply
+from broker.client.egress import Egress
+from broker.client.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Outbox
+from broker.client.publisher import Publisher
+from broker.client.requests import Request, Requests
 from broker.config import RouterConfig
-from broker.delivery import Delivery, parse_reply
-from broker.egress import Egress
-from broker.envelope import Envelope
-from broker.errors import BusError, EnvelopeError, RequestTimeout
-from broker.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Outbox
-from broker.publisher import Publisher
-from broker.requests import Request, Requests
+from broker.wire import envelope as envmod
+from broker.wire import protocol, topics
+from broker.wire.envelope import Envelope
+from broker.wire.errors import BusError, EnvelopeError, RequestTimeout
 
 __all__ = ["Bus", "Delivery", "Request", "client_name", "new_epoch", "parse_reply"]
 
@@ -296,7 +298,7 @@ class Bus:
         env = envmod.make(self.name, self.epoch, 0, "system", {
             "token": self._sync_token, "next": self._publisher.held_from})
         with contextlib.suppress(zmq.Again):
-            self._pub.send_multipart((wire.SYNC_TOPIC.encode(), env.encode()), flags=zmq.NOBLOCK)
+            self._pub.send_multipart((protocol.SYNC_TOPIC.encode(), env.encode()), flags=zmq.NOBLOCK)
         self.counters["sync_probes"] += 1
         self._next_sync = now + self._sync_interval
         self._sync_interval = min(SYNC_MAX, self._sync_interval * 2)
@@ -325,7 +327,7 @@ class Bus:
     # ---------------------------------------------------------------- subscribing
 
     def subscribe(self, prefix: str, *, gapless: bool = True, since: int | None = None) -> None:
-        """Deliver messages whose topic matches `prefix` (segment aligned, see broker.topics).
+        """Deliver messages whose topic matches `prefix` (segment aligned, see broker.wire.topics).
 
         gapless: every matching message exactly once and in gseq order, from now on (or from
         gseq `since`). Otherwise best effort, filtered by ZeroMQ.
@@ -539,7 +541,7 @@ class Bus:
         return delivery.query(self._ctx, self.router.connect_url("query"), request, timeout)
 
     def state(self, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
-        header, _ = self.query({"op": wire.OP_STATE}, timeout)
+        header, _ = self.query({"op": protocol.OP_STATE}, timeout)
         state = header.get("state")
         if not isinstance(state, dict):
             raise BusError("router state answer has no state map")

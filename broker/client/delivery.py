@@ -1,8 +1,8 @@
 """What the router hands a Bus client: live deliveries and query answers.
 
-Both egress paths carry the same entry, ``[topic, body, stamp]`` (see `broker.wire`): the SUB
+Both egress paths carry the same entry, ``[topic, body, stamp]`` (see `broker.wire.protocol`): the SUB
 socket one per message, a query answer (after its header map) any number of them. Both become a
-`Delivery`, so the live path and the replay path of `broker.egress` merge one kind of item. The
+`Delivery`, so the live path and the replay path of `broker.client.egress` merge one kind of item. The
 envelope is decoded lazily: subscribers that filter by topic never pay for it.
 
 `query` is the one-shot blocking request of `Bus.query`. It opens a DEALER of its own for each
@@ -15,10 +15,10 @@ from typing import Any
 
 import zmq
 
-from broker import envelope as envmod
-from broker import wire
-from broker.envelope import Envelope
-from broker.errors import BusError, EnvelopeError
+from broker.wire import envelope as envmod
+from broker.wire import protocol
+from broker.wire.envelope import Envelope
+from broker.wire.errors import BusError, EnvelopeError
 
 
 class Delivery:
@@ -47,7 +47,7 @@ def parse_reply(frames: list[bytes]) -> tuple[dict[str, Any], list[Delivery]]:
     """Split a query answer into its header map and (topic, body, stamp) entries."""
     if not frames:
         raise BusError("empty answer from the query socket")
-    header = wire.unpack_map(frames[0], "query answer header")
+    header = protocol.unpack_map(frames[0], "query answer header")
     rest = frames[1:]
     if len(rest) % 3:
         raise BusError(f"query answer has {len(rest)} entry frames, not a multiple of 3")
@@ -68,7 +68,7 @@ def query(context: zmq.Context[Any], url: str, request: dict[str, Any],
     s.setsockopt(zmq.LINGER, 0)
     try:
         s.connect(url)
-        s.send_multipart((b"q", wire.pack(request)))
+        s.send_multipart((b"q", protocol.pack(request)))
         if not s.poll(int(timeout * 1000)):
             raise BusError(f"router query socket {url} did not answer within {timeout:g} s — "
                            f"is the router running?")

@@ -29,11 +29,11 @@ from typing import Any, Final
 
 import zmq
 
-from broker import topics, wire
-from broker.delivery import Delivery, parse_reply
-from broker.errors import BusError, EnvelopeError
-from broker.requests import Requests
-from broker.stream import Stream
+from broker.client.delivery import Delivery, parse_reply
+from broker.client.requests import Requests
+from broker.client.stream import Stream
+from broker.wire import protocol, topics
+from broker.wire.errors import BusError, EnvelopeError
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +204,12 @@ class Egress:
         self._replay_seq += 1
         self._replay_token = f"r{self._replay_seq}".encode()
         self._replay_sent = now
-        req: dict[str, Any] = {"op": wire.OP_SINCE, "gseq": start,
+        req: dict[str, Any] = {"op": protocol.OP_SINCE, "gseq": start,
                                "reason": "since" if self._catching_up else "gap",
                                "prefixes": sorted({*self._subs, self._reply_topic})}
         if span is not None:
             req["until"] = span[1]
-        self.dealer.send_multipart((self._replay_token, wire.pack(req)))
+        self.dealer.send_multipart((self._replay_token, protocol.pack(req)))
 
     def drain(self, out: list[Delivery], batch: int) -> None:
         """Take up to `batch` answers from the DEALER (a bound keeps the sockets fair)."""

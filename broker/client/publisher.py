@@ -23,11 +23,11 @@ from typing import Any, Final
 
 import zmq
 
-from broker import envelope as envmod
-from broker import ingress, topics
-from broker.envelope import Envelope
-from broker.errors import EnvelopeError, TopicError
-from broker.outbox import Outbox, Overflow
+from broker.client.outbox import Outbox, Overflow
+from broker.wire import envelope as envmod
+from broker.wire import rules, topics
+from broker.wire.envelope import Envelope
+from broker.wire.errors import EnvelopeError, TopicError
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ class Publisher:
                 self._counters["sent"] += sent
 
     def _learn(self, topic: str) -> tuple[bytes, frozenset[str]]:
-        """The cached rule of `topic`: its frame and `ingress.passing_kinds`."""
+        """The cached rule of `topic`: its frame and `rules.passing_kinds`."""
         tframe = topic.encode()
-        rule = tframe, ingress.passing_kinds(ingress.topic_rule(tframe))
+        rule = tframe, rules.passing_kinds(rules.topic_rule(tframe))
         if len(self._rules) >= RULE_CACHE:
             self._rules.clear()
         self._rules[topic] = rule
@@ -126,8 +126,8 @@ class Publisher:
     def _check_kind(topic: str, tframe: bytes, kind: str) -> None:
         """Raise the error for a kind the router would refuse on `topic`. An unknown kind on a
         topic that takes any is left to the envelope check, whose error names the kinds."""
-        _, need, special = ingress.topic_rule(tframe)
-        if special != ingress.NORMAL:
+        _, need, special = rules.topic_rule(tframe)
+        if special != rules.NORMAL:
             raise TopicError(f"{topic} is reserved for the router")
         if kind != need and (need is not None or kind == "command"):
             raise EnvelopeError(f"kind {kind!r} may not be published on {topic} "

@@ -1,4 +1,4 @@
-"""Commands in flight: the sender's half of a command round trip (DESIGN §4.4, `broker.wire`).
+"""Commands in flight: the sender's half of a command round trip (DESIGN §4.4, `broker.wire.protocol`).
 
 A command is published on ``cmd.<actor>`` with ``reply_to`` this client's ``rep.<name>`` and is
 re-published with the same ``id`` (a new seq) until the reply arrives or its timeout passes.
@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from broker import envelope as envmod
-from broker import topics
-from broker.envelope import Envelope
+from broker.wire import envelope as envmod
+from broker.wire import topics
+from broker.wire.envelope import Envelope
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A peer that floods garbage must not flood the journal and the log in turn. Every
 counted, but reports share one token bucket of `REPORTS_PER_S` (the router writes its log line
 from the report, so the two are limited together), and the next report that goes out carries the
 number suppressed since the last one. The reasons and the report fields are specified in
-`broker.wire`; this module only builds the report, the router publishes it.
+`broker.wire.protocol`; this module only builds the report, the router publishes it.
 """
 
 from __future__ import annotations

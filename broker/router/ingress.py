@@ -10,12 +10,13 @@ goes through `envelope.decode`, which either accepts it after all or raises the 
 reported. The subset property (``fast_fields(b) is not None`` implies ``envelope.decode(b)``
 succeeds with the same fields) is a property test in tests/unit/test_ingress.py.
 
-Topic rules are decided once per distinct topic (`topic_rule`) and cached by the router;
-`refusal` applies them to a decoded envelope (reserved topic or src, kind against topic, seq 0).
+Topic rules (`broker.wire.rules`: `topic_rule`, `refusal`, `passing_kinds`) are shared with
+the publisher, which refuses the same messages before they leave; the router caches them per
+topic.
 
 `sequence_fields` reads only (src, epoch, seq) from the head of a body, without decoding the
 payload: the router uses it on bodies it refuses unread (too large) or that fail `fields`, so
-that a refused envelope still uses up its seq (see `broker.wire`).
+that a refused envelope still uses up its seq (see `broker.wire.protocol`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,10 @@ from typing import Any, Final
 
 import msgpack
 
-from broker import envelope, topics, wire
-from broker.errors import EnvelopeError, TopicError
+from broker.wire import envelope, topics
+from broker.wire.errors import EnvelopeError, TopicError
+from broker.wire.rules import Fields
 
-NORMAL: Final = 0
-SYNC: Final = 1
-RESERVED: Final = 2  # only the router publishes here (ack.*, sys.router.*), or ctl.* but sync
-ROUTER_SRC: Final = "router"  # the router's own src: no peer may send with it
-
-_RESERVED_PREFIXES: Final = ("ack", "sys.router", "ctl")
-_KIND_OF_ROOT: Final = {"cmd": "command", "rep": "reply", "hb": "heartbeat", "log": "log"}
 _FAST_KINDS: Final = envelope.KINDS - {"command", "reply"}
 _KEYS: Final = frozenset({"v", "id", "src", "epoch", "seq", "ts", "kind", "data"})
 _MAX_KNOWN_SRC: Final = 10_000
@@ -43,51 +38,6 @@ _SEQ_KEYS: Final = frozenset({"src", "epoch", "seq"})
 SEQ_MAX_KEYS: Final = 16  # keys examined by sequence_fields (an envelope has at most 11)
 _SEQ_LIMIT: Final = 256  # longest str/bin and largest container unpacked (skip() ignores it)
 _known_src: set[str] = set()  # names that passed topics.check_name
-
-# (src, epoch, seq, kind, data) of a valid envelope
-Fields = tuple[str, int, int, str, dict[str, Any]]
-# (topic, kind the topic requires or None, NORMAL/SYNC/RESERVED)
-TopicRule = tuple[str, str | None, int]
-
-
-def topic_rule(tframe: bytes) -> TopicRule:
-    """Decide the rules for one topic frame; raises TopicError if it is not a valid topic."""
-    try:
-        topic = tframe.decode()
-    except UnicodeDecodeError:
-        raise TopicError("topic is not UTF-8") from None
-    topics.check_topic(topic)
-    special = NORMAL
-    if topic == wire.SYNC_TOPIC:
-        special = SYNC
-    elif any(topics.matches(topic, p) for p in _RESERVED_PREFIXES):
-        special = RESERVED
-    return topic, _KIND_OF_ROOT.get(topic.split(".", 1)[0]), special
-
-
-def refusal(rule: TopicRule, f: Fields) -> tuple[str, str] | None:
-    """(reason, error) when a valid envelope other than a sync probe breaks a topic or seq
-    rule of `broker.wire`, else None."""
-    topic, need, special = rule
-    src, kind, seq = f[0], f[3], f[2]
-    if special == RESERVED or src == ROUTER_SRC:
-        return "reserved", f"{topic} / src {src!r} is the router's own"
-    if kind != need and (need is not None or kind == "command"):
-        return "kind", (f"kind {kind!r} on topic {topic}"
-                        f" (expects {need or 'anything but command'})")
-    if seq == 0:
-        return "seq", "seq 0 is only for ctl.sync probes"
-    return None
-
-
-def passing_kinds(rule: TopicRule) -> frozenset[str]:
-    """The kinds `refusal` lets through on this rule's topic (a sequenced envelope, src not
-    the router's): empty for reserved and sync topics. Lets the router decide the common
-    envelope with one set lookup, once the rule is cached."""
-    _, need, special = rule
-    if special != NORMAL:
-        return frozenset()
-    return frozenset({need}) if need is not None else envelope.KINDS - {"command"}
 
 
 def _src_ok(src: str) -> bool:

@@ -18,7 +18,7 @@ A pair's hc only ever rises. It rises with an entry (`append`, after `SourceTabl
 next seq) or without one (`advance`: a refused envelope used up its seq, a sync probe started
 the pair or skipped a lost range, a gap was declared lost).
 
-With a path, every entry is also queued for `broker.journal_file.JournalFile` and written by
+With a path, every entry is also queued for `broker.router.journal_file.JournalFile` and written by
 `flush`, and so is, once per pair per flush, every pair's hc raised by `advance`; loading the
 file rebuilds entries, next gseq and the source table (the file's snapshot plus every entry
 and advance record after it). Without both kinds of record a restart would take a pair back to
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from broker.journal_file import COMPACT_MIN_BYTES, JournalFile, Snapshot
+from broker.router.journal_file import COMPACT_MIN_BYTES, JournalFile, Snapshot
 
 log = logging.getLogger(__name__)
 

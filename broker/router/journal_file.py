@@ -66,7 +66,7 @@ from typing import Any, BinaryIO, Final
 
 import msgpack
 
-from broker.errors import BusError
+from broker.wire.errors import BusError
 
 log = logging.getLogger(__name__)
 

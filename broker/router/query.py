@@ -1,6 +1,6 @@
 """The router's query socket: answers ``state``, ``since`` and ``last`` from the journal.
 
-Request and reply framing are specified in `broker.wire`; this module turns one request map into
+Request and reply framing are specified in `broker.wire.protocol`; this module turns one request map into
 the reply frames after the request id (header map, then topic, body, stamp triples). It never
 raises on a bad request: anything malformed becomes ``{"ok": False, "error": ...}``.
 
@@ -18,10 +18,10 @@ from typing import Any, Final
 
 import zmq
 
-from broker import topics, wire
-from broker.envelope import pack_stamp
-from broker.errors import BusError, TopicError
-from broker.journal import Journal
+from broker.router.journal import Journal
+from broker.wire import protocol, topics
+from broker.wire.envelope import pack_stamp
+from broker.wire.errors import BusError, TopicError
 
 REPLY_MAX_BYTES: Final = 8 * 1024 * 1024
 MAX_PREFIXES: Final = 256
@@ -108,29 +108,29 @@ class QueryHandler:
         """Reply frames (header first) for one request body."""
         self.counters.requests += 1
         try:
-            req = wire.unpack_map(raw, "query request")
+            req = protocol.unpack_map(raw, "query request")
             op = req.get("op")
-            if op == wire.OP_STATE:
-                return [wire.pack({"ok": True, "state": self.state()})]
-            if op == wire.OP_SINCE:
+            if op == protocol.OP_STATE:
+                return [protocol.pack({"ok": True, "state": self.state()})]
+            if op == protocol.OP_SINCE:
                 return self._since(req)
-            if op == wire.OP_LAST:
+            if op == protocol.OP_LAST:
                 return self._last(req)
             raise BadRequestError(
-                f"unknown op {op!r} (expected {wire.OP_STATE}, {wire.OP_SINCE}, {wire.OP_LAST})")
+                f"unknown op {op!r} (expected {protocol.OP_STATE}, {protocol.OP_SINCE}, {protocol.OP_LAST})")
         except BusError as exc:  # BadRequestError and unpack_map's own complaints
             return self.error(str(exc))
 
     def error(self, message: str) -> list[bytes]:
         self.counters.errors += 1
-        return [wire.pack({"ok": False, "error": message})]
+        return [protocol.pack({"ok": False, "error": message})]
 
     def _since(self, req: dict[str, Any]) -> list[bytes]:
         start = _int(req, "gseq")
         if start is None:
             raise BadRequestError("since needs gseq (an integer >= 0)")
         until = _int(req, "until")
-        limit = min(_int(req, "limit", wire.REPLAY_LIMIT, low=1) or 1, wire.REPLAY_LIMIT)
+        limit = min(_int(req, "limit", protocol.REPLAY_LIMIT, low=1) or 1, protocol.REPLAY_LIMIT)
         match = matcher(req.get("prefixes"))
         reason = req.get("reason")
         j = self.journal
@@ -138,7 +138,7 @@ class QueryHandler:
         end = j.last if until is None else min(until, j.last)  # inclusive
         evicted = max(0, min(j.first, end + 1) - start)
         pos = max(start, j.first)
-        nxt, frames = self._collect(pos, min(end + 1, pos + wire.REPLAY_SCAN), match, limit)
+        nxt, frames = self._collect(pos, min(end + 1, pos + protocol.REPLAY_SCAN), match, limit)
         count = len(frames) // 3
         c = self.counters
         c.replay_requests += 1
@@ -149,7 +149,7 @@ class QueryHandler:
         header = {"ok": True, "first": j.first, "last": j.last, "next": nxt, "more": nxt <= end,
                   "evicted": evicted, "count": count, "router_epoch": self.router_epoch,
                   "origin": j.origin}
-        return [wire.pack(header), *frames]
+        return [protocol.pack(header), *frames]
 
     def _collect(self, pos: int, stop: int, match: Matcher, limit: int) -> tuple[int, list[bytes]]:
         """Scan [pos, stop): (next gseq to examine, topic/body/stamp frames of the matches)."""
@@ -171,7 +171,7 @@ class QueryHandler:
         frames: list[bytes] = []
         size = 0
         for gseq in newest:
-            if len(frames) >= 3 * wire.REPLAY_LIMIT or size >= REPLY_MAX_BYTES:
+            if len(frames) >= 3 * protocol.REPLAY_LIMIT or size >= REPLY_MAX_BYTES:
                 break
             topic, body = j.entry(gseq)
             frames += (topic.encode(), body, pack_stamp(self.router_epoch, gseq))
@@ -179,4 +179,4 @@ class QueryHandler:
         count = len(frames) // 3
         header = {"ok": True, "count": count, "more": count < len(newest), "first": j.first,
                   "last": j.last, "router_epoch": self.router_epoch}
-        return [wire.pack(header), *frames]
+        return [protocol.pack(header), *frames]

@@ -1,6 +1,6 @@
 """Per-(src, epoch) ingress sequencing: which seq the router takes, drops or skips, and when.
 
-The rules are the "Sequencing" and ``ctl.sync`` ``next`` rules of `broker.wire`; this module
+The rules are the "Sequencing" and ``ctl.sync`` ``next`` rules of `broker.wire.protocol`; this module
 holds all of their state transitions and does no I/O. The router acts on its answers: it
 journals, advances hc, publishes gap reports and sends acks.
 
@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from broker import envelope
-from broker.journal import SourceKey, SourceTable
+from broker.router.journal import SourceKey, SourceTable
+from broker.wire import envelope
 
 RESYNC_EVERY_S: Final = 0.25  # at most one resync request per pair per this
 _MAX_RESYNC_PAIRS: Final = 10_000  # bounds the resync timestamps; clearing only allows a repeat

@@ -1,23 +1,23 @@
 """The router process: journals every envelope once, stamps it with a gseq, fans it out.
 
 One thread runs everything through a `zmq.Poller` over four sockets: XSUB ingress, XPUB egress
-(subscription messages, counted), ROUTER query (`broker.query`) and an inproc PULL that `stop`
+(subscription messages, counted), ROUTER query (`broker.router.query`) and an inproc PULL that `stop`
 pokes. Ingress is drained in batches of up to `INGRESS_BATCH` messages; per batch the router
 
-1. checks each message once (`broker.ingress`: topic rules, then size before any decoding,
-   then the envelope), applies the per-(src, epoch) sequencing of `broker.wire` and journals
+1. checks each message once (`broker.router.ingress`: topic rules, then size before any decoding,
+   then the envelope), applies the per-(src, epoch) sequencing of `broker.wire.protocol` and journals
    accepted ones; a refused one still uses up its seq (only src/epoch/seq are read from a body
    that is too large or invalid) and raises hc through `Journal.advance`, which the journal
    file keeps too;
 2. flushes the journal file (fsync if configured), so nothing below is ever ahead of the disk;
 3. publishes the batch's accepted envelopes, then one ``ack.<src>`` per pair it touched.
 
-The decisions live in I/O-free parts, and this module carries them out: `broker.sequencer`
+The decisions live in I/O-free parts, and this module carries them out: `broker.router.sequencer`
 says whether a seq is next, a duplicate, early, from an unknown pair or ends a lost range (and
 keeps the gap state); the router journals, advances hc, publishes the gap reports and sends the
-acks and resync requests. Bad input is counted by reason in `broker.bad_input`, which also
+acks and resync requests. Bad input is counted by reason in `broker.router.bad_input`, which also
 rate-limits the reports; the router logs each report with its hex excerpt and publishes it on
-``sys.router.bad``. `broker.router_stats` builds the ``sys.router.stats`` map. Nothing a peer
+``sys.router.bad``. `broker.router.stats` builds the ``sys.router.stats`` map. Nothing a peer
 sends can raise out of the loop.
 
 With ``[router.security] curve = true`` (`broker.security`) every socket is a CURVE server,
@@ -42,19 +42,21 @@ from typing import Any, Final
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from broker import envelope, ingress, security, topics
-from broker.bad_input import BadInput
+from broker import security
 from broker.config import RouterConfig
-from broker.envelope import STAMP
-from broker.errors import BusError, ConfigError, EnvelopeError, TopicError
-from broker.journal import Journal, SourceKey
-from broker.query import QueryHandler
-from broker.router_stats import COUNTS, Rates, state_map
-from broker.sequencer import GapEvent, GapState, Sequencer, Verdict
+from broker.router import ingress
+from broker.router.bad_input import BadInput
+from broker.router.journal import Journal, SourceKey
+from broker.router.query import QueryHandler
+from broker.router.sequencer import GapEvent, GapState, Sequencer, Verdict
+from broker.router.stats import COUNTS, Rates, state_map
+from broker.wire import envelope, rules, topics
+from broker.wire.envelope import STAMP
+from broker.wire.errors import BusError, ConfigError, EnvelopeError, TopicError
 
 log = logging.getLogger(__name__)
 
-SRC: Final = ingress.ROUTER_SRC
+SRC: Final = rules.ROUTER_SRC
 INGRESS_BATCH: Final = 1000
 QUERY_BATCH: Final = 100
 MAX_POLL_S: Final = 0.25  # stop() is also a flag: bound how long a missed wake-up can delay it
@@ -94,8 +96,8 @@ class Router:
         self._touched: dict[SourceKey, None] = {}  # pairs to ack after this batch
         self._sequencer = Sequencer(self.journal.sources, config.gap_timeout)
         self._hc_of = self.journal.sources.get  # hot path: one bound method, looked up once
-        # topic frame -> (its rule, the kinds that pass it: ingress.passing_kinds)
-        self._rules: dict[bytes, tuple[ingress.TopicRule, frozenset[str]]] = {}
+        # topic frame -> (its rule, the kinds that pass it: rules.passing_kinds)
+        self._rules: dict[bytes, tuple[rules.TopicRule, frozenset[str]]] = {}
         self._max_body = config.max_message_bytes
         self._bad_input = BadInput()
         self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
@@ -327,7 +329,7 @@ class Router:
         src, epoch, seq = f[0], f[1], f[2]
         if self._keys is not None and self._denied(rule[0], f, frames):
             return
-        if f[3] in passing and seq and src != SRC:  # ingress.refusal would say None
+        if f[3] in passing and seq and src != SRC:  # rules.refusal would say None
             key = (src, epoch)
             if self._hc_of(key) == seq - 1:  # the next seq of a known pair: Verdict.NEXT
                 self._touched[key] = None
@@ -338,27 +340,27 @@ class Router:
             else:
                 self._sequence(key, seq, tframe, rule[0], body)
             return
-        if rule[2] == ingress.SYNC and src != SRC:
+        if rule[2] == rules.SYNC and src != SRC:
             self._sync(f, frames)
             return
-        refusal = ingress.refusal(rule, f)
+        refusal = rules.refusal(rule, f)
         if refusal is not None:
             self._bad(refusal[0], frames, refusal[1])
             self._consume(src, epoch, seq)
         else:
             self._sequence((src, epoch), seq, tframe, rule[0], body)
 
-    def _rule(self, frames: list[bytes]) -> tuple[ingress.TopicRule, frozenset[str]] | None:
+    def _rule(self, frames: list[bytes]) -> tuple[rules.TopicRule, frozenset[str]] | None:
         """Decide and cache the rule of a topic not seen before; None (reported) if invalid."""
         tframe = frames[0]
         try:
-            rule = ingress.topic_rule(tframe)
+            rule = rules.topic_rule(tframe)
         except TopicError as exc:
             self._bad("topic", frames, str(exc))
             return None
         if len(self._rules) >= TOPIC_CACHE_MAX:
             self._rules.clear()
-        cached = self._rules[tframe] = (rule, ingress.passing_kinds(rule))
+        cached = self._rules[tframe] = (rule, rules.passing_kinds(rule))
         return cached
 
     def _consume_unread(self, body: bytes) -> None:
@@ -375,7 +377,7 @@ class Router:
 
     def _sequence(self, key: SourceKey, seq: int, tframe: bytes = b"", topic: str = "",
                   body: bytes | None = None) -> None:
-        """Act on the sequencer's verdict (see `broker.sequencer`); `body` None: a refused one."""
+        """Act on the sequencer's verdict (see `broker.router.sequencer`); `body` None: a refused one."""
         verdict, gap = self._sequencer.check(key, seq)
         if verdict is Verdict.UNKNOWN:
             self._ask_resync(key, seq)
@@ -430,7 +432,7 @@ class Router:
         log.info("unknown source %s epoch %d sent seq %d: asking it to sync", key[0], key[1], seq)
         self._transient(f"ack.{key[0]}", {"epoch": key[1], "seq": 0, "resync": True})
 
-    def _sync(self, f: ingress.Fields, frames: list[bytes]) -> None:
+    def _sync(self, f: rules.Fields, frames: list[bytes]) -> None:
         src, epoch, seq, kind, data = f
         token = data.get("token")
         if kind != "system" or seq != 0 or not isinstance(token, str):
@@ -468,7 +470,7 @@ class Router:
         key = self._keys.by_name.get(self._user or "")
         return key is not None and self._keys.may_use_src(key, src)
 
-    def _denied(self, topic: str, f: ingress.Fields, frames: list[bytes]) -> bool:
+    def _denied(self, topic: str, f: rules.Fields, frames: list[bytes]) -> bool:
         """Check one decoded ingress message against its key; True (and reported) if refused."""
         assert self._keys is not None
         src = f[0]

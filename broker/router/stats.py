@@ -4,7 +4,7 @@ Counting happens on the router's hot path, so the router's own counters are plai
 one dict (`Router.counts`, names in `COUNTS`), bumped in place. Other parts keep their own: the
 journal (sizes, evictions), the query handler (`QueryCounters`), the bad-input reporter (per
 reason) and the sequencer (open gaps). `state_map` gathers all of them when a report is due, in
-the layout clients read (the ``state`` op of `broker.wire`), so nothing is counted twice.
+the layout clients read (the ``state`` op of `broker.wire.protocol`), so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 import time
 from typing import Any, Final
 
-from broker.bad_input import BadInput
-from broker.journal import Journal
-from broker.query import QueryCounters
+from broker.router.bad_input import BadInput
+from broker.router.journal import Journal
+from broker.router.query import QueryCounters
 
 COUNTS: Final = ("received", "journaled", "duplicates", "out_of_order", "gaps_opened",
                  "gaps_lost", "gaps_filled", "syncs", "sent", "subscriptions", "unsubscriptions",

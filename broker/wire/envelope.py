@@ -53,8 +53,8 @@ from typing import Any, Final
 
 import msgpack
 
-from broker import topics
-from broker.errors import EnvelopeError, TopicError
+from broker.wire import topics
+from broker.wire.errors import EnvelopeError, TopicError
 
 VERSION: Final = 1
 KINDS: Final = frozenset({"event", "command", "reply", "heartbeat", "log", "system"})

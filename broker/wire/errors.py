@@ -24,7 +24,7 @@ class EnvelopeError(SctlError, ValueError):
 
 
 class TopicError(SctlError, ValueError):
-    """A topic or topic segment that breaks the naming rules (see broker.topics)."""
+    """A topic or topic segment that breaks the naming rules (see broker.wire.topics)."""
 
 
 class ConfigError(SctlError, ValueError):

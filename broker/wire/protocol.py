@@ -6,7 +6,7 @@ Sockets (endpoints from ``[router]`` in the site file)
   ``XPUB_NODROP`` set, so a full pipe is reported to the sender (``zmq.Again``) instead of dropped.
   Frames in: ``[topic, body]``.
 - ``egress``: the router binds XPUB. Clients connect SUB. Frames out: ``[topic, body, stamp]``,
-  stamp = big-endian ``router_epoch:u64, gseq:u64`` (`broker.envelope.pack_stamp`). The router never
+  stamp = big-endian ``router_epoch:u64, gseq:u64`` (`broker.wire.envelope.pack_stamp`). The router never
   re-encodes a client's body.
 - ``query``: the router binds ROUTER. Clients connect DEALER. Request ``[req_id, map]``, reply
   ``[req_id, header_map, topic, body, stamp, topic, body, stamp, ...]`` (maps are msgpack).
@@ -51,7 +51,7 @@ body refused before decoding (``too_large``) or that fails `envelope.decode`, th
 them from the head of the body without decoding the rest: the body must be a msgpack map and
 they must be among its first 16 keys, ``src`` a valid name, ``epoch`` and ``seq`` ints in
 0..2^63-1. Encoders must therefore write ``src``, ``epoch`` and ``seq`` before ``data`` (the
-encoder in `broker.envelope` writes v, id, src, epoch, seq, ts, kind, data, then the command
+encoder in `broker.wire.envelope` writes v, id, src, epoch, seq, ts, kind, data, then the command
 and reply keys).
 
 Gap reports (journaled, src ``router``): ``data = {"src", "epoch", "expected": hc + 1 when it
@@ -150,7 +150,7 @@ from typing import Any, Final
 
 import msgpack
 
-from broker.errors import BusError
+from broker.wire.errors import BusError
 
 SYNC_TOPIC: Final = "ctl.sync"
 OP_STATE: Final = "state"

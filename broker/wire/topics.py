@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from broker.errors import TopicError
+from broker.wire.errors import TopicError
 
 MAX_TOPIC_BYTES: Final = 255
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")

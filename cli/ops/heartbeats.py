@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker import topics, wire
-from broker.bus import Bus
-from broker.errors import BusError, EnvelopeError
+from broker.client.bus import Bus
+from broker.wire import protocol, topics
+from broker.wire.errors import BusError, EnvelopeError
 
 STALE_FACTOR: Final = 3.0
 DEFAULT_INTERVAL: Final = 1.0
@@ -41,7 +41,7 @@ class Heartbeat:
 
 def heartbeats(bus: Bus, timeout: float = 2.0) -> dict[str, Heartbeat]:
     """The newest heartbeat of every actor the journal still holds one for."""
-    _, items = bus.query({"op": wire.OP_LAST, "prefixes": [topics.HEARTBEAT + "."]}, timeout)
+    _, items = bus.query({"op": protocol.OP_LAST, "prefixes": [topics.HEARTBEAT + "."]}, timeout)
     now = time.time()
     out: dict[str, Heartbeat] = {}
     for d in items:

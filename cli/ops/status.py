@@ -16,12 +16,12 @@ import time
 import xmlrpc.client
 from typing import Any
 
-from broker import topics, wire
-from broker.bus import Bus, client_name
+from broker.client.bus import Bus, client_name
 from broker.config import SiteConfig
-from broker.errors import BusError, EnvelopeError
-from broker.ops import heartbeats
-from broker.watchdog import read_state, supervisor_proxy
+from broker.wire import protocol, topics
+from broker.wire.errors import BusError, EnvelopeError
+from cli.ops.heartbeats import heartbeats
+from cli.ops.watchdog import read_state, supervisor_proxy
 
 
 def site_status(site: SiteConfig, timeout: float = 2.0) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def _supervisor(socket_path: Any, report: dict[str, Any]) -> dict[str, dict[str,
 def _last_events(bus: Bus, actors: list[str], timeout: float) -> dict[str, float]:
     if not actors:
         return {}
-    _, items = bus.query({"op": wire.OP_LAST,
+    _, items = bus.query({"op": protocol.OP_LAST,
                           "prefixes": [f"{topics.EVENT}.{a}." for a in actors]}, timeout)
     out: dict[str, float] = {}
     for d in items:
@@ -121,7 +121,7 @@ def _last_events(bus: Bus, actors: list[str], timeout: float) -> dict[str, float
 
 
 def _watchdog_views(bus: Bus, timeout: float) -> list[dict[str, Any]]:
-    _, items = bus.query({"op": wire.OP_LAST, "prefixes": [f"{topics.SYSTEM}.watchdog."]},
+    _, items = bus.query({"op": protocol.OP_LAST, "prefixes": [f"{topics.SYSTEM}.watchdog."]},
                          timeout)
     views = []
     for d in items:

@@ -7,7 +7,7 @@ log files and the unix-socket control interface ``sctl status`` and the watchdog
 
 Restart policy: the router and services are restarted by supervisord itself
 (``autorestart=true``, ``startretries`` with supervisord's growing BACKOFF delays). Actors are
-restarted by the watchdog (``sctl watchdog``, see `broker.watchdog`) when it runs: supervisord
+restarted by the watchdog (``sctl watchdog``, see `cli.ops.watchdog`) when it runs: supervisord
 marks a dead actor EXITED/FATAL (``autorestart=false``, ``startretries=0``) and the watchdog
 starts it again after a delay that grows with each restart inside ``restart_window``, stops it
 with a ``sys.alarm`` after ``max_restarts``, and kills a RUNNING actor whose heartbeat stopped

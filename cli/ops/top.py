@@ -22,8 +22,8 @@ import time
 from collections import defaultdict, deque
 from typing import Any, Final
 
-from broker import topics
-from broker.errors import EnvelopeError
+from broker.wire import topics
+from broker.wire.errors import EnvelopeError
 
 MAX_ALARMS: Final = 8
 MAX_SAMPLES: Final = 20_000

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from broker import topics
-from broker.bus import Bus
+from broker.client.bus import Bus
 from broker.config import SiteConfig, SupervisorConfig
-from broker.errors import BusError, EnvelopeError
+from broker.wire import topics
+from broker.wire.errors import BusError, EnvelopeError
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ def sctl_wall(*args: str) -> float:
 
 
 def run(scale: Scale) -> list[Figure]:
-    from broker.bus import Bus
+    from broker.client.bus import Bus
 
     requests = scale.pick(500, 50)
     walls = scale.pick(7, 3)

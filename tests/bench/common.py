@@ -185,7 +185,7 @@ class Procs(contextlib.ExitStack):
         """`sctl router` for `site`, returned once its query socket answers."""
         import zmq
 
-        from broker.delivery import query
+        from broker.client.delivery import query
 
         proc = self.sctl(site.path, "router", name="router")
         url = site.router.connect_url("query")

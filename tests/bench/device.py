@@ -31,7 +31,7 @@ def reader_site(procs: Procs, rate: float) -> Any:
 
 
 def run(scale: Scale) -> list[Figure]:
-    from broker.bus import Bus
+    from broker.client.bus import Bus
 
     seconds = scale.pick(20.0, 3.0)
     with Procs() as procs:

@@ -134,7 +134,7 @@ class BusFeed:
     """The full stack's subscriber: a gapless `Bus` subscription (gap checks, replay)."""
 
     def __init__(self, router: RouterConfig, prefix: str, name: str = "bench-sub") -> None:
-        from broker.bus import Bus
+        from broker.client.bus import Bus
 
         self.bus = Bus(router, name)
         self.bus.subscribe(prefix)

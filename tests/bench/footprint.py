@@ -25,7 +25,7 @@ TICK: Final = 0.01  # each scale publisher wakes 100 times/s (5 messages per wak
 
 
 def actor_rss(scale: Scale) -> float:
-    from broker.bus import Bus
+    from broker.client.bus import Bus
 
     with Procs() as procs:
         site = reader_site(procs, 0)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from broker.bus import Bus
+from broker.client.bus import Bus
 from tests.bench.common import BenchError, Figure, Procs, Scale, free_ports
 from tests.bench.feeds import Tally
 

@@ -29,8 +29,8 @@ from typing import Any, Final
 import msgpack
 import zmq
 
-from broker import envelope as envmod
 from broker.config import load_site
+from broker.wire import envelope as envmod
 
 SETTLE: Final = 1.0  # plain PUB has no handshake: time for the subscription to reach it
 PACE_TICK: Final = 0.001
@@ -78,7 +78,7 @@ def pump(bus: Any, timeout: float) -> None:
 
 
 def bus_pub(a: dict[str, Any]) -> dict[str, Any]:
-    from broker.bus import Bus
+    from broker.client.bus import Bus
 
     site = load_site(a["site"])
     bus = Bus(site.router, a["name"])

@@ -3,7 +3,7 @@
 How it works, per target (see `tests.fuzz.targets.Target`):
 
 1. Coverage is the set of line-to-line arcs executed in the decoder modules (`WATCHED`: every
-   file of ``actors/protocols/`` and ``broker/envelope.py``). `sys.settrace` installs a global
+   file of ``actors/protocols/`` and ``broker/wire/envelope.py``). `sys.settrace` installs a global
    tracer that returns a local (line) tracer only for frames whose code lives in those files, so
    the interpreter does not pay for line events anywhere else (json, struct and msgpack run at
    full speed; their C parts are never traced anyway).
@@ -40,7 +40,7 @@ CORPUS_DIR = FUZZ_DIR / "corpus"
 CRASH_DIR = FUZZ_DIR / "crashes"
 WATCHED: frozenset[str] = frozenset(
     [str(p) for p in (ROOT / "actors" / "protocols").glob("*.py")]
-    + [str(ROOT / "broker" / "envelope.py")])
+    + [str(ROOT / "broker" / "wire" / "envelope.py")])
 
 INTERESTING_32 = (0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF, 0x100, 124, 128, 132, 1024, 1025, 0x7FFF,
                   0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF, 0xFEEDFACE)

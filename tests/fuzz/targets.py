@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from actors.protocols import cmd_tcp, spec, spec_types, springcore, springcore_json
-from broker import envelope
-from broker.errors import EnvelopeError, LocalProtocolError, RemoteProtocolError
+from broker.wire import envelope
+from broker.wire.errors import EnvelopeError, LocalProtocolError, RemoteProtocolError
 from tests.fuzz.engine import Target
 
 SCRDR_TOKENS = (b"$SCRDR;", b"$SCCMD;", b";", b"*", b"\r\n", b"\n", b"\r", b"*54", b"*5A",
@@ -239,5 +239,5 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            (*CMD_TCP_TOKENS, b"\0", b"\r\n", b"E"),
            doc="cmd_tcp.Receiver with ReadExact/ReadUntil/Expect, chunking-invariant"),
     Target("envelope", envelope_decode, (EnvelopeError,), ENVELOPE_TOKENS,
-           doc="broker.envelope.decode, re-encodes to the same envelope"),
+           doc="broker.wire.envelope.decode, re-encodes to the same envelope"),
 )}

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from actors.base import Actor
+from actors.core.actor import Actor
 from actors.registry import create_actor
-from broker.bus import Bus, Delivery
+from broker.client.bus import Bus, Delivery
 from broker.config import SiteConfig, load_site
-from broker.envelope import Envelope
-from broker.errors import RequestTimeout
+from broker.wire.envelope import Envelope
+from broker.wire.errors import RequestTimeout
 from tests.conftest import Proc, write_site
 from tests.support.actors import EchoActor
 from tests.support.echo import EchoServer

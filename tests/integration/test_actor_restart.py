@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.bus import Bus, Delivery
+from broker.client.bus import Bus, Delivery
 from broker.config import load_site
 from tests.conftest import Proc, write_site
 from tests.support.echo import EchoServer

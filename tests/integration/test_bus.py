@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.bus import Bus, Delivery
+from broker.client.bus import Bus, Delivery
 from broker.config import load_site
 from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
 
@@ -189,7 +189,7 @@ def test_publisher_started_before_router_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_request_times_out_with_clear_error(router_factory) -> None:
-    from broker.errors import RequestTimeout
+    from broker.wire.errors import RequestTimeout
 
     site_path, _ = router_factory()
     bus = Bus(load_site(site_path).router, "asker")
@@ -274,7 +274,7 @@ def test_router_restart_without_journal_loses_no_unacked_envelope(router_factory
 
 def test_publish_refuses_what_the_router_would_refuse_without_using_a_seq(tmp_path: Path) -> None:
     """A refused envelope must not leave a hole in the sender's stream: checked before a seq."""
-    from broker.errors import EnvelopeError, TopicError
+    from broker.wire.errors import EnvelopeError, TopicError
 
     site = load_site(write_site(tmp_path, router_extra="max_message_bytes = 1000"))
     bus = Bus(site.router, "checker")
@@ -351,7 +351,7 @@ def test_blocking_request_does_not_spin_while_deliveries_wait(router_factory) ->
     bus.publish("evt.spin.n", "event", {})
     assert bus.flush(5)  # the delivery now waits in the stash for the next poll()
     cpu, wall = time.process_time(), time.monotonic()
-    from broker.errors import RequestTimeout
+    from broker.wire.errors import RequestTimeout
 
     with pytest.raises(RequestTimeout):
         bus.request("nobody", "ping", timeout=1.0)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from broker.bus import Bus
+from broker.client.bus import Bus
 from broker.config import SiteConfig, load_site
-from broker.envelope import Envelope
+from broker.wire.envelope import Envelope
 from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
 
 SITE = """

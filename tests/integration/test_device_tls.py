@@ -33,9 +33,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.bus import Bus, Delivery
+from broker.client.bus import Bus, Delivery
 from broker.config import load_site
-from broker.errors import RemoteProtocolError
+from broker.wire.errors import RemoteProtocolError
 from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
 from tests.integration.test_actor import collect, result
 from tests.integration.test_iec104 import free_104_port

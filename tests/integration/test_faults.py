@@ -30,7 +30,7 @@ eviction from the journal before a slow subscriber caught up
 
 Limits of the method: the proxy's kernel answers TCP keepalives, so "silent" is a peer that
 stops talking, not a host that vanished (that needs packet filtering, i.e. root); keepalive is
-what covers the latter (`actors.tcp.set_keepalive`).
+what covers the latter (`actors.transports.tcp.set_keepalive`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import pytest
 from actors.protocols.spec import Cmd, Message, encode_message
 from actors.protocols.spec_types import encode_value
 from actors.protocols.springcore import Rejected, ScrdrDecoder, encode_tag_line
-from broker.bus import Bus
+from broker.client.bus import Bus
 from broker.config import load_site
 from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
 from tests.support.feed import Feed

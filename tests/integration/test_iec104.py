@@ -26,7 +26,7 @@ import c104
 import pytest
 
 from actors.registry import create_actor
-from broker.bus import Bus, Delivery
+from broker.client.bus import Bus, Delivery
 from broker.config import SiteConfig, load_site
 from tests.conftest import Proc, wait_for, write_site
 from tests.integration.test_actor import ActorThread

@@ -21,9 +21,9 @@ import msgpack
 import pytest
 import zmq
 
-from broker import envelope, wire
 from broker.config import RouterConfig, load_site
-from broker.router import Router
+from broker.router.server import Router
+from broker.wire import envelope, protocol
 from tests.conftest import Proc, wait_for, write_site
 
 Msg = tuple[str, dict[str, Any], int, bytes]  # topic, envelope map, gseq, raw body
@@ -84,7 +84,7 @@ class Peer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             token = os.urandom(4).hex()
-            self.send(wire.SYNC_TOPIC.encode(),
+            self.send(protocol.SYNC_TOPIC.encode(),
                       self.body(0, kind="system", data={"token": token}))
             end = time.monotonic() + 0.2
             while (left := end - time.monotonic()) > 0:
@@ -102,7 +102,7 @@ class Peer:
         return self.dealer.recv_multipart()
 
     def query(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes, int]]]:
-        frames = self.query_frames(b"q1", wire.pack(req))
+        frames = self.query_frames(b"q1", protocol.pack(req))
         assert frames[0] == b"q1"
         header = msgpack.unpackb(frames[1])
         rest = frames[2:]
@@ -399,13 +399,13 @@ def test_since_last_and_state_queries(make_router: Any, peers: Any) -> None:
 
 @pytest.mark.parametrize("frames", [
     [b"q1", b"\xc1"],
-    [b"q1", wire.pack({"op": "bogus"})],
+    [b"q1", protocol.pack({"op": "bogus"})],
     [b"q1", bytes(msgpack.packb([1, 2]))],
-    [b"q1", wire.pack({"op": "since"})],
-    [b"q1", wire.pack({"op": "since", "gseq": "1"})],
-    [b"q1", wire.pack({"op": "since", "gseq": 1, "limit": 0})],
-    [b"q1", wire.pack({"op": "since", "gseq": 1, "prefixes": "evt"})],
-    [b"q1", wire.pack({"op": "last", "prefixes": ["bad..prefix"]})],
+    [b"q1", protocol.pack({"op": "since"})],
+    [b"q1", protocol.pack({"op": "since", "gseq": "1"})],
+    [b"q1", protocol.pack({"op": "since", "gseq": 1, "limit": 0})],
+    [b"q1", protocol.pack({"op": "since", "gseq": 1, "prefixes": "evt"})],
+    [b"q1", protocol.pack({"op": "last", "prefixes": ["bad..prefix"]})],
     [b"q1"],
     [b"q1", b"{}", b"extra"],
 ])
@@ -520,7 +520,7 @@ def test_unknown_source_not_at_seq_1_is_asked_to_resync(make_router: Any, peers:
     assert data_of(ask)["epoch"] == 1
     assert not p.events() and running.router.counts["unknown_source"] >= 1
     # the sender syncs, saying the oldest seq it still holds, then resends from there
-    p.send(wire.SYNC_TOPIC.encode(), p.body(0, kind="system", data={"token": "t", "next": 5}))
+    p.send(protocol.SYNC_TOPIC.encode(), p.body(0, kind="system", data={"token": "t", "next": 5}))
     answer = p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("sync") == "t")
     assert data_of(answer)["seq"] == 4
     for seq in (5, 6, 7):
@@ -537,7 +537,7 @@ def test_sync_next_past_the_known_seq_declares_the_rest_lost(make_router: Any,
     p.publish(1)
     p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 1)
     # the sender's outbox overflowed: it no longer holds 2..9
-    p.send(wire.SYNC_TOPIC.encode(), p.body(0, kind="system", data={"token": "u", "next": 10}))
+    p.send(protocol.SYNC_TOPIC.encode(), p.body(0, kind="system", data={"token": "u", "next": 10}))
     gap = p.wait(lambda m: m[0] == "sys.router.gap")
     assert data_of(gap)["state"] == "lost" and data_of(gap)["missing"] == [2, 9]
     p.publish(10)
@@ -682,10 +682,10 @@ def test_seq_advances_without_entries_survive_a_restart(make_router: Any, peers:
         p.sync()
     refused.publish(1)
     refused.publish(2, topic="sys.router.fake")  # refused: 2 used up
-    fresh.send(wire.SYNC_TOPIC.encode(),
+    fresh.send(protocol.SYNC_TOPIC.encode(),
                fresh.body(0, kind="system", data={"token": "n", "next": 5}))  # starts at 5
     skipped.publish(1)
-    skipped.send(wire.SYNC_TOPIC.encode(),
+    skipped.send(protocol.SYNC_TOPIC.encode(),
                  skipped.body(0, kind="system", data={"token": "n", "next": 7}))  # 2..6 lost
     timed_out.publish(1)
     timed_out.publish(4)  # a gap: 2, 3 missing
@@ -712,7 +712,7 @@ def test_sync_probe_from_src_router_is_refused(make_router: Any, peers: Any) -> 
     p = peers(cfg)
     p.sync()
     fake = envelope.make("router", 1, 0, "system", {"token": "x", "next": 3}).encode()
-    p.send(wire.SYNC_TOPIC.encode(), fake)
+    p.send(protocol.SYNC_TOPIC.encode(), fake)
     p.sync()
     router = running.router
     assert router.bad["reserved"] == 1 and ("router", 1) not in router.journal.sources

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 import zmq
 
-from broker import delivery, envelope, security
-from broker.bus import Bus, client_name
+from broker import security
+from broker.client import delivery
+from broker.client.bus import Bus, client_name
 from broker.config import SiteConfig, load_site
-from broker.errors import BusError, RequestTimeout
+from broker.wire import envelope
+from broker.wire.errors import BusError, RequestTimeout
 from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
 from tests.support.echo import EchoServer
 

@@ -17,9 +17,9 @@ import pytest
 
 from actors.protocols.spec import BIG, LITTLE, Cmd, DataType, Decoder, Message, encode_message
 from actors.protocols.spec_types import decode_value
-from broker.bus import Bus, Delivery
+from broker.client.bus import Bus, Delivery
 from broker.config import load_site
-from broker.envelope import Envelope
+from broker.wire.envelope import Envelope
 from tests.conftest import ROOT, Proc, free_port, sctl_cmd, subprocess_env, wait_for, write_site
 
 SIM = "spec-sim"

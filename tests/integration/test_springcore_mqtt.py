@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.bus import Bus, Delivery
+from broker.client.bus import Bus, Delivery
 from broker.config import load_site
 from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
 from tests.integration.test_actor import collect, drain, result

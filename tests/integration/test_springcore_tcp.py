@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from broker.bus import Bus
+from broker.client.bus import Bus
 from broker.config import load_site
 from tests.conftest import ROOT, Proc, free_ports, sctl_cmd, subprocess_env, write_site
 from tests.support.feed import Feed

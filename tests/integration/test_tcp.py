@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from actors.loop import Loop
-from actors.tcp import TcpClient
+from actors.core.loop import Loop
+from actors.transports.tcp import TcpClient
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import threading
 from collections import Counter, deque
 from typing import Any
 
-from actors.base import Actor, CommandError, Deferred, Param, Setting, command
-from actors.link import UP
+from actors.core.actor import Actor, CommandError, Deferred, Param, Setting, command
+from actors.core.link import UP
 from broker.config import port_number
 
 log = logging.getLogger(__name__)

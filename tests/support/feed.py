@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.bus import Bus
+from broker.client.bus import Bus
 
 
 class Feed:

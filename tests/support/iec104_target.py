@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors.base import Actor, CommandError, Deferred, Param, Setting, command
+from actors.core.actor import Actor, CommandError, Deferred, Param, Setting, command
 from broker.config import non_negative
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from broker.config import SiteConfig, load_site
-from broker.watchdog import supervisor_proxy
+from cli.ops.watchdog import supervisor_proxy
 from tests.conftest import ROOT, free_ports, sctl_cmd, subprocess_env, wait_for
 
 BIN = Path(sys.executable).parent

@@ -40,8 +40,8 @@ from typing import Any, Final
 import pytest
 
 from broker.config import load_site
-from broker.supervise import render
-from broker.watchdog import supervisor_proxy
+from cli.ops.supervisord import render
+from cli.ops.watchdog import supervisor_proxy
 from tests.conftest import ROOT, sctl_cmd, subprocess_env, wait_for
 from tests.system.conftest import BIN
 

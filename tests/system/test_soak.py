@@ -45,8 +45,8 @@ from typing import Any, Final
 
 import pytest
 
-from broker.bus import Bus
-from broker.requests import Request
+from broker.client.bus import Bus
+from broker.client.requests import Request
 from tests.conftest import free_ports, wait_for
 from tests.support.mosquitto import mosquitto_binary
 from tests.system.conftest import SupervisedSite

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.bus import Bus
+from broker.client.bus import Bus
 from tests.conftest import wait_for
 from tests.support.echo import EchoServer
 from tests.system.conftest import SupervisedSite, wait_pid_change

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from actors.base import BASE_SETTINGS, Actor
-from actors.buslog import BusLogHandler
-from actors.commands import (
+from actors.core.actor import BASE_SETTINGS, Actor
+from actors.core.buslog import BusLogHandler
+from actors.core.commands import (
     CommandError,
     CommandSpec,
     Deferred,
@@ -31,12 +31,12 @@ from actors.commands import (
     convert,
     parse_call,
 )
-from actors.link import CONNECTING, DOWN, IDLE, UP, Backoff, Link, LinkStateError
-from actors.loop import Loop, TimerHandle
+from actors.core.link import CONNECTING, DOWN, IDLE, UP, Backoff, Link, LinkStateError
+from actors.core.loop import Loop, TimerHandle
 from actors.registry import actor_class, create_actor
 from broker.config import load_site
-from broker.envelope import Envelope, make
-from broker.errors import ConfigError
+from broker.wire.envelope import Envelope, make
+from broker.wire.errors import ConfigError
 from tests.conftest import write_site
 from tests.support.actors import EchoActor
 
@@ -286,7 +286,7 @@ class Target:
 
     @command("encode")
     def encode(self) -> None:
-        from broker.errors import LocalProtocolError
+        from broker.wire.errors import LocalProtocolError
         raise LocalProtocolError("LEDS must be 8 hex digits, got '123'")
 
 
@@ -302,7 +302,7 @@ class Harness:
 
     def send(self, env: Envelope, outcome: Outcome) -> None:
         if outcome.result is not None and not isinstance(outcome.result, int | str | dict):
-            from broker.errors import EnvelopeError
+            from broker.wire.errors import EnvelopeError
             raise EnvelopeError("not msgpack-native")
         self.sent.append((env.id, outcome))
 

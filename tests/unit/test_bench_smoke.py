@@ -32,7 +32,7 @@ def test_quick_device_bench_reports_its_figures() -> None:
 def test_tally_checks_count_and_order_after_the_run() -> None:
     """The benchmarks' loss check: arrivals are only recorded during a run; settling them
     finds jumps (losses), steps back (duplicates or reordering) and latencies per sender."""
-    from broker import envelope
+    from broker.wire import envelope
     from tests.bench.feeds import Tally
 
     def body(src: str, n: int) -> bytes:

@@ -13,11 +13,12 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import envelope, ingress, publisher
-from broker.errors import EnvelopeError, TopicError
-from broker.outbox import Entry, Outbox, Overflow
-from broker.publisher import Publisher
-from broker.stream import Stream
+from broker.client import publisher
+from broker.client.outbox import Entry, Outbox, Overflow
+from broker.client.publisher import Publisher
+from broker.client.stream import Stream
+from broker.wire import envelope, rules
+from broker.wire.errors import EnvelopeError, TopicError
 
 
 def add(box: Outbox, seq: int, size: int = 10) -> Overflow | None:
@@ -143,7 +144,7 @@ class TestPublisher:
     def test_topic_and_kind_checks_agree_with_the_router(self, topic: str, kind: str) -> None:
         """Refused or not, and with which error, the first publish on a topic (which learns
         its rule) and the next (from the cache) decide alike; and what they let through the
-        router's `ingress.refusal` lets through too."""
+        router's `rules.refusal` lets through too."""
         extra: dict[str, Any] = {"command": {"reply_to": "rep.me"}, "reply": {"corr": "c"}}
         pub, _ = make_publisher()
         got = [outcome(lambda: pub.publish(topic, kind, {}, **extra.get(kind, {})))
@@ -152,7 +153,7 @@ class TestPublisher:
         if got[0][0] == "ok":
             env = got[0][1]
             fields = (env.src, env.epoch, env.seq, env.kind, env.data)
-            assert ingress.refusal(ingress.topic_rule(topic.encode()), fields) is None
+            assert rules.refusal(rules.topic_rule(topic.encode()), fields) is None
         else:
             assert got[0] == got[1]
 
@@ -355,8 +356,8 @@ def test_a_turns_publishes_all_go_out_in_order_by_the_turns_end(steps: list[str]
     order, and after a turn's end nothing is left unsent unless the Bus cannot send."""
     from pathlib import Path
 
-    from broker import bus as busmod
-    from broker.bus import SEND_AT_ONCE, Bus
+    from broker.client import bus as busmod
+    from broker.client.bus import SEND_AT_ONCE, Bus
     from broker.config import parse_site
 
     class TurnPub(FakePub):
@@ -412,8 +413,8 @@ def test_a_bus_nobody_pumps_sends_every_publish_at_once(monkeypatch: pytest.Monk
     whose end would send the rest) still gets every publish sent at once."""
     from pathlib import Path
 
-    from broker import bus as busmod
-    from broker.bus import Bus
+    from broker.client import bus as busmod
+    from broker.client.bus import Bus
     from broker.config import parse_site
 
     fake = FakePub(100)

@@ -27,7 +27,7 @@ from actors.protocols.cmd_tcp import (
     strip_text,
     unescape,
 )
-from broker.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 
 def reference_unescape(text: str) -> bytes:

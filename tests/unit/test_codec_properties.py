@@ -41,8 +41,8 @@ from actors.protocols.spec_types import (
     parse_text,
     to_plain,
 )
-from broker import envelope
-from broker.errors import EnvelopeError, LocalProtocolError, RemoteProtocolError
+from broker.wire import envelope
+from broker.wire.errors import EnvelopeError, LocalProtocolError, RemoteProtocolError
 from tests.unit.test_envelope import envelopes
 
 

@@ -19,7 +19,7 @@ from broker.config import (
     parse_supervisor,
     site_path,
 )
-from broker.errors import ConfigError
+from broker.wire.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

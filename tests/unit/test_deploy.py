@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from broker.config import load_site
-from broker.supervise import render
-from broker.watchdog import Program, RestartPolicy, Watchdog
+from cli.ops.supervisord import render
+from cli.ops.watchdog import Program, RestartPolicy, Watchdog
 
 ROOT = Path(__file__).resolve().parents[2]
 

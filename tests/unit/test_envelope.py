@@ -1,4 +1,4 @@
-"""broker.envelope and broker.topics: the wire contract (DESIGN §3)."""
+"""broker.wire.envelope and broker.wire.topics: the wire contract (DESIGN §3)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from broker import envelope, topics
-from broker.envelope import Envelope, decode, make, pack_stamp, unpack_stamp
-from broker.errors import EnvelopeError, TopicError
+from broker.wire import envelope, topics
+from broker.wire.envelope import Envelope, decode, make, pack_stamp, unpack_stamp
+from broker.wire.errors import EnvelopeError, TopicError
 
 U64 = 2**64 - 1
 U63 = 2**63 - 1
@@ -542,7 +542,7 @@ def test_property_matches_implies_zmq_prefix(topic: str, prefix: str) -> None:
 @pytest.mark.parametrize("container", ["list", "dict"])
 def test_data_depth_limit_is_exact(container: str) -> None:
     """data is at depth 0; a value may sit at MAX_DEPTH at the deepest, never below it."""
-    from broker.envelope import MAX_DEPTH, make
+    from broker.wire.envelope import MAX_DEPTH, make
 
     def nest(levels: int, leaf: object = 1) -> object:
         value: object = leaf

@@ -24,13 +24,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import envelope
-from broker.delivery import Delivery
-from broker.egress import Egress
-from broker.envelope import Encoder, Envelope, make
-from broker.errors import EnvelopeError
-from broker.requests import Requests
-from broker.stream import Stream
+from broker.client.delivery import Delivery
+from broker.client.egress import Egress
+from broker.client.requests import Requests
+from broker.client.stream import Stream
+from broker.wire import envelope
+from broker.wire.envelope import Encoder, Envelope, make
+from broker.wire.errors import EnvelopeError
 from tests.unit.test_envelope import maps
 
 U63 = 2**63 - 1

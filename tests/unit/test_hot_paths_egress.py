@@ -21,12 +21,12 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import bus as busmod
-from broker import envelope, topics
-from broker.bus import Bus
+from broker.client import bus as busmod
+from broker.client.bus import Bus
+from broker.client.delivery import Delivery
+from broker.client.stream import Stream
 from broker.config import RouterConfig
-from broker.delivery import Delivery
-from broker.stream import Stream
+from broker.wire import envelope, topics
 from tests.unit.test_hot_paths import stream_state
 
 ROUTER = RouterConfig(ingress="tcp://127.0.0.1:1", egress="tcp://127.0.0.1:2",
@@ -131,7 +131,7 @@ def test_drain_sub_equals_on_frames_one_by_one(
         feed: list[Any], gapless: bool, start: int, batch: int, started: bool) -> None:
     tx, rx = pipe
     feed = messages(feed, start)
-    caplog.set_level(logging.WARNING, logger="broker.bus")
+    caplog.set_level(logging.WARNING, logger="broker.client.bus")
     general = new_bus(gapless, start, started)
     want: list[Delivery] = []
     for frames in feed:

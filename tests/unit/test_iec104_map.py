@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.iec104_map import (
+from actors.iec104_server import _decode_proc_address, _host_of, allowed, parse_allow
+from actors.protocols.iec104_map import (
     COMMAND_TYPES,
     DOUBLE_STATES,
     INT16,
@@ -27,10 +28,9 @@ from actors.iec104_map import (
     get_path,
     parse_mapping,
 )
-from actors.iec104_server import _decode_proc_address, _host_of, allowed, parse_allow
 from actors.registry import create_actor
 from broker.config import parse_site
-from broker.errors import ConfigError
+from broker.wire.errors import ConfigError
 
 PATH = "actors.scada"
 

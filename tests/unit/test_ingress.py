@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import envelope, ingress
-from broker.errors import EnvelopeError, TopicError
+from broker.router import ingress
+from broker.wire import envelope, rules
+from broker.wire.errors import EnvelopeError, TopicError
 
 BASE = envelope.make("reader1", 7, 3, "event", {"tag": "A1"}).to_map()
 
@@ -69,7 +70,7 @@ def envelope_maps(draw: st.DrawFn) -> dict[Any, Any]:
     return m
 
 
-def outcome(body: bytes) -> ingress.Fields | str:
+def outcome(body: bytes) -> rules.Fields | str:
     try:
         env = envelope.decode(body)
     except EnvelopeError as exc:
@@ -110,24 +111,24 @@ def test_common_messages_take_the_fast_path() -> None:
 
 
 @pytest.mark.parametrize(("frame", "rule"), [
-    (b"evt.r1.tag", ("evt.r1.tag", None, ingress.NORMAL)),
-    (b"cmd.r1", ("cmd.r1", "command", ingress.NORMAL)),
-    (b"rep.sctl-h-1", ("rep.sctl-h-1", "reply", ingress.NORMAL)),
-    (b"ctl.sync", ("ctl.sync", None, ingress.SYNC)),
-    (b"ctl.other", ("ctl.other", None, ingress.RESERVED)),
-    (b"ack.r1", ("ack.r1", None, ingress.RESERVED)),
-    (b"sys.router.stats", ("sys.router.stats", None, ingress.RESERVED)),
-    (b"sys.routers", ("sys.routers", None, ingress.NORMAL)),
-    (b"sys.alarm", ("sys.alarm", None, ingress.NORMAL)),
+    (b"evt.r1.tag", ("evt.r1.tag", None, rules.NORMAL)),
+    (b"cmd.r1", ("cmd.r1", "command", rules.NORMAL)),
+    (b"rep.sctl-h-1", ("rep.sctl-h-1", "reply", rules.NORMAL)),
+    (b"ctl.sync", ("ctl.sync", None, rules.SYNC)),
+    (b"ctl.other", ("ctl.other", None, rules.RESERVED)),
+    (b"ack.r1", ("ack.r1", None, rules.RESERVED)),
+    (b"sys.router.stats", ("sys.router.stats", None, rules.RESERVED)),
+    (b"sys.routers", ("sys.routers", None, rules.NORMAL)),
+    (b"sys.alarm", ("sys.alarm", None, rules.NORMAL)),
 ])
-def test_topic_rules(frame: bytes, rule: ingress.TopicRule) -> None:
-    assert ingress.topic_rule(frame) == rule
+def test_topic_rules(frame: bytes, rule: rules.TopicRule) -> None:
+    assert rules.topic_rule(frame) == rule
 
 
 @pytest.mark.parametrize("frame", [b"\xff", b"", b"a..b", b"evt.r 1", b"x" * 300])
 def test_bad_topics(frame: bytes) -> None:
     with pytest.raises(TopicError):
-        ingress.topic_rule(frame)
+        rules.topic_rule(frame)
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -205,13 +206,13 @@ def test_passing_kinds_is_what_refusal_lets_through(topic: bytes) -> None:
     """The router's shortcut for the common envelope: `kind in passing_kinds(rule)` with a
     sequenced seq and a src other than the router's is exactly `refusal(...) is None` (sync
     topics aside, which the router handles before refusal)."""
-    rule = ingress.topic_rule(topic)
-    passing = ingress.passing_kinds(rule)
+    rule = rules.topic_rule(topic)
+    passing = rules.passing_kinds(rule)
     for kind in envelope.KINDS:
-        accepted = ingress.refusal(rule, ("a", 1, 1, kind, {})) is None
-        if rule[2] == ingress.SYNC:
+        accepted = rules.refusal(rule, ("a", 1, 1, kind, {})) is None
+        if rule[2] == rules.SYNC:
             assert kind not in passing
         else:
             assert (kind in passing) == accepted, kind
-        assert ingress.refusal(rule, ("a", 1, 0, kind, {})) is not None
-        assert ingress.refusal(rule, (ingress.ROUTER_SRC, 1, 1, kind, {})) is not None
+        assert rules.refusal(rule, ("a", 1, 0, kind, {})) is not None
+        assert rules.refusal(rule, (rules.ROUTER_SRC, 1, 1, kind, {})) is not None

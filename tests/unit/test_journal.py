@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import journal_file
-from broker.errors import BusError
-from broker.journal import Journal, SourceTable
+from broker.router import journal_file
+from broker.router.journal import Journal, SourceTable
+from broker.wire.errors import BusError
 
 
 def fill(j: Journal, n: int, src: str = "a", epoch: int = 1, start_seq: int = 1,
@@ -169,7 +169,7 @@ def test_torn_tail_at_every_offset_loads_a_prefix(tmp_path: Path,
     j.close()
     full = path.read_bytes()
     header_end = len(journal_file.MAGIC) + journal_file.REC.unpack_from(full, 8)[0] + 8
-    caplog.set_level(logging.WARNING, logger="broker.journal_file")
+    caplog.set_level(logging.WARNING, logger="broker.router.journal_file")
     for cut in range(header_end, len(full)):
         path.write_bytes(full[:cut])
         caplog.clear()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from actors.commands import Outcome
-from actors.recovery import done_record, settle, started_record
+from actors.core.commands import Outcome
+from actors.core.recovery import done_record, settle, started_record
 from tests.unit.test_actor_parts import Harness, cmd
 
 

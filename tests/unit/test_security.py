@@ -11,8 +11,8 @@ import zmq
 import zmq.auth
 
 from broker import security
-from broker.errors import BusError, ConfigError
 from broker.security import HandshakeWatch, KeyRing, Security
+from broker.wire.errors import BusError, ConfigError
 
 
 def ring(tmp_path: Path, grant: tuple[str, ...] = ()) -> KeyRing:

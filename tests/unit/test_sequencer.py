@@ -1,10 +1,10 @@
-"""The router's ingress sequencing and bad-input reports without sockets (rules: broker.wire)."""
+"""The router's ingress sequencing and bad-input reports without sockets (rules: broker.wire.protocol)."""
 
 from __future__ import annotations
 
-from broker.bad_input import BadInput
-from broker.journal import SourceKey, SourceTable
-from broker.sequencer import GapEvent, Sequencer, Verdict
+from broker.router.bad_input import BadInput
+from broker.router.journal import SourceKey, SourceTable
+from broker.router.sequencer import GapEvent, Sequencer, Verdict
 
 KEY: SourceKey = ("a", 7)
 

@@ -35,7 +35,7 @@ from actors.protocols.spec_types import (
     parse_text,
     to_plain,
 )
-from broker.errors import LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 U32 = st.integers(0, 0xFFFFFFFF)
 I32 = st.integers(-(2**31), 2**31 - 1)

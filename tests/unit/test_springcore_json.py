@@ -19,7 +19,7 @@ from actors.protocols.springcore_tag import TAG_KEYS
 from actors.sim.springcore_mqtt import SpringCoreMqttSim
 from actors.springcore_mqtt import SpringCoreMqttActor, broker_port
 from broker.config import parse_settings
-from broker.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from broker.wire.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 PREFIX = "springcard/springcore"
 DOC_EVENT = (b'{"Interface":"13.56","Protocol":"NFC-A","Template":1,"TagId":"047DAE02C84080",'

@@ -12,7 +12,7 @@ from actors.registry import create_actor, sim_config
 from actors.sim.springcore_tcp import SpringCoreTcpSim
 from actors.springcore_tcp import SpringCoreTcpActor
 from broker.config import load_site
-from broker.errors import ConfigError
+from broker.wire.errors import ConfigError
 from tests.conftest import write_site
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.envelope import make
-from broker.errors import EnvelopeError
-from broker.top import MAX_TOPICS, TopView, percentile, render
+from broker.wire.envelope import make
+from broker.wire.errors import EnvelopeError
+from cli.ops.top import MAX_TOPICS, TopView, percentile, render
 
 
 def test_rates_latency_heartbeats_router_and_alarms() -> None:
