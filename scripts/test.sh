@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's checks: ruff, mypy, then pytest over tests/ except tests/bench (benchmarks).
+# The project's checks: ruff, mypy, the import contracts (lint-imports, in pyproject.toml), then
+# pytest over tests/ except tests/bench (benchmarks).
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k envelope -x`).
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
@@ -25,10 +26,11 @@ step() {
 
 step ruff .venv/bin/ruff check .
 step mypy .venv/bin/mypy
+step lint-imports .venv/bin/lint-imports --no-cache
 step pytest .venv/bin/python -m pytest -p no:cacheprovider --ignore=tests/bench tests "$@"
 
 if [ "${#failed[@]}" -eq 0 ]; then
-    echo "test: OK (ruff, mypy, pytest)"
+    echo "test: OK (ruff, mypy, lint-imports, pytest)"
 else
     echo "test: FAILED: $(IFS=,; echo "${failed[*]}" | sed 's/,/, /g')"
     exit 1
