@@ -1,5 +1,8 @@
 """`sctl bench`: run the benchmark families, print one table (or one JSON object).
 
+`sctl bench` runs this module as ``python -m tests.bench.runner [NAME...] [--quick] [--json]
+[-v]`` with the checkout as its working directory; `main` parses those arguments.
+
 Families (run in this order; name any subset): ``throughput`` (figure 1), ``latency`` (2),
 ``device`` (3), ``commands`` (4), ``recovery`` (5), ``footprint`` (6: RSS and the 20-publisher
 scale run). Each family starts its own processes and stops them before the next one starts, so
@@ -51,6 +54,30 @@ def run(names: Sequence[str], quick: bool = False, as_json: bool = False,
         return _run(chosen, Scale(quick), as_json, out, progress)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line of `sctl bench`; Ctrl-C stops the run with status 130 (128 + SIGINT)."""
+    import argparse
+
+    from cli.common import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.runner",
+                                     description="Run the benchmarks and print a table.")
+    parser.add_argument("names", nargs="*", metavar="BENCHMARK",
+                        help=f"any of {', '.join(FAMILIES)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced counts and durations (a first look)")
+    parser.add_argument("--json", dest="as_json", action="store_true",
+                        help="print one JSON object of figures")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return run(args.names, quick=args.quick, as_json=args.as_json)
+    except KeyboardInterrupt:  # every family has stopped its processes while unwinding
+        return 128 + signal.SIGINT
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -124,3 +151,7 @@ def table(figures: Sequence[Figure], errors: dict[str, str], meta: dict[str, Any
     for name, error in errors.items():
         lines.append(f"| {name + ' FAILED':<44} | {error}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
