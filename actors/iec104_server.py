@@ -1,8 +1,8 @@
 """``iec104-server``: the actor *is* an IEC 60870-5-104 server (c104) for SCADA masters.
 
 Bus messages feed monitoring points and 104 commands become bus commands, as the site file's
-``[[actors.NAME.point]]`` / ``[[actors.NAME.command]]`` tables say (`actors.protocols.iec104_map`, which
-checks them before anything starts).
+``[[actors.NAME.point]]`` / ``[[actors.NAME.command]]`` tables say (`actors.protocols.iec104_map`,
+which checks them before anything starts).
 
 Threads. c104 runs its callbacks on its own threads and *fails open*: a callback that raises is
 removed for good and c104 then accepts every connection and confirms every command. So every

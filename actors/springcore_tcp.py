@@ -1,5 +1,5 @@
 """`SpringCoreTcpActor` (type ``springcore-tcp``): a SpringCard SpringCore Smart Reader in
-``$SCRDR`` over TCP mode (shared/protocols/springcore.md §1.4).
+``$SCRDR`` over TCP mode (its TCP-specific behaviour: shared/protocols/springcore.md).
 
 The reader is the TCP server (port 4000) and accepts ONE client at a time; we are that client.
 The stream is decoded by `actors.protocols.springcore.ScrdrDecoder`; each tag becomes
@@ -14,8 +14,8 @@ Link handling, on top of the base's state machine and backoff:
   connect — is another client connected? the reader accepts one", then retried with backoff,
   instead of an up/down flap that looks like a working link.
 - Half-open connections (the reader lost power, a cable was pulled): TCP keepalive from
-  `actors.transports.tcp.TcpClient`, plus the optional `idle_timeout` (the reader has no heartbeat over
-  TCP, so "nothing for N s" can only mean something at sites where tags pass often).
+  `actors.transports.tcp.TcpClient`, plus the optional `idle_timeout` (the reader has no heartbeat
+  over TCP, so "nothing for N s" can only mean something at sites where tags pass often).
 - A device that vanishes mid-line: the partial line is reported (``evt.<name>.rejected`` and
   the log) and discarded; the next connection starts clean.
 

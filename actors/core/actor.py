@@ -1,4 +1,4 @@
-"""The one Actor base (DESIGN §5): what every device actor builds on.
+"""The one Actor base: what every device actor builds on.
 
 A device actor declares its type name, its settings and its commands, and implements a few hooks;
 the base owns everything else: the Bus connection, the loop, heartbeats, command dispatch with

@@ -1,11 +1,11 @@
 """Running declared commands exactly once: the reply cache, Deferred, and the Dispatcher.
 
 A handler returns a result, raises `CommandError`, or returns a `Deferred` and settles it later,
-from any thread. The reply cache makes execution exactly-once (DESIGN §4.4): finished commands
-keep their reply (status, result, error) in a bounded LRU keyed by command id, so a retried
-command is answered again without running again; commands still running or waiting for their
-write-ahead record (`actors.core.recovery`) are tracked by the Dispatcher, and their duplicates get
-no second run. Declarations and argument conversion are in `actors.core.params`.
+from any thread. The reply cache makes execution exactly-once: finished commands keep their reply
+(status, result, error) in a bounded LRU keyed by command id, so a retried command is answered
+again without running again; commands still running or waiting for their write-ahead record
+(`actors.core.recovery`) are tracked by the Dispatcher, and their duplicates get no second run.
+Declarations and argument conversion are in `actors.core.params`.
 
 Nothing in this module does I/O; it is unit-tested without sockets.
 """

@@ -3,12 +3,12 @@
 Every command an actor runs (except read-only built-ins) leaves two journaled events on
 ``evt.<actor>.run``: ``{"state": "started", "id", "command", "from", "deadline"}`` before the
 handler runs, and ``{"state": "done", "id", "command", "from", "status", "result", "error"}``
-after. They are an audit trail for operators ("who opened the door, when, with what result"),
-and they let a restarted actor keep DESIGN §4.4's promise: at start it reads its recent records
-back from the router's journal. A retried command that had finished is answered from those
-records; one that had started but not finished (the process died in between) is answered with
-an error and never run a second time. Its outcome is unknown; running it again could open a
-door twice.
+after. They are an audit trail for operators ("who opened the door, when, with what result"), and
+they let a restarted actor keep the exactly-once promise (a command id never runs twice, whatever
+retries or restarts happen): at start it reads its recent records back from the router's journal. A
+retried command that had finished is answered from those records; one that had started but not
+finished (the process died in between) is answered with an error and never run a second time. Its
+outcome is unknown; running it again could open a door twice.
 
 Write-ahead: a command runs only once the router has journaled its ``started`` record, and its
 ``done`` record goes out before the reply, so a crash at any point leaves a record saying what

@@ -1,7 +1,7 @@
 """SpringCore Smart Reader over MQTT: topics, payloads and commands, sans-IO.
 
-Topics (protocols/springcore.md §3.1), ``{id}`` being the reader's MQTT device id (serial number
-in upper-case hex by default)::
+Topics (the MQTT part of protocols/springcore.md), ``{id}`` being the reader's MQTT device id
+(serial number in upper-case hex by default)::
 
     {prefix}/{id}/meta      device → host  META, once per connection to the broker
     {prefix}/{id}/status    device → host  STATUS, every ~30 s; also the Last Will
@@ -10,7 +10,7 @@ in upper-case hex by default)::
 
 The payload carries no device field: the device is the ``{id}`` segment of the topic.
 
-JSON READER EVENT, both firmware variants (§3.2). Current: ``RSSI``, ``Move`` (``"Insert"``,
+JSON READER EVENT, both firmware variants. Current: ``RSSI``, ``Move`` (``"Insert"``,
 ``"Remove"``, ``"Insert,Remove"``), ``Uptime``. Older: ``Rssi``, ``State`` (``"Insert/Remove"``
 ...), an integer ``Sequence`` event counter, ``DateTime``. ``TagId`` is the only field every
 variant has; the others are optional here (a reader that leaves one out still reports its tag),
@@ -20,13 +20,14 @@ goes to the TCP reader's codec (`actors.protocols.springcore`), so both transpor
 parser; the all-empty ``$SCRDR;;;;;;;;*xx`` greeting is no tag (`decode_event` returns None).
 
 STATUS: ``{"State": "online,ready" | "online,busy" | "offline" | "offline,dead", "Uptime",
-"DateTime"}``; ``offline,dead`` is the Last Will. META: the identity fields of §3.3.
+"DateTime"}``; ``offline,dead`` is the Last Will. META: the reader's identity fields
+(`META_FIELDS`).
 
-Commands (§2.2): ``{"Sequence": "60"}``. ``"Sequence"`` as an *integer* is read as decimal by the
-device, as a *string* as hex, so ``{"Sequence": 60}`` would play 0x3C: this encoder always sends
-hex strings (``Buzzer`` too, for the same reason). A command is built from the $SCCMD field
-tuples of the TCP codec (``seq_command("60")`` → ``("SEQ", "60")`` → ``"Sequence": "60"``), so
-both transports validate arguments in one place. ``Sequence`` may not be combined with
+Commands (JSON READER COMMAND): ``{"Sequence": "60"}``. ``"Sequence"`` as an *integer* is read as
+decimal by the device, as a *string* as hex, so ``{"Sequence": 60}`` would play 0x3C: this encoder
+always sends hex strings (``Buzzer`` too, for the same reason). A command is built from the $SCCMD
+field tuples of the TCP codec (``seq_command("60")`` → ``("SEQ", "60")`` → ``"Sequence": "60"``),
+so both transports validate arguments in one place. ``Sequence`` may not be combined with
 ``Leds``/``Buzzer`` (a `LocalProtocolError`).
 """
 
@@ -49,7 +50,7 @@ from actors.protocols.springcore_tag import (
 from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
 DEFAULT_PREFIX: Final = "springcard/springcore"
-MAX_PAYLOAD: Final = 65536  # the device's own bound on a message (§1.1)
+MAX_PAYLOAD: Final = 65536  # the device's own bound on a message: up to 64 kB
 MAX_DEVICE_ID: Final = 24  # register 028F
 ALL_DEVICES: Final = "+"
 
@@ -67,7 +68,7 @@ ONLINE: Final = "online"
 OFFLINE: Final = "offline"
 DEAD_STATE: Final = "offline,dead"  # the Last Will's State
 
-# META fields (§3.3) and their JSON types; others are ignored.
+# META fields and their JSON types; others are ignored.
 META_FIELDS: Final[dict[str, type]] = {
     name: str for name in (
         "VendorName", "ProductName", "ProductVariant", "SerialNumber", "Version", "Firmware",

@@ -11,9 +11,9 @@ after which the base opens a fresh client with its backoff. c104 callbacks run o
 never raise (c104 would drop them) and only hand over to the loop. Blocking c104 calls
 (interrogation, command transmit, unmute) run on one worker thread so the loop keeps serving.
 
-Known c104 2.2.1 client bugs handled here (see protocols/c104.md §6): the STARTDT race (a
-connection stuck OPEN_MUTED is unmuted after `UNMUTE_AFTER`), and the lost-wakeup race (a command
-may be reported unconfirmed although the server confirmed it; the reply then says so).
+Known c104 2.2.1 client bugs handled here (see "Pitfalls" in protocols/c104.md): the STARTDT race
+(a connection stuck OPEN_MUTED is unmuted after `UNMUTE_AFTER`), and the lost-wakeup race (a
+command may be reported unconfirmed although the server confirmed it; the reply then says so).
 """
 
 import concurrent.futures

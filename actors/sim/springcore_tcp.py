@@ -1,12 +1,12 @@
 """`SpringCoreTcpSim` (type ``sim-springcore-tcp``): a SpringCore Smart Reader in ``$SCRDR`` over
 TCP mode, for tests and commissioning without hardware. ``sctl sim springcore-tcp``.
 
-It behaves like the device (shared/protocols/springcore.md §1.4, §2.1): a TCP server serving ONE
-client at a time (a second client is accepted and closed at once, like a busy reader), which
-emits ``$SCRDR`` lines with CR LF and a checksum and takes ``$SCCMD`` commands with or without
-checksum and terminator (the official sample sends ``$SCCMD;SEQ=0E`` bare: a command without
-LF is framed by the next ``$`` or by `QUIET` seconds of silence). It never answers a command.
-`legacy` = older firmware: the empty ``$SCRDR;;;;;;;;*hh`` greeting on every connect.
+It behaves like the device (shared/protocols/springcore.md: TCP behaviour, $SCCMD): a TCP server
+serving ONE client at a time (a second client is accepted and closed at once, like a busy reader),
+which emits ``$SCRDR`` lines with CR LF and a checksum and takes ``$SCCMD`` commands with or
+without checksum and terminator (the official sample sends ``$SCCMD;SEQ=0E`` bare: a command
+without LF is framed by the next ``$`` or by `QUIET` seconds of silence). It never answers a
+command. `legacy` = older firmware: the empty ``$SCRDR;;;;;;;;*hh`` greeting on every connect.
 
 Every outcome is an event, so a test or an operator can account for each tag:
 

@@ -11,7 +11,7 @@ import c104
 
 
 def to_c104(kind: str, value: Any) -> Any:
-    """A neutral value (`actors.protocols.iec104_map.coerce`) as the object c104 wants for `kind`."""
+    """A neutral value (see `actors.protocols.iec104_map.coerce`) as the c104 object for `kind`."""
     if kind == "double":
         return getattr(c104.Double, value)
     if kind == "scaled":

@@ -1,8 +1,8 @@
 """The Bus client: the one way actors, sctl and outside Python tools use the bus.
 
-A `Bus` is owned by one thread. It has three sockets to the router (see `broker.wire.protocol`): a PUB to
-ingress (``XPUB_NODROP``: a full pipe is reported, not dropped), a SUB to egress, and a DEALER to
-the query socket. It gives:
+A `Bus` is owned by one thread. It has three sockets to the router (see `broker.wire.protocol`):
+a PUB to ingress (``XPUB_NODROP``: a full pipe is reported, not dropped), a SUB to egress, and a
+DEALER to the query socket. It gives:
 
 - **at-least-once ingress**: `publish` numbers envelopes per (name, epoch) and keeps them in the
   `Outbox` until acked; unacked envelopes are resent after ``resend_after`` seconds without ack
@@ -17,10 +17,10 @@ the query socket. It gives:
 - **commands**: `start_request`/`request` publish a command and re-publish it (same id) until a
   reply or the deadline; the actor's reply cache makes the execution exactly-once.
 
-The parts explain their strategy: `broker.client.publisher` (ingress), `broker.client.egress` (subscriptions,
-gap-free egress), `broker.client.requests` (commands), `broker.client.delivery` (what the router sends). This
-module owns the sockets, the sync handshake and the one set of timers of all the parts
-(`next_deadline`, `tick`), and dispatches what arrives.
+Each part explains its own strategy: `broker.client.publisher` (ingress), `broker.client.egress`
+(subscriptions, gap-free egress), `broker.client.requests` (commands) and `broker.client.delivery`
+(what the router sends). This module owns the sockets, the sync handshake and the one set of
+timers of all the parts (`next_deadline`, `tick`), and dispatches what arrives.
 
 Security: with ``[router.security] curve = true`` every socket of the Bus (and the one-shot query
 sockets of `query`) is a CURVE client acting as the key ``identity`` (`broker.security`): its
@@ -70,11 +70,12 @@ log = logging.getLogger(__name__)
 
 SYNC_FIRST: Final = 0.02  # first probe interval; doubles up to SYNC_MAX while unanswered
 SYNC_MAX: Final = 0.5
-# pyzmq's C-level recv: its Python-level wrapper costs about 1 us per frame. Frames are taken
-# with copy=False for their `more` flag, which is cheaper than getsockopt(RCVMORE).
+# pyzmq's C-level recv: its Python-level wrapper is a noticeable share of the cost of a frame.
+# Frames are taken with copy=False for their `more` flag, which is cheaper than
+# getsockopt(RCVMORE).
 _recv = zmq.backend.Socket.recv
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-# Plain ints: `revents & zmq.POLLIN` runs IntFlag.__rand__ in Python (~1 us each, 3 a turn).
+# Plain ints: `revents & zmq.POLLIN` runs IntFlag.__rand__ in Python, three times a turn.
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 # A live message's stamp; struct.error if it is not 16 bytes (`envelope.unpack_stamp` says why).
@@ -84,12 +85,13 @@ HEARTBEAT_TIMEOUT_MS: Final = 4000
 RECV_BATCH: Final = 2000  # messages drained per socket per handle(), for fairness
 QUERY_TIMEOUT: Final = 5.0
 # Publishes handed to ZeroMQ at once per loop turn; the turn's later ones go out together when
-# the driver comes back to the loop (`pollables`). Each lone send wakes ZeroMQ's I/O thread
-# (~30 us of CPU on a 2-core VM), a burst wakes it once (~5 us a message).
+# the driver comes back to the loop (`pollables`). Each lone send wakes ZeroMQ's I/O thread,
+# which costs far more CPU than a message; a burst wakes it once.
 SEND_AT_ONCE: Final = 1
 # A turn that began (handle/pollables) longer ago than this is not a loop turn about to end:
 # the owner publishes between other work and may not pump the Bus again soon, so a publish is
-# sent at once, with whatever waits before it (the bench's 500-publish turns take ~4 ms).
+# sent at once, with whatever waits before it. The window is several times longer than a busy
+# loop turn (the bench's turns of 500 publishes).
 TURN_WINDOW: Final = 0.02
 
 
@@ -251,7 +253,7 @@ class Bus:
         not allowed on it, reserved topic, body over max_message_bytes) before a seq is used:
         a refused envelope must not leave a hole in this sender's stream.
         """
-        if extra:  # unpacking even an empty **extra costs ~0.15 us per publish
+        if extra:  # unpacking even an empty **extra has a cost on every publish
             return self._publisher.publish(topic, kind, data, **extra)
         return self._publisher.publish(topic, kind, data)
 
@@ -298,7 +300,8 @@ class Bus:
         env = envmod.make(self.name, self.epoch, 0, "system", {
             "token": self._sync_token, "next": self._publisher.held_from})
         with contextlib.suppress(zmq.Again):
-            self._pub.send_multipart((protocol.SYNC_TOPIC.encode(), env.encode()), flags=zmq.NOBLOCK)
+            self._pub.send_multipart((protocol.SYNC_TOPIC.encode(), env.encode()),
+                                     flags=zmq.NOBLOCK)
         self.counters["sync_probes"] += 1
         self._next_sync = now + self._sync_interval
         self._sync_interval = min(SYNC_MAX, self._sync_interval * 2)
@@ -437,16 +440,16 @@ class Bus:
     def _drain_sub(self, out: list[Delivery]) -> None:
         """Take up to RECV_BATCH messages from the SUB socket.
 
-        Every live message passes here, so it is shaped for speed (issue 10). A message's
-        three frames are read unrolled, as Frames: their `more` flag tells a malformed message
-        apart at no extra cost (getsockopt(RCVMORE) costs ~1 us a call, more than a Frame).
-        The common case, the next gseq in order of the current router epoch, is taken by
-        comparing ints against the egress cursor (`Egress.cursor`) instead of passing through
-        `_on_frames`, `Egress.on_live` and `Stream.take_next` (~1.3 us a message); the
-        delivered counter is updated once a batch. Everything else (acks, gaps, duplicates, a
-        new router epoch, replies to our commands, best-effort subscriptions, malformed
-        frames) takes the general path `_on_frames`, with the cursor handed back before it
-        and read again after it, as that path may change the stream and the router epoch.
+        Every live message passes here, so it is shaped for speed. A message's three frames are
+        read unrolled, as Frames: their `more` flag tells a malformed message apart at no extra
+        cost (a getsockopt(RCVMORE) call costs more than taking a Frame). The common case, the next
+        gseq in order of the current router epoch, is taken by comparing ints against the egress
+        cursor (`Egress.cursor`) rather than by passing each message through `_on_frames`,
+        `Egress.on_live` and `Stream.take_next`; the delivered counter is updated once a batch.
+        Everything else (acks, gaps, duplicates, a new router epoch, replies to our commands,
+        best-effort subscriptions, malformed frames) takes the general path `_on_frames`, with the
+        cursor handed back before it and read again after it, as that path may change the stream
+        and the router epoch.
         """
         sub = self._sub
         assert sub is not None

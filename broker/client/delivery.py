@@ -1,9 +1,9 @@
 """What the router hands a Bus client: live deliveries and query answers.
 
-Both egress paths carry the same entry, ``[topic, body, stamp]`` (see `broker.wire.protocol`): the SUB
-socket one per message, a query answer (after its header map) any number of them. Both become a
-`Delivery`, so the live path and the replay path of `broker.client.egress` merge one kind of item. The
-envelope is decoded lazily: subscribers that filter by topic never pay for it.
+Both egress paths carry the same entry, ``[topic, body, stamp]`` (see `broker.wire.protocol`): the
+SUB socket one per message, a query answer (after its header map) any number of them. Both become a
+`Delivery`, so the live path and the replay path of `broker.client.egress` merge one kind of item.
+The envelope is decoded lazily: subscribers that filter by topic never pay for it.
 
 `query` is the one-shot blocking request of `Bus.query`. It opens a DEALER of its own for each
 call: the Bus's DEALER carries the replay requests, whose answers must not be mixed up with it.

@@ -1,4 +1,4 @@
-"""The receiving half of a Bus: subscriptions and gap-free egress (DESIGN §4.3).
+"""The receiving half of a Bus: subscriptions and gap-free egress.
 
 Best-effort subscriptions (``gapless=False``) are ZeroMQ prefix filters; their messages are
 routed at once. Once any subscription is gapless the SUB socket takes the whole feed instead,

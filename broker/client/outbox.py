@@ -1,4 +1,4 @@
-"""The sender side of ingress at-least-once delivery (DESIGN §4.1).
+"""The sender side of ingress at-least-once delivery.
 
 Every sequenced envelope a client publishes waits here until the router acks its seq. Entries are
 contiguous in seq: the oldest is ``acked + 1`` unless overflow dropped some; the sent-but-unacked
@@ -25,9 +25,9 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 # (seq, topic, body, end): `end` is the outbox's running total of bytes added, this entry's
 # included. Entries leave oldest first (acks, overflow), so the bytes still held are always
 # ``added - end of the last entry gone``: a release of any length costs one subtraction. A
-# plain tuple, not a NamedTuple: one is built per publish (~0.03 us against ~0.25), and the
-# cyclic GC untracks exact tuples of atoms, so a full outbox does not make every collection
-# walk it again.
+# plain tuple, not a NamedTuple: one is built per publish and a tuple is far cheaper to build,
+# and the cyclic GC untracks exact tuples of atoms, so a full outbox does not make every
+# collection walk it again.
 Entry = tuple[int, bytes, bytes, int]
 
 

@@ -1,4 +1,4 @@
-"""The sending half of a Bus: numbering, the outbox, acks (at-least-once ingress, DESIGN §4.1).
+"""The sending half of a Bus: numbering, the outbox, acks (at-least-once ingress).
 
 `publish` numbers envelopes 1, 2, 3 ... per (name, epoch) and keeps them in the `Outbox` until
 the router's ack covers their seq. Whatever the router would refuse is refused here first, as
@@ -32,7 +32,7 @@ from broker.wire.errors import EnvelopeError, TopicError
 log = logging.getLogger(__name__)
 
 RULE_CACHE: Final = 4096  # topics whose ingress rule is remembered
-# pyzmq's C-level send: its Python-level wrapper costs about 1 us per frame
+# pyzmq's C-level send: its Python-level wrapper is a noticeable share of the cost of a frame
 _send = zmq.backend.Socket.send
 _MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST: Final = int(zmq.NOBLOCK)
@@ -75,7 +75,7 @@ class Publisher:
         if kind not in passing:
             self._check_kind(topic, tframe, kind)
         seq = self.seq + 1
-        # not build(..., **extra) when extra is empty: unpacking even {} costs ~0.15 us
+        # not build(..., **extra) when extra is empty: unpacking even {} has a cost per publish
         env, body = (self._encoder.build(seq, kind, data, **extra) if extra
                      else self._encoder.build(seq, kind, data))
         if len(body) > self.max_message_bytes:

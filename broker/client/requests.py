@@ -1,4 +1,4 @@
-"""Commands in flight: the sender's half of a command round trip (DESIGN §4.4, `broker.wire.protocol`).
+"""Commands in flight: the sender's half of a command round trip (see `broker.wire.protocol`).
 
 A command is published on ``cmd.<actor>`` with ``reply_to`` this client's ``rep.<name>`` and is
 re-published with the same ``id`` (a new seq) until the reply arrives or its timeout passes.

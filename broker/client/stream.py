@@ -1,4 +1,4 @@
-"""Gap-free, in-order egress for library subscribers (DESIGN §4.3), without I/O.
+"""Gap-free, in-order egress for library subscribers, without I/O.
 
 The router stamps every journaled message with a gap-free ``gseq``. A subscriber that sees the
 whole stream can therefore tell exactly what it missed: plain PUB/SUB drops at a full queue, on

@@ -1,11 +1,11 @@
 """The router's query socket: answers ``state``, ``since`` and ``last`` from the journal.
 
-Request and reply framing are specified in `broker.wire.protocol`; this module turns one request map into
-the reply frames after the request id (header map, then topic, body, stamp triples). It never
-raises on a bad request: anything malformed becomes ``{"ok": False, "error": ...}``.
+Request and reply framing are specified in `broker.wire.protocol`; this module turns one request
+map into the reply frames after the request id (header map, then topic, body, stamp triples). It
+never raises on a bad request: anything malformed becomes ``{"ok": False, "error": ...}``.
 
-A reply is bounded three ways so one request cannot stall the router loop or blow its memory:
-at most `wire.REPLAY_SCAN` journal entries examined, at most `wire.REPLAY_LIMIT` (or the asked
+A reply is bounded three ways so one request cannot stall the router loop or blow its memory: at
+most `protocol.REPLAY_SCAN` journal entries examined, at most `protocol.REPLAY_LIMIT` (or the asked
 ``limit``) entries returned, and at most `REPLY_MAX_BYTES` of bodies (always at least one entry).
 ``more`` and ``next`` tell the client how to continue.
 """
@@ -117,7 +117,8 @@ class QueryHandler:
             if op == protocol.OP_LAST:
                 return self._last(req)
             raise BadRequestError(
-                f"unknown op {op!r} (expected {protocol.OP_STATE}, {protocol.OP_SINCE}, {protocol.OP_LAST})")
+                f"unknown op {op!r} (expected {protocol.OP_STATE}, {protocol.OP_SINCE}, "
+                f"{protocol.OP_LAST})")
         except BusError as exc:  # BadRequestError and unpack_map's own complaints
             return self.error(str(exc))
 

@@ -1,7 +1,7 @@
 """Per-(src, epoch) ingress sequencing: which seq the router takes, drops or skips, and when.
 
-The rules are the "Sequencing" and ``ctl.sync`` ``next`` rules of `broker.wire.protocol`; this module
-holds all of their state transitions and does no I/O. The router acts on its answers: it
+The rules are the "Sequencing" and ``ctl.sync`` ``next`` rules of `broker.wire.protocol`; this
+module holds all of their state transitions and does no I/O. The router acts on its answers: it
 journals, advances hc, publishes gap reports and sends acks.
 
 hc (the highest seq up to which every seq has been journaled, refused or declared lost) lives in

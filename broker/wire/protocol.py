@@ -6,8 +6,8 @@ Sockets (endpoints from ``[router]`` in the site file)
   ``XPUB_NODROP`` set, so a full pipe is reported to the sender (``zmq.Again``) instead of dropped.
   Frames in: ``[topic, body]``.
 - ``egress``: the router binds XPUB. Clients connect SUB. Frames out: ``[topic, body, stamp]``,
-  stamp = big-endian ``router_epoch:u64, gseq:u64`` (`broker.wire.envelope.pack_stamp`). The router never
-  re-encodes a client's body.
+  stamp = big-endian ``router_epoch:u64, gseq:u64`` (`broker.wire.envelope.pack_stamp`). The router
+  never re-encodes a client's body.
 - ``query``: the router binds ROUTER. Clients connect DEALER. Request ``[req_id, map]``, reply
   ``[req_id, header_map, topic, body, stamp, topic, body, stamp, ...]`` (maps are msgpack).
 

@@ -2,7 +2,7 @@
 
 Topics are UTF-8, dot-separated segments. A segment is 1-64 characters from
 ``[A-Za-z0-9_-]`` (actor and client names obey the same rule, so a name can always be put in a
-topic). Prefixes used on the bus (DESIGN §3):
+topic). Prefixes used on the bus:
 
 ==============================  ======================================================
 ``evt.<actor>.<name>``          device events

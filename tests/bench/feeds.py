@@ -34,9 +34,9 @@ class Tally:
     """Arrivals of one run, checked after the fact.
 
     While a run goes, `add` only records ``(body, arrival time)``: a list append, so the
-    subscriber's bookkeeping stays off the path being measured, the same for every stack (the
-    check used to cost the subscriber process ~2.5 us a message, most of it `msgpack.unpackb`,
-    on a 2-core machine the three processes share). `settle` (called by every figure below)
+    subscriber's bookkeeping stays off the path being measured, the same for every stack (checking
+    each message on arrival, mostly its `msgpack.unpackb`, would take CPU from the stacks under
+    test on a 2-core machine the three processes share). `settle` (called by every figure below)
     unpacks what arrived since the last call and checks, per sender, that ``data.n`` runs
     1, 2, 3 ...: a jump is a loss, a step back a duplicate or a reordering. paho appends from
     its own thread; a list append is atomic, and `settle` reads up to the length it saw.

@@ -39,11 +39,11 @@ BATCH: Final = 500  # publishes between two reads of the acks
 
 
 def body(src: str, epoch: int, n: int, payload: bytes) -> bytes:
-    """The envelope every stack carries, ``data = {"n": n, "p": payload}``, built the way a
-    plain pyzmq or paho program would build it: one `msgpack.packb` of the map, no validation
-    (the Bus's own Encoder validates; putting the library's general `make` in a baseline
-    publisher's loop would slow the baseline by ~6 us a message and flatter the ratios). The
-    bytes have the envelope's layout: `envelope.decode` accepts them (checked at start-up)."""
+    """The envelope every stack carries, ``data = {"n": n, "p": payload}``, built the way a plain
+    pyzmq or paho program would build it: one `msgpack.packb` of the map, no validation (the Bus's
+    own Encoder validates; putting the library's general `make` in a baseline publisher's loop
+    would slow the baseline by its whole per-message cost and flatter the ratios). The bytes have
+    the envelope's layout: `envelope.decode` accepts them (checked at start-up)."""
     packed: bytes = _pack({"v": envmod.VERSION, "id": os.urandom(16).hex(), "src": src,
                            "epoch": epoch, "seq": n, "ts": time.time(), "kind": "event",
                            "data": {"n": n, "p": payload}})

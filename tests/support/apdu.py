@@ -1,8 +1,8 @@
 """Minimal IEC 60870-5-104 APDU encoding and decoding, to drive the iec104-server over TLS from
-Python's ``ssl`` (the c104 2.2.1 client cannot do TLS, protocols/c104.md §3). Test support, not
+Python's ``ssl`` (the c104 2.2.1 client cannot do TLS, see protocols/c104.md). Test support, not
 a codec of the project: just what a master needs for STARTDT and a general interrogation.
 
-Wire layout (IEC 60870-5-104 §5, all multi-byte integers little-endian)::
+Wire layout (the frame formats of IEC 60870-5-104, all multi-byte integers little-endian)::
 
     APDU  = 0x68, length (of the rest, 4..253), 4 control octets, [ASDU]
     I     = ctrl1 bit0 = 0: N(S) = (ctrl1|ctrl2<<8) >> 1, N(R) = (ctrl3|ctrl4<<8) >> 1; ASDU

@@ -1,6 +1,6 @@
-"""The cmd_tcp codec without sockets: Pyrame's wordings and quirks (protocol notes §5), the
-receive side's matching, and Hypothesis properties (escapes agree with the reference decoder,
-hex round trips, chunking never changes a result)."""
+"""The cmd_tcp codec without sockets: Pyrame's wordings and quirks (the data functions' exact
+semantics in the protocol notes), the receive side's matching, and Hypothesis properties (escapes
+agree with the reference decoder, hex round trips, chunking never changes a result)."""
 
 from __future__ import annotations
 

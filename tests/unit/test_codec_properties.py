@@ -1,4 +1,4 @@
-"""Hypothesis properties that the per-codec test files do not state yet (issue 11, item 1).
+"""Hypothesis properties that the per-codec test files do not state.
 
 Every codec must (1) round-trip what it encodes, (2) turn arbitrary peer input into a valid
 result or the project's protocol error, never another exception, and (3) give the same result
@@ -68,7 +68,7 @@ scrdr_noise = st.lists(st.sampled_from([b"$SCRDR;", b";", b"*", b"\r", b"\n", b"
 
 @settings(max_examples=300, deadline=None)
 @given(scrdr_noise, st.lists(st.integers(0, 500), max_size=12), st.integers(1, 40))
-@example(b"$SCRDR;", [3], 1)  # found: the over-long excerpt used to depend on the chunking
+@example(b"$SCRDR;", [3], 1)  # an over-long line whose reported excerpt could vary by chunking
 def test_scrdr_stream_any_bytes_any_chunks(data: bytes, cuts: list[int], max_line: int) -> None:
     def run(chunks: list[bytes]) -> list[springcore.ScrdrEvent]:
         decoder = springcore.ScrdrDecoder(max_line=max_line)

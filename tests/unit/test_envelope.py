@@ -1,4 +1,4 @@
-"""broker.wire.envelope and broker.wire.topics: the wire contract (DESIGN §3)."""
+"""broker.wire.envelope and broker.wire.topics: the wire contract."""
 
 from __future__ import annotations
 

@@ -107,8 +107,8 @@ CRASHES = sorted(CRASH_DIR.glob("*.bin")) if CRASH_DIR.is_dir() else []
 
 @pytest.mark.parametrize("path", CRASHES, ids=[p.name for p in CRASHES])
 def test_recorded_crash_now_decodes_or_raises_the_allowed_error(path: Path) -> None:
-    """Every crash the fuzzer ever found stays fixed: its input now gives a valid result or
-    the target's allowed error."""
+    """Every crash the fuzzer ever found stays fixed: its input gives a valid result or the
+    target's allowed error."""
     name = path.stem.rsplit("-", 1)[0]
     assert name in TARGETS, f"{path.name}: unknown target {name}"
     _, exc = execute(TARGETS[name], path.read_bytes())

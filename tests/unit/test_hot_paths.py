@@ -1,11 +1,12 @@
 """The fast paths of the bus hot loop give exactly what the general paths give.
 
-Every fast path here was added for speed (issue 10) and must not change behaviour or the wire
-format: `envelope.Encoder` against ``make(...).encode()`` (same bytes, same errors), the pooled
+Every fast path here exists for speed only and must not change behaviour or the wire format:
+`envelope.Encoder` against ``make(...).encode()`` (same bytes, same errors), the pooled
 `envelope.new_id` and the Encoder's own pool, the per-thread `Packer` of `Envelope.encode`,
 `_check_data`'s one-pass accept against its full check, `_unchecked` envelopes against the
 dataclass's, `decode`'s one-pass check of the common map against its general path,
-`Stream.take_next` against `Stream.on_live`, and `Egress`'s cached subscription matches.
+`Stream.take_next` against `Stream.on_live`, `Egress`'s cached subscription matches, and the
+router query's prefix `matcher` against `topics.matches`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from broker.client.delivery import Delivery
 from broker.client.egress import Egress
 from broker.client.requests import Requests
 from broker.client.stream import Stream
-from broker.wire import envelope
+from broker.router.query import matcher
+from broker.wire import envelope, topics
 from broker.wire.envelope import Encoder, Envelope, make
 from broker.wire.errors import EnvelopeError
 from tests.unit.test_envelope import maps
@@ -322,3 +324,19 @@ def test_in_order_live_deliveries_keep_counters_and_route_by_topic() -> None:
     assert counters["delivered"] == 2
     egress.on_live(Delivery("evt.a.z", b"", 1, 14), out, True)  # a gap: the slow path counts it
     assert counters["gaps"] == 1 and len(out) == 2
+
+
+# --- the router's query: the prefix matcher -----------------------------------------------------
+
+# few, short segments, so that prefixes and topics share segments and prefixes of segments
+topic_names = st.lists(st.sampled_from(["a", "b", "ab"]), min_size=1, max_size=3).map(".".join)
+prefix_names = st.just("") | topic_names | topic_names.map(lambda t: t + ".")
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefixes=st.none() | st.lists(prefix_names, max_size=3), topic=topic_names)
+def test_query_matcher_matches_like_topics_matches(prefixes: list[str] | None,
+                                                   topic: str) -> None:
+    """`matcher` (None or [] = everything) agrees with `topics.matches` against any prefix."""
+    want = not prefixes or any(topics.matches(topic, p) for p in prefixes)
+    assert matcher(prefixes)(topic) == want

@@ -1,4 +1,5 @@
-"""The router's ingress sequencing and bad-input reports without sockets (rules: broker.wire.protocol)."""
+"""The router's ingress sequencing and bad-input reports without sockets (the rules are those of
+broker.wire.protocol)."""
 
 from __future__ import annotations
 

@@ -120,6 +120,6 @@ def test_unknown_and_event_only_properties(state: SpecState) -> None:
 def test_hostile_text_is_an_eval_error_not_a_crash(state: SpecState, text: str,
                                                    match: str) -> None:
     """The simulator's request handler turns EvalError into an SV_ERROR reply; any other
-    exception used to escape it and leave the client waiting for a reply."""
+    exception would escape it and leave the client waiting for a reply."""
     with pytest.raises(EvalError, match=match):
         Interpreter(state, 0.0).run(text)
