@@ -1,5 +1,5 @@
 """`SpringCoreTcpActor` (type ``springcore-tcp``): a SpringCard SpringCore Smart Reader in
-``$SCRDR`` over TCP mode (its TCP-specific behaviour: shared/protocols/springcore.md).
+``$SCRDR`` over TCP mode (its TCP-specific behaviour: docs/protocols/springcore.md).
 
 The reader is the TCP server (port 4000) and accepts ONE client at a time; we are that client.
 The stream is decoded by `actors.protocols.springcore.ScrdrDecoder`; each tag becomes

@@ -18,7 +18,7 @@ Stable API (the TCP reader, its simulator and the MQTT reader use it; keep these
 - ``decode_command(line) -> Sccmd`` and ``encode_tag_line(...)`` / ``greeting_line(...)``: the
   device's side (the simulator), also used by the property tests for round trips.
 
-Wire layout (shared/protocols/springcore.md: the $SCRDR message, host commands)::
+Wire layout (docs/protocols/springcore.md: the $SCRDR message, host commands)::
 
     $SCRDR;<Interface>;<Protocol>;<Template>;<RSSI>;<TagId>;<Move>;<TagData>;<TagDetails>*<hh>\\r\\n
     $SCCMD;<Field1>=<Value1>;...;<FieldN>=<ValueN>[*<hh>]\\r\\n

@@ -1,14 +1,15 @@
 """The router process: journals every envelope once, stamps it with a gseq, fans it out.
 
 One thread runs everything through a `zmq.Poller` over four sockets: XSUB ingress, XPUB egress
-(subscription messages, counted), ROUTER query (`broker.router.query`) and an inproc PULL that `stop`
-pokes. Ingress is drained in batches of up to `INGRESS_BATCH` messages; per batch the router
+(subscription messages, counted), ROUTER query (`broker.router.query`) and an inproc PULL that
+`stop` pokes. Ingress is drained in batches of up to `INGRESS_BATCH` messages; per batch the
+router
 
-1. checks each message once (`broker.router.ingress`: topic rules, then size before any decoding,
-   then the envelope), applies the per-(src, epoch) sequencing of `broker.wire.protocol` and journals
-   accepted ones; a refused one still uses up its seq (only src/epoch/seq are read from a body
-   that is too large or invalid) and raises hc through `Journal.advance`, which the journal
-   file keeps too;
+1. checks each message once (`broker.router.ingress`: topic rules, then size before any
+   decoding, then the envelope), applies the per-(src, epoch) sequencing of
+   `broker.wire.protocol` and journals accepted ones; a refused one still uses up its seq (only
+   src/epoch/seq are read from a body that is too large or invalid) and raises hc through
+   `Journal.advance`, which the journal file keeps too;
 2. flushes the journal file (fsync if configured), so nothing below is ever ahead of the disk;
 3. publishes the batch's accepted envelopes, then one ``ack.<src>`` per pair it touched.
 
@@ -19,6 +20,17 @@ acks and resync requests. Bad input is counted by reason in `broker.router.bad_i
 rate-limits the reports; the router logs each report with its hex excerpt and publishes it on
 ``sys.router.bad``. `broker.router.stats` builds the ``sys.router.stats`` map. Nothing a peer
 sends can raise out of the loop.
+
+Endpoints ending in port ``0`` or ``*`` (``tcp://127.0.0.1:0``) bind a port the OS picks, one
+per socket. Once all three are bound the router logs its "up" line at INFO, naming the
+endpoints it actually got (ZeroMQ's LAST_ENDPOINT, also in `Router.endpoints`)::
+
+    router epoch 1718000000000000 up: ingress tcp://127.0.0.1:41011, egress
+    tcp://127.0.0.1:41013, query tcp://127.0.0.1:41015, journal in memory (gseq 1..0)
+
+(one line). A program that starts a private router on port 0 (the test suite does) waits for
+this line, reads the three endpoints from it and gives them to its clients; a restart on those
+same endpoints binds the same ports again. Explicit ports are bound as given.
 
 With ``[router.security] curve = true`` (`broker.security`) every socket is a CURVE server,
 the router answers ZAP on its own loop (one more socket), and each ingress message is checked
@@ -67,7 +79,8 @@ DENIED_TOPIC: Final = "sys.router.denied"
 
 _GAP_COUNTS: Final[dict[GapState, str]] = {
     "open": "gaps_opened", "filled": "gaps_filled", "lost": "gaps_lost"}
-# pyzmq's Python layer costs ~1 us per frame; the router calls the Cython socket methods directly.
+# pyzmq's Python layer is a noticeable share of the cost of a frame; the router calls the Cython
+# socket methods directly.
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 _MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -261,8 +274,8 @@ class Router:
         secure = self._keys is not None
         n = 0
         while n < INGRESS_BATCH:
-            # Frames, not bytes: a Frame knows whether more follow (getsockopt(RCVMORE) costs
-            # ~1 us a call in pyzmq) and carries the key it came with.
+            # Frames, not bytes: a Frame knows whether more follow (a getsockopt(RCVMORE) call
+            # costs more) and carries the key it came with.
             try:
                 frame = _recv(sock, _LAST, False)
             except zmq.Again:
@@ -377,7 +390,8 @@ class Router:
 
     def _sequence(self, key: SourceKey, seq: int, tframe: bytes = b"", topic: str = "",
                   body: bytes | None = None) -> None:
-        """Act on the sequencer's verdict (see `broker.router.sequencer`); `body` None: a refused one."""
+        """Act on the sequencer's verdict (see `broker.router.sequencer`); `body` is None for a
+        refused envelope."""
         verdict, gap = self._sequencer.check(key, seq)
         if verdict is Verdict.UNKNOWN:
             self._ask_resync(key, seq)

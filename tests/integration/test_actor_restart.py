@@ -11,8 +11,8 @@ import pytest
 
 from broker.client.bus import Bus, Delivery
 from broker.config import load_site
-from tests.conftest import Proc, write_site
 from tests.support.echo import EchoServer
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -54,17 +54,16 @@ def wait_topic(bus: Bus, got: list[Delivery], pred: Callable[[Delivery], bool],
 
 @pytest.mark.parametrize("scenario", ["plain", "router_late", "flood"])
 def test_retries_after_a_crash_are_not_run_again(tmp_path: Path, device: EchoServer,
-                                                  spawn: Callable[..., Proc],
-                                                  scenario: str) -> None:
+                                                  stack: Stack, scenario: str) -> None:
     """plain: only the actor dies. router_late: the router (with its journal file) dies too and
     comes back after the actor has restarted, so the actor must hold commands until it can read
     its records. flood: 60 000 other messages are journaled between the crash and the retry."""
-    site_path = write_site(
-        tmp_path, '[actors.echo1]\ntype = "tests.support.actors:EchoActor"\n'
+    site_path = stack.write(
+        '[actors.echo1]\ntype = "tests.support.actors:EchoActor"\n'
         f"port = {device.port}\nheartbeat_interval = 0.2\n",
         router_extra=f'journal_path = "{tmp_path / "journal.bin"}"')
-    router = spawn("-c", str(site_path), "router", name="router")
-    actor = spawn("-c", str(site_path), "actor", "echo1", name="echo1")
+    router = stack.start_router()  # router.start() later binds the same endpoints
+    actor = stack.start_actor("echo1")
     bus = Bus(load_site(site_path).router, "tester")
     bus.subscribe("rep.tester")
     bus.subscribe("evt.echo1.run")

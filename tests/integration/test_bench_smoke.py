@@ -12,7 +12,7 @@ import json
 import math
 import subprocess
 
-from tests.conftest import ROOT, sctl_cmd, subprocess_env
+from tests.support.stack import ROOT, sctl_cmd, subprocess_env
 
 
 def test_quick_device_bench_reports_its_figures() -> None:

@@ -1,4 +1,5 @@
-"""The Bus client against a real router process: DESIGN §4's delivery guarantees, end to end."""
+"""The Bus client against a real router process: the bus's delivery guarantees (at-least-once
+ingress, journal and replay, gap-free egress, exactly-once commands), end to end."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import pytest
 
 from broker.client.bus import Bus, Delivery
 from broker.config import load_site
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
+from tests.support.stack import (
+    ANY_PORT,
+    ROOT,
+    Proc,
+    Stack,
+    sctl_cmd,
+    subprocess_env,
+    write_site,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,29 +82,15 @@ def poll_until(bus: Bus, got: list[Delivery], n: int, timeout: float = 5.0) -> N
         got += bus.poll(0.1)
 
 
-def start_router(site_path: Path, tmp_path: Path) -> Proc:
-    proc = Proc(sctl_cmd("-c", str(site_path), "router"), tmp_path / "router.log").start()
-    bus = Bus(load_site(site_path).router, "probe")
-    try:
-        assert bus.connect(wait=15), f"router did not come up:\n{proc.output()}"
-    finally:
-        bus.close()
-    return proc
-
-
 @pytest.fixture
-def router_factory(tmp_path: Path) -> Callable[..., tuple[Path, Proc]]:
-    procs: list[Proc] = []
+def router_factory(stack: Stack) -> Callable[..., tuple[Path, Proc]]:
+    """``router_factory(router_extra)``: the site file and its router process, up."""
 
     def make(router_extra: str = "") -> tuple[Path, Proc]:
-        site_path = write_site(tmp_path, router_extra=router_extra)
-        proc = start_router(site_path, tmp_path)
-        procs.append(proc)
-        return site_path, proc
+        stack.write(router_extra=router_extra)
+        return stack.path, stack.start_router()
 
-    yield make
-    for p in procs:
-        p.stop()
+    return make
 
 
 def test_kill_router_mid_stream_loses_nothing(router_factory, tmp_path: Path) -> None:
@@ -170,13 +165,14 @@ def test_slow_subscriber_with_tiny_hwm_gets_everything(router_factory) -> None:
     bus.close()
 
 
-def test_publisher_started_before_router_loses_nothing(tmp_path: Path) -> None:
-    site_path = write_site(tmp_path)
+def test_publisher_started_before_router_loses_nothing(stack: Stack) -> None:
+    stack.reserve_router_ports()  # the publisher connects before any router is there
+    site_path = stack.path
     bus = Bus(load_site(site_path).router, "early-bird")
     assert not bus.connect(wait=0.3)  # no router yet: publish must queue, not vanish
     for i in range(50):
         bus.publish("evt.early.n", "event", {"i": i})
-    proc = Proc(sctl_cmd("-c", str(site_path), "router"), tmp_path / "router.log").start()
+    proc = stack.start_router()
     try:
         assert bus.flush(20), bus.counters
         sub = Collector(site_path, "evt.early.", 50, since=0)
@@ -276,7 +272,8 @@ def test_publish_refuses_what_the_router_would_refuse_without_using_a_seq(tmp_pa
     """A refused envelope must not leave a hole in the sender's stream: checked before a seq."""
     from broker.wire.errors import EnvelopeError, TopicError
 
-    site = load_site(write_site(tmp_path, router_extra="max_message_bytes = 1000"))
+    site = load_site(write_site(tmp_path, router_extra="max_message_bytes = 1000",
+                                endpoints=ANY_PORT))  # never connected
     bus = Bus(site.router, "checker")
     deep: dict[str, object] = {}
     for _ in range(40):

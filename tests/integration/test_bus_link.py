@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from broker.client.bus import Bus
-from broker.config import SiteConfig, load_site
 from broker.wire.envelope import Envelope
-from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
+from tests.support import stack as support
+from tests.support.stack import free_ports, sctl_cmd, subprocess_env, wait_for
 
 SITE = """
 [actors.inst]
@@ -61,19 +61,17 @@ event = "voltage"
 """
 
 
-class Stack:
+class Stack(support.Stack):
     """Router, simulator and link actors of one test, and a Bus client to talk to them."""
 
-    def __init__(self, path: Path, site: SiteConfig, bus: Bus, port: int) -> None:
-        self.path, self.site, self.bus, self.port = path, site, bus, port
+    bus: Bus
+    port: int  # the instrument simulator's
 
     def send(self, actor: str, command: str, *args: str, timeout: float = 10.0) -> \
             subprocess.CompletedProcess[str]:
         """``sctl send`` as an operator's script runs it."""
-        return subprocess.run(
-            sctl_cmd("-c", str(self.path), "send", actor, command, *args, "--timeout",
-                     str(timeout)), env=subprocess_env(), capture_output=True, text=True,
-            timeout=timeout + 20)
+        return self.sctl("send", actor, command, *args, "--timeout", str(timeout),
+                         timeout=timeout + 20)
 
     def request(self, actor: str, command: str, *argv: str, timeout: float = 10.0,
                 **args: Any) -> Envelope:
@@ -96,31 +94,26 @@ class Stack:
 
 
 @pytest.fixture
-def make_stack(tmp_path: Path, spawn: Callable[..., Proc]) -> Iterator[Callable[..., Stack]]:
-    buses: list[Bus] = []
+def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    made: list[Stack] = []
 
     def make(mode: str = "scpi", poll: str = "", actors: tuple[str, ...] = ("bus1",)) -> Stack:
-        port, dead = free_ports(2)
-        path = write_site(tmp_path, SITE.format(port=port, dead=dead, mode=mode, poll=poll))
-        spawn("-c", str(path), "router", name="router")
-        spawn("-c", str(path), "sim", "instrument", "--name", "inst", name="inst")
-        site = load_site(path)
-        bus = Bus(site.router, "tester")
-        buses.append(bus)
-        assert bus.connect(wait=15.0), "router did not come up"
-        stack = Stack(path, site, bus, port)
-        wait_for(lambda: stack.request("inst", "ping", timeout=2).data["status"] == "ok", 20,
-                 "simulator running")
+        (dead,) = free_ports(1)  # nothing listens there: the refused connect
+        stack = Stack(tmp_path, SITE.format(port=0, dead=dead, mode=mode, poll=poll))
+        made.append(stack)
+        stack.start_router()
+        stack.bus = stack.client(name="tester")
+        stack.start_sim("instrument", "inst")
+        stack.port = stack.listening_port("inst")  # port 0: the one it got
+        stack.write(SITE.format(port=stack.port, dead=dead, mode=mode, poll=poll))
         for name in actors:
-            spawn("-c", str(path), "actor", name, name=name)
-        for name in actors:
-            wait_for(lambda n=name: stack.request(n, "ping", timeout=2).data["status"] == "ok",
-                     20, f"{name} running")
+            stack.start_actor(name)
+        stack.wait_ready(*actors)
         return stack
 
     yield make
-    for bus in buses:
-        bus.close()
+    for stack in made:
+        stack.stop()
 
 
 def fresh_connection(stack: Stack) -> None:
@@ -131,7 +124,8 @@ def fresh_connection(stack: Stack) -> None:
     stack.ok("inst", "clear")
 
 
-# Protocol notes §6: (peer sends, call words, expected stdout, peer must receive)
+# Pyrame's own test vectors (protocol notes, cmd_tcp.md): (peer sends, call words, expected
+# stdout, peer must receive)
 VECTORS = [
     (b"", [("write", "TEST"), ("write_bin", "544553540a")], ["ok", "ok"], b"TESTTEST\n"),
     (b"TESTTEST\n", [("read", "9")], ["TESTTEST"], b""),

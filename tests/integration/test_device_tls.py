@@ -1,6 +1,6 @@
-"""Device-side TLS with real peers (issue 9, item 3). Every part is a real process: the router,
-the actors (``sctl actor``), the simulators (``sctl sim``), Mosquitto; certificates come from a
-throw-away CA made with ``openssl`` (tests.support.certs).
+"""Device-side TLS with real peers. Every part is a real process: the router, the actors
+(``sctl actor``), the simulators (``sctl sim``), Mosquitto; certificates come from a throw-away
+CA made with ``openssl`` (tests.support.certs).
 
 - MQTT: Mosquitto gets a TLS listener that requires a client certificate from the test CA (and a
   plain one only for its readiness probe, which speaks plain MQTT; nobody else uses it). The
@@ -22,7 +22,6 @@ import os
 import pwd
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,18 +33,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.client.bus import Bus, Delivery
-from broker.config import load_site
 from broker.wire.errors import RemoteProtocolError
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
 from tests.integration.test_actor import collect, result
 from tests.integration.test_iec104 import free_104_port
 from tests.support import apdu
 from tests.support.certs import Pair, Pki, pki  # noqa: F401  (the fixture)
 from tests.support.mosquitto import (  # noqa: F401  (the fixture)
     Mosquitto,
-    free_loopback_port,
     mosquitto_factory,
 )
+from tests.support.stack import Proc, Stack, free_port, wait_for
 
 READER = "DA1275B0"
 WAIT = 30.0  # generous: the test machine is shared
@@ -53,19 +50,6 @@ WAIT = 30.0  # generous: the test machine is shared
 
 def tls_table(ca: Path, client: Pair) -> str:
     return f'tls = {{ ca = "{ca}", cert = "{client.cert}", key = "{client.key}" }}'
-
-
-def sctl(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(sctl_cmd("-c", str(site), *args), cwd=ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=60)
-
-
-def connected_bus(site: Path, *prefixes: str) -> Bus:
-    bus = Bus(load_site(site).router, "tester")
-    for prefix in prefixes:
-        bus.subscribe(prefix)
-    assert bus.connect(wait=15.0), "router did not come up"
-    return bus
 
 
 def wait_reply(bus: Bus, actor: str, command: str, ok: Callable[[Any], bool], what: str,
@@ -116,7 +100,7 @@ class TlsBroker:
 def tls_broker(pki: Pki, mosquitto_factory: Callable[..., Mosquitto]) -> TlsBroker:  # noqa: F811
     """Mosquitto with a TLS listener that requires a client certificate signed by the test CA.
     Its first, plain listener is only for `Mosquitto.start`'s readiness probe (plain MQTT)."""
-    port = free_loopback_port()
+    port = free_port()  # a second listener: mosquitto names no port it picked
     # Started as root, mosquitto drops to its own user, which cannot read the test's private
     # temp folder; `user` keeps it as whoever runs the tests (root gains nothing it lacked).
     user = pwd.getpwuid(os.geteuid()).pw_name
@@ -128,9 +112,9 @@ def tls_broker(pki: Pki, mosquitto_factory: Callable[..., Mosquitto]) -> TlsBrok
     return TlsBroker(broker, port)
 
 
-def mqtt_site(tmp_path: Path, port: int, actor_tls: str, sim_tls: str) -> Path:
-    return write_site(tmp_path, MQTT_TABLES.format(port=port, reader=READER,
-                                                   actor_tls=actor_tls, sim_tls=sim_tls))
+def mqtt_site(stack: Stack, port: int, actor_tls: str, sim_tls: str) -> Path:
+    return stack.write(MQTT_TABLES.format(port=port, reader=READER,
+                                          actor_tls=actor_tls, sim_tls=sim_tls))
 
 
 def events(got: list[Delivery], topic: str) -> list[dict[str, Any]]:
@@ -138,16 +122,15 @@ def events(got: list[Delivery], topic: str) -> list[dict[str, Any]]:
 
 
 def test_mqtt_over_tls_tags_flow_and_a_command_reaches_the_reader(
-        tmp_path: Path, pki: Pki, tls_broker: TlsBroker,  # noqa: F811
-        spawn: Callable[..., Proc]) -> None:
+        pki: Pki, tls_broker: TlsBroker, stack: Stack) -> None:  # noqa: F811
     client = tls_table(pki.ca.cert, pki.client)
-    site = mqtt_site(tmp_path, tls_broker.port,
-                     client, client)
-    spawn("-c", str(site), "router", name="router")
-    bus = connected_bus(site, "evt.mqttreaders.", "evt.readers.")
+    mqtt_site(stack, tls_broker.port,
+              client, client)
+    stack.start_router()
+    bus = stack.client("evt.mqttreaders.", "evt.readers.")
     try:
-        spawn("-c", str(site), "actor", "mqttreaders", name="actor")
-        spawn("-c", str(site), "sim", "springcore-mqtt", "--name", "readers", name="sim")
+        stack.start_actor("mqttreaders", log="actor")
+        stack.start_sim("springcore-mqtt", "readers", log="sim")
         seen: list[Delivery] = []
         wait_reply(bus, "mqttreaders", "readers",
                    lambda r: r.get(READER, {}).get("state") == "online",
@@ -160,7 +143,7 @@ def test_mqtt_over_tls_tags_flow_and_a_command_reaches_the_reader(
         assert {t["device"] for t in events(got, "evt.mqttreaders.tag")} == {READER}
         assert [e["state"] for e in events(got, "evt.mqttreaders.link")][-1:] == ["up"]
 
-        sent = sctl(site, "send", "mqttreaders", "accept", f"device={READER}")
+        sent = stack.sctl("send", "mqttreaders", "accept", f"device={READER}")
         assert sent.returncode == 0, sent.stderr
         got = collect(bus, lambda g: len(events(g, "evt.readers.received")) >= 1, WAIT)
         (received,) = events(got, "evt.readers.received")
@@ -170,14 +153,13 @@ def test_mqtt_over_tls_tags_flow_and_a_command_reaches_the_reader(
 
 
 def test_mqtt_wrong_ca_link_down_with_tls_reason_no_crash(
-        tmp_path: Path, pki: Pki, tls_broker: TlsBroker,  # noqa: F811
-        spawn: Callable[..., Proc]) -> None:
-    site = mqtt_site(tmp_path, tls_broker.port,
-                     tls_table(pki.rogue_ca.cert, pki.client), "")
-    spawn("-c", str(site), "router", name="router")
-    bus = connected_bus(site, "evt.mqttreaders.link")
+        pki: Pki, tls_broker: TlsBroker, stack: Stack) -> None:  # noqa: F811
+    mqtt_site(stack, tls_broker.port,
+              tls_table(pki.rogue_ca.cert, pki.client), "")
+    stack.start_router()
+    bus = stack.client("evt.mqttreaders.link")
     try:
-        actor = spawn("-c", str(site), "actor", "mqttreaders", name="actor")
+        actor = stack.start_actor("mqttreaders", log="actor")
         got = collect(bus, lambda g: any(e["state"] == "down"
                                          for e in events(g, "evt.mqttreaders.link")), WAIT)
         down = next(e for e in events(got, "evt.mqttreaders.link") if e["state"] == "down")
@@ -189,7 +171,7 @@ def test_mqtt_wrong_ca_link_down_with_tls_reason_no_crash(
         refused = bus.request("mqttreaders", "accept", {"device": READER}, timeout=20.0).data
         assert refused["status"] == "error" and "is not connected" in refused["error"], refused
         assert actor.popen is not None and actor.popen.poll() is None, actor.output()
-        status = sctl(site, "ping", "mqttreaders")
+        status = stack.sctl("ping", "mqttreaders")
         assert status.returncode == 0, status.stderr
     finally:
         bus.close()
@@ -286,14 +268,13 @@ class Scada:
 
 
 @pytest.fixture
-def scada(tmp_path: Path, pki: Pki, spawn: Callable[..., Proc]) -> Iterator[Scada]:  # noqa: F811
+def scada(pki: Pki, stack: Stack) -> Iterator[Scada]:  # noqa: F811
     """The 104 server over TLS, its points fed from the bus."""
     port = free_104_port()
-    site = write_site(tmp_path, SCADA.format(port=port, server=pki.server, ca=pki.ca.cert,
-                                             client=pki.client))
-    spawn("-c", str(site), "router", name="router")
-    bus = connected_bus(site)
-    actor = spawn("-c", str(site), "actor", "scada", name="scada")
+    stack.write(SCADA.format(port=port, server=pki.server, ca=pki.ca.cert, client=pki.client))
+    stack.start_router()
+    bus = stack.client()
+    actor = stack.start_actor("scada")
     wait_reply(bus, "scada", "points", lambda rows: len(rows) == 2, "the 104 server up")
     bus.publish("evt.door1.state", "event", {"open": True})
     bus.publish("evt.motor1.pos", "event", {"position": 12.5})

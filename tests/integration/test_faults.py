@@ -53,11 +53,10 @@ from actors.protocols.spec import Cmd, Message, encode_message
 from actors.protocols.spec_types import encode_value
 from actors.protocols.springcore import Rejected, ScrdrDecoder, encode_tag_line
 from broker.client.bus import Bus
-from broker.config import load_site
-from tests.conftest import Proc, free_ports, sctl_cmd, subprocess_env, wait_for, write_site
-from tests.support.feed import Feed
+from tests.support import stack as support
 from tests.support.hostile import FaultProxy, Raw104Master
 from tests.support.mosquitto import Mosquitto
+from tests.support.stack import Feed, free_ports, sctl_cmd, subprocess_env, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -147,54 +146,26 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-class Stack(Feed):
-    """The processes of the module, the proxies in front of the devices, and a Bus client
-    that records every ``evt.`` delivery in order."""
+class Stack(support.Stack):
+    """The processes of the module, the proxies in front of the devices, and a Feed that
+    records every ``evt.`` delivery in order."""
 
-    def __init__(self, tmp: Path) -> None:
-        door, inst, spec, scada = free_ports(4)
-        self.proxies = {"reader": FaultProxy(door), "bus1": FaultProxy(inst),
-                        "spec1": FaultProxy(spec)}
-        self.scada_port = scada
-        self.tmp = tmp
-        self.site = write_site(tmp, SITE.format(
-            door=door, inst=inst, spec=spec, scada=scada,
-            **{f"{name}_proxy": p.port for name, p in self.proxies.items()}),
-            router_extra="egress_hwm = 200")  # a stalled subscriber overflows its queue soon
-        self.procs: dict[str, Proc] = {}
-        super().__init__(Bus(load_site(self.site).router, "fault-tester"))
-        self.bus.subscribe("evt.", since=0)  # the actors may be up before the bus is
-
-    def spawn(self, name: str, *args: str) -> Proc:
-        proc = Proc(sctl_cmd("-c", str(self.site), *args), self.tmp / f"{name}.log").start()
-        self.procs[name] = proc
-        return proc
-
-    def pid(self, name: str) -> int:
-        popen = self.procs[name].popen
-        assert popen is not None and popen.poll() is None, \
-            f"{name} exited ({None if popen is None else popen.returncode}):\n" \
-            f"{self.procs[name].output()[-3000:]}"
-        return popen.pid
-
-    def until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        """Record deliveries until `done()`; fail the test after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-            self.poll(0.1)
+    feed: Feed
+    proxies: dict[str, FaultProxy]
+    scada_port: int
 
     def link(self, name: str, state: str, after: int,
              reason: Callable[[str], bool] = lambda r: True,
              timeout: float = 20.0) -> dict[str, Any]:
-        return self.wait(f"evt.{name}.link",
-                         lambda d: d["state"] == state and reason(str(d.get("reason"))),
-                         after, timeout, f"{name} link {state}")
+        return self.feed.wait(f"evt.{name}.link",
+                              lambda d: d["state"] == state and reason(str(d.get("reason"))),
+                              after, timeout, f"{name} link {state}")
 
     def request(self, actor: str, command: str, *argv: str, timeout: float = 15.0,
                 **args: Any) -> dict[str, Any]:
-        with_stash = self.bus.request(actor, command, args, timeout=timeout, argv=list(argv))
-        self.poll(0)  # deliveries stashed during the request
+        with_stash = self.feed.bus.request(actor, command, args, timeout=timeout,
+                                           argv=list(argv))
+        self.feed.poll(0)  # deliveries stashed during the request
         data: dict[str, Any] = with_stash.data
         return data
 
@@ -204,24 +175,37 @@ class Stack(Feed):
         return reply["result"]
 
     def close(self) -> None:
-        self.bus.close()
-        for proc in reversed(self.procs.values()):
-            proc.stop()
+        self.stop()
         for proxy in self.proxies.values():
             proxy.close()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("faults"))
-    s.spawn("router", "router")
-    for sim, kind in (("door", "springcore-tcp"), ("inst", "instrument"),
-                      ("specsim", "spec-server")):
-        s.spawn(sim, "sim", kind, "--name", sim)
-    for actor in ("reader", "bus1", "spec1", "scada"):
-        s.spawn(actor, "actor", actor)
+    """The door reader and the instrument simulators listen on ports of their choice, and the
+    proxies in front of them are made once they said which; the SPEC simulator (port 0 makes
+    it scan 6510-6530) and the iec104-server (its ``port`` is what it binds and reports) get
+    free ports."""
+    spec, scada = free_ports(2)
+    ports = {"door": 0, "inst": 0, "spec": spec, "scada": scada,
+             "reader_proxy": 0, "bus1_proxy": 0, "spec1_proxy": 0}
+    s = Stack(tmp_path_factory.mktemp("faults"), SITE.format(**ports),
+              router_extra="egress_hwm = 200")  # a stalled subscriber overflows its queue soon
+    s.proxies = {}
+    s.scada_port = scada
     try:
-        assert s.bus.connect(wait=20.0), "router did not come up"
+        s.start_router()
+        s.watch("evt.", name="fault-tester", since=0)
+        for sim, kind in (("door", "springcore-tcp"), ("inst", "instrument"),
+                          ("specsim", "spec-server")):
+            s.start_sim(kind, sim)
+        ports["door"], ports["inst"] = s.listening_port("door"), s.listening_port("inst")
+        s.proxies = {"reader": FaultProxy(ports["door"]), "bus1": FaultProxy(ports["inst"]),
+                     "spec1": FaultProxy(spec)}
+        ports.update({f"{name}_proxy": p.port for name, p in s.proxies.items()})
+        s.write(SITE.format(**ports))
+        for actor in ("reader", "bus1", "spec1", "scada"):
+            s.start_actor(actor)
         for actor in ("reader", "bus1", "spec1"):
             s.link(actor, "up", 0, timeout=30.0)
         yield s
@@ -250,9 +234,9 @@ def _present(s: Stack) -> dict[str, Any]:
 
 
 def _probe_reader(s: Stack) -> None:
-    mark = len(s.seen)
+    mark = len(s.feed.seen)
     sent = s.ok("door", "present", tag := f"{next(_tags):08X}")
-    got = s.wait("evt.reader.tag", lambda d: d["tag_id"] == tag, mark, what=tag)
+    got = s.feed.wait("evt.reader.tag", lambda d: d["tag_id"] == tag, mark, what=tag)
     assert got["raw"] == sent["sent"].rstrip("\r\n")
 
 
@@ -298,7 +282,7 @@ def reset_mid_frame(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
     down = s.link(k.actor, "down", mark)
     assert proxy.reset_done
     if k.actor == "reader":  # the half line is reported, not published as a tag
-        rejected = s.wait("evt.reader.rejected", after=mark)
+        rejected = s.feed.wait("evt.reader.rejected", after=mark)
         assert "in the middle of a line" in rejected["reason"], rejected
     else:  # the command caught in the reset fails at once, naming the connection
         assert reply["status"] == "error", reply
@@ -336,7 +320,7 @@ def slowloris(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
         took = time.monotonic() - started
     finally:
         proxy.mode = "pass"
-    downs = [d for d in s.events(f"evt.{k.actor}.link", mark) if d["state"] != "up"]
+    downs = [d for d in s.feed.events(f"evt.{k.actor}.link", mark) if d["state"] != "up"]
     assert not downs, f"the link went down on a slow but valid device: {downs}"
     return f"round trip {took:.2f} s, link stayed up"
 
@@ -351,10 +335,10 @@ def garbage(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
         decoder = ScrdrDecoder()
         decoder.feed(noise)
         want = sum(isinstance(e, Rejected) for e in decoder.events())
-        s.until(lambda: len(s.events("evt.reader.rejected", mark)) >= want, 80,
+        s.feed.until(lambda: len(s.feed.events("evt.reader.rejected", mark)) >= want, 80,
                 f"{want} rejected lines")
-        s.poll(0.5)
-        assert len(s.events("evt.reader.rejected", mark)) == want
+        s.feed.poll(0.5)
+        assert len(s.feed.events("evt.reader.rejected", mark)) == want
         return f"{want} garbage lines, each published as evt.reader.rejected"
     wait_for(lambda: proxy.queued_to_actor() == 0, 60, "connection dropped")
     down = s.link(k.actor, "down", mark)
@@ -366,9 +350,9 @@ def flood(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
     """Valid frames far faster than the device makes them; every one delivered once."""
     n, rate = 1000, 200.0  # a door reader badges a few times a minute; bursts of 20/s at most
     if k.actor == "bus1":  # an instrument only answers: 10x the polls, all queued at once
-        reqs = [s.bus.start_request("bus1", "wrnrd_until", {}, timeout=30.0,
+        reqs = [s.feed.bus.start_request("bus1", "wrnrd_until", {}, timeout=30.0,
                                     argv=[f"ECHO {i}\\n", "\\n"]) for i in range(200)]
-        s.until(lambda: all(r.done for r in reqs), 40, "200 replies")
+        s.feed.until(lambda: all(r.done for r in reqs), 40, "200 replies")
         got = [r.reply.data.get("result") if r.reply else r.error for r in reqs]
         assert got == [str(i) for i in range(200)], got[:10]
         return "200 concurrent commands answered in order"
@@ -387,9 +371,9 @@ def flood(s: Stack, k: Kind, proxy: FaultProxy, mark: int) -> str:
         time.sleep(max(0.0, start + (i + 20) / rate - time.monotonic()))
 
     def values() -> list[str]:
-        return [str(d[key]) for d in s.events(topic, mark) if str(d[key]) in want]
-    s.until(lambda: len(values()) >= n, 60, f"{n} frames delivered")
-    s.poll(0.5)
+        return [str(d[key]) for d in s.feed.events(topic, mark) if str(d[key]) in want]
+    s.feed.until(lambda: len(values()) >= n, 60, f"{n} frames delivered")
+    s.feed.poll(0.5)
     assert values() == want, "lost, duplicated or reordered frames"
     return f"{n} frames at {rate:g}/s delivered once, in order"
 
@@ -402,20 +386,20 @@ FAULTS: Final = {f.__name__: f for f in (refused, reset_mid_frame, silent, slowl
 @pytest.mark.parametrize("actor", KINDS)
 def test_device_fault_is_reported_and_recovered(stack: Stack, actor: str, fault: str) -> None:
     kind, proxy = KINDS[actor], stack.proxies[actor]
-    stack.poll(0)
-    s_link = stack.events(f"evt.{actor}.link")
+    stack.feed.poll(0)
+    s_link = stack.feed.events(f"evt.{actor}.link")
     if not s_link or s_link[-1]["state"] != "up":
-        stack.link(actor, "up", len(stack.seen) - 1, timeout=30)  # earlier case left it down
+        stack.link(actor, "up", len(stack.feed.seen) - 1, timeout=30)  # earlier case left it down
     pid = stack.pid(actor)
     before = rss(pid)
-    mark = len(stack.seen)
+    mark = len(stack.feed.seen)
     what = FAULTS[fault](stack, kind, proxy, mark)
     assert proxy.mode == "pass"
     if fault != "slowloris":
         kind.probe(stack)  # the next round trip works, nobody restarted anything
     assert stack.pid(actor) == pid, f"{actor} was restarted"
     after = rss(pid)
-    links = [(d["state"], d.get("reason")) for d in stack.events(f"evt.{actor}.link", mark)]
+    links = [(d["state"], d.get("reason")) for d in stack.feed.events(f"evt.{actor}.link", mark)]
     print(f"{actor} {fault}: {what}; links {links}; RSS {before / MiB:.1f} -> "
           f"{after / MiB:.1f} MiB")
     assert after - before <= RSS_BOUND, f"RSS grew {(after - before) / MiB:.1f} MiB"
@@ -425,18 +409,18 @@ def test_104_master_vanishing_mid_command(stack: Stack) -> None:
     """A master sends a command (a SPEC ``sleep(1)`` through spec1) and resets the connection
     while it runs, five times: the server stays up, each command's outcome is published, and
     the next master's command is confirmed."""
-    stack.wait("evt.scada.link", lambda d: d["state"] == "up", timeout=30)
+    stack.feed.wait("evt.scada.link", lambda d: d["state"] == "up", timeout=30)
     pid = stack.pid("scada")
     before = rss(pid)
-    mark = len(stack.seen)
+    mark = len(stack.feed.seen)
     for _ in range(5):
         master = Raw104Master(stack.scada_port)
         master.start()
         master.single_command(CA, 2000, True)
         master.vanish()
-    stack.until(lambda: len(stack.events("evt.scada.command", mark)) >= 5, 30,
+    stack.feed.until(lambda: len(stack.feed.events("evt.scada.command", mark)) >= 5, 30,
                 "5 command outcomes")
-    outcomes = stack.events("evt.scada.command", mark)
+    outcomes = stack.feed.events("evt.scada.command", mark)
     print("outcomes of vanished masters' commands:", [d["outcome"] for d in outcomes])
     assert {d["outcome"] for d in outcomes} <= {"confirmed", "negative"}, outcomes
     master = Raw104Master(stack.scada_port)
@@ -457,8 +441,8 @@ def test_router_late_then_killed_no_tag_lost(tmp_path: Path) -> None:
     """The simulator and the reader start before the router (their outboxes hold what they
     publish), then the router is killed with -9 and restarted on its journal file while tags
     flow at 20/s: every tag the simulator sent arrives exactly once."""
-    (port,) = free_ports(1)
-    site = write_site(tmp_path, f"""
+    (port,) = free_ports(1)  # both run before any router could tell which port the sim got
+    late = support.Stack(tmp_path, f"""
 [actors.door]
 type = "sim-springcore-tcp"
 port = {port}
@@ -473,21 +457,16 @@ heartbeat_interval = 0.5
 backoff_min = 0.1
 backoff_max = 0.5
 """, router_extra=f'journal_path = "{tmp_path / "journal.bin"}"')
-    procs: list[Proc] = []
-
-    def spawn(name: str, *args: str) -> Proc:
-        procs.append(Proc(sctl_cmd("-c", str(site), *args), tmp_path / f"{name}.log").start())
-        return procs[-1]
-
-    bus = Bus(load_site(site).router, "late-router-tester")
+    late.reserve_router_ports()  # the actors start first: the router's ports are fixed now
+    bus = Bus(late.site.router, "late-router-tester")
     bus.subscribe("evt.door.sent", since=0)
     bus.subscribe("evt.reader.tag", since=0)
     seen: dict[str, list[tuple[int, str]]] = {"evt.door.sent": [], "evt.reader.tag": []}
     try:
-        spawn("door", "sim", "springcore-tcp", "--name", "door")
-        reader = spawn("reader", "actor", "reader")
+        door = late.start_sim("springcore-tcp", "door")
+        reader = late.start_actor("reader")
         time.sleep(3.0)  # both run without a router: tags flow into the reader's outbox
-        router = spawn("router", "router")
+        router = late.start_router()
         assert bus.connect(wait=20.0), "router did not come up"
 
         def pump(seconds: float) -> None:
@@ -503,19 +482,18 @@ backoff_max = 0.5
         after = before
         router.kill(signal.SIGKILL)
         time.sleep(1.0)
-        spawn("router2", "router")
+        late.start_router("router2")
         pump(4.0)
         after = rss(reader.popen.pid)  # type: ignore[union-attr]
         stop_at = len(seen["evt.door.sent"])
-        assert procs[0].stop() == 0  # the simulator: no more tags
+        assert door.stop() == 0  # the simulator: no more tags
         deadline = time.monotonic() + 30
         while len(seen["evt.reader.tag"]) < stop_at and time.monotonic() < deadline:
             pump(0.2)
         pump(1.0)
     finally:
         bus.close()
-        for p in reversed(procs):
-            p.stop()
+        late.stop()
     sent, tags = seen["evt.door.sent"], seen["evt.reader.tag"]
     print(f"sent {len(sent)}, delivered {len(tags)}; reader RSS {before / MiB:.1f} -> "
           f"{after / MiB:.1f} MiB across the router's kill")
@@ -531,31 +509,28 @@ def test_garbage_while_the_router_is_down_overflows_the_outbox_loudly(tmp_path: 
     envelopes are dropped, and once the router is back that is an
     ``outbox_overflow`` on ``sys.alarm`` with the count, the same count in the heartbeat's
     ``outbox_dropped``; the actor's memory stays within the outbox bound and the next tag works."""
-    door = free_ports(1)[0]
-    proxy = FaultProxy(door)
-    site = write_site(tmp_path, f"""
+    tables = """
 [actors.door]
 type = "sim-springcore-tcp"
 port = {door}
 [actors.reader]
 type = "springcore-tcp"
 host = "127.0.0.1"
-port = {proxy.port}
+port = {proxy}
 heartbeat_interval = 0.5
 outbox_max_messages = 5000
-""")
-    procs = [Proc(sctl_cmd("-c", str(site), *args), tmp_path / f"{name}.log").start()
-             for name, args in (("router", ["router"]),
-                                ("door", ["sim", "springcore-tcp", "--name", "door"]),
-                                ("reader", ["actor", "reader"]))]
-    router, reader = procs[0], procs[2]
-    assert reader.popen is not None
-    bus = Bus(load_site(site).router, "overflow-tester")
-    bus.subscribe("sys.alarm")
-    bus.subscribe("hb.reader", gapless=False)
-    bus.subscribe("evt.reader.tag")
+"""
+    site = support.Stack(tmp_path, tables.format(door=0, proxy=0))
+    proxy: FaultProxy | None = None
     try:
-        assert bus.connect(wait=20.0)
+        router = site.start_router()
+        bus = site.client("sys.alarm", "evt.reader.tag", best_effort=("hb.reader",),
+                          name="overflow-tester", wait=20.0)
+        site.start_sim("springcore-tcp", "door")
+        proxy = FaultProxy(site.listening_port("door"))
+        site.write(tables.format(door=proxy.target_port, proxy=proxy.port))
+        reader = site.start_actor("reader")
+        assert reader.popen is not None
         wait_for(lambda: proxy.connections() == 1, 30, "reader connected through the proxy")
         before = rss(reader.popen.pid)
         router.kill(signal.SIGKILL)
@@ -563,8 +538,7 @@ outbox_max_messages = 5000
         log = tmp_path / "reader.log"
         wait_for(lambda: log.read_bytes().count(b"outbox full") >= 1, 60, "the outbox full")
         peak = rss(reader.popen.pid)
-        procs.append(Proc(sctl_cmd("-c", str(site), "router"),
-                          tmp_path / "router2.log").start())
+        site.start_router("router2")
         got: list[tuple[str, dict[str, Any]]] = []
 
         def seen(topic: str, pred: Callable[[dict[str, Any]], bool]) -> bool:
@@ -582,10 +556,9 @@ outbox_max_messages = 5000
                  "the next tag delivered")
         after = rss(reader.popen.pid)
     finally:
-        bus.close()
-        for p in reversed(procs):
-            p.stop()
-        proxy.close()
+        site.stop()
+        if proxy is not None:
+            proxy.close()
     print(f"outbox overflow: {alarm}; reader RSS {before / MiB:.1f} -> peak {peak / MiB:.1f} "
           f"-> {after / MiB:.1f} MiB")
     assert alarm["dropped"] > 0
@@ -597,7 +570,7 @@ def test_mqtt_actor_killed_events_wait_at_the_broker(tmp_path: Path) -> None:
     it is dead wait in its persistent session at the broker and arrive after the restart, each
     once (with a clean session they were lost without a trace)."""
     with Mosquitto(tmp_path / "mqtt") as broker:
-        site = write_site(tmp_path, f"""
+        site = support.Stack(tmp_path, f"""
 [actors.mqttreaders]
 type = "springcore-mqtt"
 port = {broker.port}
@@ -608,20 +581,12 @@ type = "sim-springcore-mqtt"
 port = {broker.port}
 devices = ["DA1275B0"]
 """)
-        procs: list[Proc] = []
-
-        def spawn(name: str, *args: str) -> Proc:
-            procs.append(Proc(sctl_cmd("-c", str(site), *args), tmp_path / f"{name}.log")
-                         .start())
-            return procs[-1]
-        bus = Bus(load_site(site).router, "mqtt-kill-tester")
-        bus.subscribe("evt.mqttreaders.tag")
         got: list[str] = []
         try:
-            spawn("router", "router")
-            actor = spawn("actor", "actor", "mqttreaders")
-            spawn("sim", "sim", "springcore-mqtt", "--name", "readers")
-            assert bus.connect(wait=20.0)
+            site.start_router()
+            bus = site.client("evt.mqttreaders.tag", name="mqtt-kill-tester", wait=20.0)
+            actor = site.start_actor("mqttreaders", log="actor")
+            site.start_sim("springcore-mqtt", "readers", log="sim")
 
             def present(tag: str) -> bool:
                 reply = bus.request("readers", "present", {"tag": tag}, timeout=10.0)
@@ -631,15 +596,13 @@ devices = ["DA1275B0"]
             actor.kill(signal.SIGKILL)
             during = [f"0B{i:04X}" for i in range(20)]
             assert all(present(t) for t in during), "the broker did not take the badges"
-            spawn("actor2", "actor", "mqttreaders")
+            site.start_actor("mqttreaders", log="actor2")
             deadline = time.monotonic() + 30
             while not set(during) <= set(got) and time.monotonic() < deadline:
                 got.extend(d.envelope.data["tag_id"] for d in bus.poll(0.2))
             got.extend(d.envelope.data["tag_id"] for d in bus.poll(1.0))
         finally:
-            bus.close()
-            for p in reversed(procs):
-                p.stop()
+            site.stop()
     assert [t for t in got if t in during] == during, f"lost or repeated: {got}"
 
 
@@ -649,9 +612,9 @@ def test_stalled_subscriber_catches_up_and_does_not_slow_the_actor(stack: Stack)
     full pace, and once resumed the frozen one prints every tag, in order, once."""
     n = 3000
     stack.link("reader", "up", 0)
-    stack.bus.subscribe("sys.router.stats")
-    gaps_before = stack.wait("sys.router.stats")["counts"]["egress_gaps"]
-    sub = subprocess.Popen(sctl_cmd("-c", str(stack.site), "sub", "evt.reader.tag", "--json",
+    stack.feed.bus.subscribe("sys.router.stats")
+    gaps_before = stack.feed.wait("sys.router.stats")["counts"]["egress_gaps"]
+    sub = subprocess.Popen(sctl_cmd("-c", str(stack.path), "sub", "evt.reader.tag", "--json",
                                     "--timeout", "80"),
                            env=subprocess_env(), stdout=subprocess.PIPE, text=True)
     assert sub.stdout is not None
@@ -667,11 +630,11 @@ def test_stalled_subscriber_catches_up_and_does_not_slow_the_actor(stack: Stack)
             while select.select([out], [], [], 0.3)[0]:
                 got.append(json.loads(out.readline())["envelope"]["data"]["tag_id"])
         os.kill(sub.pid, signal.SIGSTOP)
-        mark = len(stack.seen)
+        mark = len(stack.feed.seen)
         want = [f"{0xE00000 + i:06X}" for i in range(n)]
         stack.proxies["reader"].inject(b"".join(encode_tag_line(t) for t in want))
         started = time.monotonic()
-        stack.until(lambda: len([d for d in stack.events("evt.reader.tag", mark)
+        stack.feed.until(lambda: len([d for d in stack.feed.events("evt.reader.tag", mark)
                                  if d["tag_id"] in want]) >= n, 60, "the flood delivered")
         took = time.monotonic() - started
         os.kill(sub.pid, signal.SIGCONT)
@@ -683,7 +646,7 @@ def test_stalled_subscriber_catches_up_and_does_not_slow_the_actor(stack: Stack)
         os.kill(sub.pid, signal.SIGCONT)
         sub.kill()
         sub.wait(10)
-    filled = stack.wait("sys.router.stats",
+    filled = stack.feed.wait("sys.router.stats",
                         lambda d: d["counts"]["egress_gaps"] > gaps_before,
                         what="the router filling the stalled subscriber's gap")["counts"]
     print(f"{n} tags to the live subscriber in {took:.2f} s while the other was stopped; "

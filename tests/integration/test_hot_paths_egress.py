@@ -1,11 +1,11 @@
 """The fused receive path of a Bus gives exactly what its general path gives.
 
-`Bus._drain_sub` reads a live message's frames unrolled and takes the next gseq in order
-against the egress cursor (`Egress.cursor`, `Stream.cursor`) instead of calling
-`_on_frames` -> `Egress.on_live` -> `Stream.take_next` for each (issue 10). Here a real socket
-carries any mix of in-order, gapped, duplicate, other-epoch, reply-topic, ack and malformed
-messages; draining it must give the deliveries, counters, stream state, router epoch, sync
-state and log lines that `_on_frames` gives fed one message at a time.
+`Bus._drain_sub` reads a live message's frames unrolled and takes the next gseq in order against
+the egress cursor (`Egress.cursor`, `Stream.cursor`) instead of calling `_on_frames` ->
+`Egress.on_live` -> `Stream.take_next` for each, as every live message passes there. Here a real
+socket carries any mix of in-order, gapped, duplicate, other-epoch, reply-topic, ack and malformed
+messages; draining it must give the deliveries, counters, stream state, router epoch, sync state
+and log lines that `_on_frames` gives fed one message at a time.
 """
 
 from __future__ import annotations

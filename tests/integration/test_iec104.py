@@ -6,10 +6,10 @@ This module registers c104 callbacks, so it must not use ``from __future__ impor
 annotations`` (c104 checks callback signatures as strings).
 
 The c104 2.2.1 client has a STARTDT race (a connection can stay OPEN_MUTED): `Master.wait_open`
-unmutes it, as protocols/c104.md §6 advises. It also has a lost-wakeup race: `transmit` and
-`interrogation` may return False although the answer came. So the tests judge by effects: the
-values the master received, and the ACT_CON APDUs it received, read from its raw receive
-callback (`Master.act_cons`: their arrival time and positive/negative bit).
+unmutes it, as the "Pitfalls" of protocols/c104.md advise. It also has a lost-wakeup race:
+`transmit` and `interrogation` may return False although the answer came. So the tests judge by
+effects: the values the master received, and the ACT_CON APDUs it received, read from its raw
+receive callback (`Master.act_cons`: their arrival time and positive/negative bit).
 """
 
 import functools
@@ -27,9 +27,9 @@ import pytest
 
 from actors.registry import create_actor
 from broker.client.bus import Bus, Delivery
-from broker.config import SiteConfig, load_site
-from tests.conftest import Proc, wait_for, write_site
+from broker.config import SiteConfig
 from tests.integration.test_actor import ActorThread
+from tests.support.stack import Proc, Stack, wait_for
 
 # This module runs in a child pytest (tests/integration/test_iec104_isolated.py): the c104
 # client used here as the peer has crashed its process (SIGSEGV) in rare runs, which must not
@@ -99,8 +99,9 @@ backoff_max = 1.0
 
 
 def free_104_port() -> int:
-    """A free port below the ephemeral range (c104 notes §6.13: ports there can clash with
-    client source ports)."""
+    """A free port below the ephemeral range (20000-32767): c104's server cannot report the port
+    it bound with port 0, and fixed ports in the ephemeral range can clash with client source
+    ports."""
     for _ in range(200):
         port = random.randint(20000, 32767)
         with socket.socket() as s:
@@ -112,33 +113,30 @@ def free_104_port() -> int:
     raise RuntimeError("no free port in 20000-32767")
 
 
-def make_site(tmp_path: Path, allow: str = '["127.0.0.1"]', delay: float = 0.4) -> Path:
-    return write_site(tmp_path, SITE.format(port=free_104_port(), allow=allow, delay=delay))
+def make_site(stack: Stack, allow: str = '["127.0.0.1"]', delay: float = 0.4) -> Path:
+    return stack.write(SITE.format(port=free_104_port(), allow=allow, delay=delay))
 
 
 @pytest.fixture
-def site_path(tmp_path: Path) -> Path:
-    return make_site(tmp_path)
+def site_path(stack: Stack) -> Path:
+    return make_site(stack)
 
 
 @pytest.fixture
-def site(site_path: Path, spawn: Callable[..., Proc]) -> SiteConfig:
-    spawn("-c", str(site_path), "router", name="router")
-    return load_site(site_path)
+def site(site_path: Path, stack: Stack) -> SiteConfig:
+    stack.start_router()
+    return stack.site
 
 
 @pytest.fixture
-def bus(site: SiteConfig) -> Iterator[Bus]:
-    client = Bus(site.router, "tester")
-    assert client.connect(wait=10.0), "router did not come up"
-    yield client
-    client.close()
+def bus(site: SiteConfig, stack: Stack) -> Bus:
+    return stack.client(name="tester", wait=10.0)
 
 
-def start_actor(site: SiteConfig, spawn: Callable[..., Proc], bus: Bus, name: str) -> Proc:
-    proc = spawn("-c", str(site.path), "actor", name, name=name)
-    reply = bus.request(name, "ping", timeout=20.0)
-    assert reply.data["status"] == "ok", proc.output()
+def start_actor(stack: Stack, name: str) -> Proc:
+    """``sctl actor NAME``, once it answers ping."""
+    proc = stack.start_actor(name)
+    stack.wait_ready(name)
     return proc
 
 
@@ -289,11 +287,11 @@ def points_of(bus: Bus) -> dict[int, dict[str, Any]]:
 
 
 def test_interrogation_spontaneous_and_command_round_trip(
-        site: SiteConfig, bus: Bus, spawn: Callable[..., Proc],
+        site: SiteConfig, bus: Bus, stack: Stack,
         master_factory: Callable[[int], Master]) -> None:
     events = Collector(bus, "evt.scada.", "evt.door1.done", "cmd.door1")
-    door = start_actor(site, spawn, bus, "door1")
-    start_actor(site, spawn, bus, "scada")
+    door = start_actor(stack, "door1")
+    start_actor(stack, "scada")
     before = points_of(bus)
     assert {ioa: row["quality"] for ioa, row in before.items()} == {
         100: "invalid", 200: "invalid", 300: "invalid", 400: "invalid", 2000: ""}
@@ -351,23 +349,19 @@ def test_interrogation_spontaneous_and_command_round_trip(
     assert negative["outcome"] == "negative" and "no reply from door1" in negative["error"]
 
 
-def test_master_outside_allow_is_refused(tmp_path: Path, spawn: Callable[..., Proc],
+def test_master_outside_allow_is_refused(stack: Stack,
                                          master_factory: Callable[[int], Master]) -> None:
-    path = make_site(tmp_path, allow='["127.0.0.2"]')
-    spawn("-c", str(path), "router", name="router")
-    site = load_site(path)
-    bus = Bus(site.router, "tester")
-    try:
-        assert bus.connect(wait=10.0)
-        events = Collector(bus, "evt.scada.client")
-        start_actor(site, spawn, bus, "scada")
-        master = master_factory(port_of(site))  # from 127.0.0.1
-        events.wait(lambda c: len(c.data("evt.scada.client")) >= 2, what="refusals")
-        assert all(e["event"] == "refuse" and e["ip"] == "127.0.0.1"
-                   for e in events.data("evt.scada.client"))
-        assert master.con.state != c104.ConnectionState.OPEN
-    finally:
-        bus.close()
+    make_site(stack, allow='["127.0.0.2"]')
+    stack.start_router()
+    site = stack.site
+    bus = stack.client(name="tester", wait=10.0)
+    events = Collector(bus, "evt.scada.client")
+    start_actor(stack, "scada")
+    master = master_factory(port_of(site))  # from 127.0.0.1
+    events.wait(lambda c: len(c.data("evt.scada.client")) >= 2, what="refusals")
+    assert all(e["event"] == "refuse" and e["ip"] == "127.0.0.1"
+               for e in events.data("evt.scada.client"))
+    assert master.con.state != c104.ConnectionState.OPEN
 
 
 def test_refused_when_the_allow_check_raises(site: SiteConfig, bus: Bus,
@@ -392,10 +386,10 @@ def test_refused_when_the_allow_check_raises(site: SiteConfig, bus: Bus,
 
 
 def test_masters_come_and_go_and_the_points_stay(
-        site: SiteConfig, bus: Bus, spawn: Callable[..., Proc],
+        site: SiteConfig, bus: Bus, stack: Stack,
         master_factory: Callable[[int], Master]) -> None:
     events = Collector(bus, "evt.scada.client")
-    start_actor(site, spawn, bus, "scada")
+    start_actor(stack, "scada")
     result(bus.request("scada", "set", {"ioa": 200, "value": "21.5"}))
     rounds = 5
     for i in range(rounds):
@@ -416,12 +410,12 @@ def test_masters_come_and_go_and_the_points_stay(
 
 
 def test_master_simulator_interrogates_and_commands(
-        site: SiteConfig, bus: Bus, spawn: Callable[..., Proc]) -> None:
+        site: SiteConfig, bus: Bus, stack: Stack) -> None:
     events = Collector(bus, "evt.master1.point", "cmd.door1")
-    start_actor(site, spawn, bus, "door1")
-    start_actor(site, spawn, bus, "scada")
+    start_actor(stack, "door1")
+    start_actor(stack, "scada")
     result(bus.request("scada", "set", argv=["100", "on"]))
-    spawn("-c", str(site.path), "sim", "iec104-master", "--name", "master1", name="master1")
+    stack.start_sim("iec104-master", "master1")
     events.wait(lambda c: {p["ioa"] for p in c.data("evt.master1.point")} >= {100, 200, 400},
                 timeout=20, what="GI points published by the simulator")
     gi = {p["ioa"]: p for p in events.data("evt.master1.point")}
@@ -435,12 +429,11 @@ def test_master_simulator_interrogates_and_commands(
     assert bad.data["status"] == "error" and "value" in bad.data["error"]
 
 
-def test_mapping_error_stops_the_actor_before_it_starts(tmp_path: Path,
-                                                        spawn: Callable[..., Proc]) -> None:
-    path = make_site(tmp_path)
+def test_mapping_error_stops_the_actor_before_it_starts(stack: Stack) -> None:
+    path = make_site(stack)
     text = path.read_text().replace('type = "M_IT_NA_1"', 'type = "M_IT_XX_1"')
     path.write_text(text)
-    proc = spawn("-c", str(path), "actor", "scada", name="scada")
+    proc = stack.start_actor("scada")
     assert proc.popen is not None
     assert proc.popen.wait(timeout=20) == 2, proc.output()
     assert "actors.scada.point[2].type: unknown monitoring type 'M_IT_XX_1'" in proc.output()

@@ -2,10 +2,10 @@
 
 Those tests drive the server with a real `c104.Client` inside the test process. The c104 2.2.1
 client has crashed its process (SIGSEGV in a c104 thread) in rare runs — a known-fragile part of
-the library (see ../shared/protocols/c104.md §5-6), and a peer used by the tests, not the product:
-the server runs in its own `sctl actor` process. In a child process such a crash fails only this
-test, loudly, instead of killing the whole suite. A child killed by a signal is run once more
-and the crash is printed; a test failure is never retried.
+the library (see threading and pitfalls in docs/protocols/c104.md), and a peer used by the
+tests, not the product: the server runs in its own `sctl actor` process. In a child process such a
+crash fails only this test, loudly, instead of killing the whole suite. A child killed by a signal
+is run once more and the crash is printed; a test failure is never retried.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.support.stack import ROOT, subprocess_env
 
 MODULE = "tests/integration/test_iec104.py"
 

@@ -1,7 +1,10 @@
-"""The README's plain pyzmq + msgpack subscriber works as shown (against a real router)."""
+"""The README's plain pyzmq + msgpack subscriber works as shown (against a real router), and the
+public imports the README lists resolve."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 import subprocess
 import sys
@@ -9,12 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from broker.config import load_site
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
+from tests.support.stack import ROOT, Proc, sctl_cmd, subprocess_env, write_site
+
+
+def readme_python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
 def readme_subscriber() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = readme_python_blocks()
     plain = [b for b in blocks if "import zmq" in b and "broker" not in b]
     assert len(plain) == 1, "the README should hold one plain pyzmq example"
     return plain[0]
@@ -49,3 +56,19 @@ def test_plain_pyzmq_subscriber_from_the_readme(tmp_path: Path,
     gseq, topic, src, data = out.split(" ", 3)
     assert int(gseq) >= 1 and topic == "evt.readme.tag" and src.startswith("sctl-")
     assert data.strip() == "{'tag_id': '04AA'}"
+
+
+def test_public_imports_in_the_readme_resolve() -> None:
+    """Every `from X import Y` in the README's examples and in its API table is importable."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    statements = [node for block in readme_python_blocks() for node in ast.walk(ast.parse(block))
+                  if isinstance(node, ast.ImportFrom)]
+    statements += [ast.parse(line).body[0]
+                   for line in re.findall(r"`(from [a-z_.]+ import [A-Za-z_, ]+)`", text)]
+    modules = {s.module for s in statements if isinstance(s, ast.ImportFrom)}
+    assert {"broker.bus", "broker.config", "broker.errors", "actors.base"} <= modules
+    for stmt in statements:
+        assert isinstance(stmt, ast.ImportFrom) and stmt.module is not None
+        module = importlib.import_module(stmt.module)
+        missing = [a.name for a in stmt.names if not hasattr(module, a.name)]
+        assert not missing, f"{stmt.module} has no {missing} (README: public imports)"

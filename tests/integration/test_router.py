@@ -8,6 +8,8 @@ PUB sent earlier, so "sync answered" means "all earlier messages were processed"
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -24,7 +26,7 @@ import zmq
 from broker.config import RouterConfig, load_site
 from broker.router.server import Router
 from broker.wire import envelope, protocol
-from tests.conftest import Proc, wait_for, write_site
+from tests.support.stack import ANY_PORT, ROUTER_UP, Stack, wait_for, write_site
 
 Msg = tuple[str, dict[str, Any], int, bytes]  # topic, envelope map, gseq, raw body
 
@@ -117,8 +119,13 @@ class Peer:
 
 
 class RunningRouter:
+    """A Router in a thread. Its sockets are bound before the thread starts, so `cfg` names
+    the ports it got when the given config asked for port 0."""
+
     def __init__(self, cfg: RouterConfig) -> None:
         self.router = Router(cfg)
+        self.router.open()
+        self.cfg = dataclasses.replace(cfg, **self.router.endpoints)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -146,10 +153,11 @@ def make_router(tmp_path: Path) -> Iterator[Callable[..., tuple[RouterConfig, Ru
             # No stats unless a test asks: they would take gseqs the tests count on.
             quiet = "" if "stats_interval" in router_extra else "stats_interval = 3600.0\n"
             extra = quiet + router_extra
-            cfg = load_site(write_site(tmp_path, router_extra=extra)).router
+            cfg = load_site(write_site(tmp_path, router_extra=extra,
+                                       endpoints=ANY_PORT)).router
         running = RunningRouter(cfg)
         started.append(running)
-        return cfg, running
+        return running.cfg, running
 
     yield _make
     for r in started:
@@ -475,14 +483,47 @@ def test_journal_survives_a_restart_and_resends_are_deduplicated(
     assert [b for _, b, _ in items][:3] == sent and header["router_epoch"] != old_epoch
 
 
+# -- port 0: the router says which ports it bound ------------------------------------------
+
+
+def test_port_0_binds_three_ports_and_the_up_line_names_them(
+        make_router: Any, peers: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="broker.router.server")
+    cfg, running = make_router()  # the site asks for tcp://127.0.0.1:0 three times
+    bound = running.router.endpoints
+    ports = {which: int(url.rsplit(":", 1)[1]) for which, url in bound.items()}
+    assert sorted(ports) == ["egress", "ingress", "query"]
+    assert 0 not in ports.values() and len(set(ports.values())) == 3
+    up = ROUTER_UP.search(caplog.text)
+    assert up is not None, caplog.text
+    assert up.groups() == (bound["ingress"], bound["egress"], bound["query"])
+    assert (cfg.ingress, cfg.egress, cfg.query) == up.groups()
+    p = peers(cfg)  # what the line names is what answers
+    p.sync()
+    p.publish(1)
+    p.wait(lambda m: m[0] == "ack.t1" and data_of(m).get("seq") == 1)
+
+
+def test_router_process_on_port_0_restarts_on_the_ports_it_reported(stack: Stack,
+                                                                    peers: Any) -> None:
+    assert {stack.site.router.ingress, stack.site.router.query} == {"tcp://127.0.0.1:0"}
+    first = stack.start_router()  # reads the up line, writes the bound endpoints in the site
+    cfg = stack.site.router
+    assert cfg.ingress == stack.endpoints["ingress"] != "tcp://127.0.0.1:0"  # type: ignore[index]
+    p = peers(cfg)
+    p.sync(timeout=20)
+    first.kill()
+    stack.start_router("router2")  # fails unless it bound the same three endpoints
+    assert stack.site.router == cfg
+    p.sync(timeout=20)  # the same peer, its sockets reconnected to the new process
+
+
 # -- the real process ----------------------------------------------------------------------
 
 
-def test_router_process_stops_cleanly_on_sigterm(spawn: Any, tmp_path: Path,
-                                                 peers: Any) -> None:
-    site_file = write_site(tmp_path)
-    proc: Proc = spawn("-c", str(site_file), "router", name="router")
-    cfg = load_site(site_file).router
+def test_router_process_stops_cleanly_on_sigterm(stack: Stack, peers: Any) -> None:
+    proc = stack.start_router()
+    cfg = stack.site.router
     p = peers(cfg)
     p.sync(timeout=20)
     p.publish(1)
@@ -491,15 +532,14 @@ def test_router_process_stops_cleanly_on_sigterm(spawn: Any, tmp_path: Path,
     assert "stopped" in proc.output()
 
 
-def test_router_process_exits_nonzero_when_an_endpoint_is_taken(spawn: Any,
-                                                                tmp_path: Path) -> None:
-    site_file = write_site(tmp_path)
-    cfg = load_site(site_file).router
+def test_router_process_exits_nonzero_when_an_endpoint_is_taken(stack: Stack) -> None:
     with socket.socket() as taken:
-        host, port = cfg.egress.split("//")[1].split(":")
-        taken.bind((host, int(port)))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
-        proc: Proc = spawn("-c", str(site_file), "router", name="router")
+        stack.endpoints = {**ANY_PORT, "egress": f"tcp://127.0.0.1:{taken.getsockname()[1]}"}
+        stack.write()
+        cfg = stack.site.router
+        proc = stack.spawn("router", "router")
         assert proc.popen is not None
         assert proc.popen.wait(timeout=20) == 1
     out = proc.output()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from broker.client.bus import Bus, client_name
 from broker.config import SiteConfig, load_site
 from broker.wire import envelope
 from broker.wire.errors import BusError, RequestTimeout
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
 from tests.support.echo import EchoServer
+from tests.support.stack import ROOT, Proc, Stack, sctl_cmd, subprocess_env, wait_for
 
 ROUTER_EXTRA = '[router.security]\ncurve = true\nkeys_dir = "keys"\n'
 ACTOR = """
@@ -85,28 +85,25 @@ class Secure:
 
 
 @pytest.fixture
-def secure(tmp_path: Path, spawn: Callable[..., Proc]) -> Iterator[Secure]:
+def secure(tmp_path: Path, stack: Stack) -> Iterator[Secure]:
     device = EchoServer().start()
-    path = write_site(tmp_path, ACTOR.format(port=device.port), router_extra=ROUTER_EXTRA)
+    path = stack.write(ACTOR.format(port=device.port), router_extra=ROUTER_EXTRA)
     for args in (("router",), ("operator", "--role", "operator"), ("reader1",)):
         done = sctl(path, "keys", "gen", *args)
         assert done.returncode == 0, done.stderr
     keys = tmp_path / "keys"
     security.gen_key(keys, "reader2", "actor")
     security.gen_key(keys, "viewer", "reader")
-    router = spawn("-c", str(path), "router", name="router")
-    actor = spawn("-c", str(path), "actor", "reader1", name="reader1")
-    site = load_site(path)
-    operator = Bus(site.router, "tester", identity="operator")
-    operator.subscribe("")
+    router = stack.start_router()
+    actor = stack.start_actor("reader1")
     try:
-        assert operator.connect(wait=15.0), f"no router:\n{router.output()}"
+        operator = stack.client("", name="tester", identity="operator")
         env = Secure(path, router, actor, operator)
         wait_for(lambda: env.heard("hb.reader1"), 20.0,
                  "reader1's heartbeat through the CURVE router")
         yield env
     finally:
-        operator.close()
+        stack.stop()
         device.close()
 
 

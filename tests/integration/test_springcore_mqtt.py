@@ -6,7 +6,6 @@ them through the bus, ``sctl send``, and a paho client of its own for hostile pa
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +16,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.client.bus import Bus, Delivery
-from broker.config import load_site
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, write_site
 from tests.integration.test_actor import collect, drain, result
+from tests.support import stack as support
 from tests.support.mosquitto import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
+from tests.support.stack import Proc
 
 B0, B1 = "DA1275B0", "DA1275B1"
 PREFIX = "springcard/springcore"
@@ -43,13 +42,13 @@ backoff_max = 1.0
 """
 
 
-class Stack:
-    def __init__(self, site: Path, bus: Bus, broker: Mosquitto, actor: Proc, sim: Proc) -> None:
-        self.site, self.bus, self.broker, self.actor, self.sim = site, bus, broker, actor, sim
+class Stack(support.Stack):
+    """Router, actor and simulator of the test, the broker they share, a Bus client."""
 
-    def sctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(sctl_cmd("-c", str(self.site), *args), cwd=ROOT,
-                              env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    bus: Bus
+    broker: Mosquitto
+    actor: Proc
+    sim: Proc
 
     def request(self, actor: str, cmd: str, **args: Any) -> Any:
         return self.bus.request(actor, cmd, args, timeout=20.0)
@@ -66,20 +65,18 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, mosquitto: Mosquitto,  # noqa: F811
-          spawn: Callable[..., Proc]) -> Iterator[Stack]:
-    site = write_site(tmp_path, TABLES.format(port=mosquitto.port, b0=B0, b1=B1))
-    spawn("-c", str(site), "router", name="router")
-    bus = Bus(load_site(site).router, "tester")
-    for prefix in ("evt.mqttreaders.", "evt.readers.", "log.mqttreaders"):
-        bus.subscribe(prefix)
-    assert bus.connect(wait=15.0), "router did not come up"
-    actor = spawn("-c", str(site), "actor", "mqttreaders", name="actor")
-    sim = spawn("-c", str(site), "sim", "springcore-mqtt", "--name", "readers", name="sim")
-    s = Stack(site, bus, mosquitto, actor, sim)
-    s.wait(lambda: s.readers_online(B0, B1), "both readers online at the actor")
-    yield s
-    bus.close()
+def stack(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Stack]:  # noqa: F811
+    s = Stack(tmp_path, TABLES.format(port=mosquitto.port, b0=B0, b1=B1))
+    s.broker = mosquitto
+    try:
+        s.start_router()
+        s.bus = s.client("evt.mqttreaders.", "evt.readers.", "log.mqttreaders")
+        s.actor = s.start_actor("mqttreaders", log="actor")
+        s.sim = s.start_sim("springcore-mqtt", "readers", log="sim")
+        s.wait(lambda: s.readers_online(B0, B1), "both readers online at the actor")
+        yield s
+    finally:
+        s.stop()
 
 
 def events(got: list[Delivery], topic: str) -> list[dict[str, Any]]:

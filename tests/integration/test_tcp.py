@@ -1,4 +1,4 @@
-"""actors/tcp.py on a real loop: name resolution off the loop thread, connect, refuse."""
+"""actors/transports/tcp.py on a real loop: name resolution off the loop thread, connect, refuse."""
 
 from __future__ import annotations
 

@@ -33,6 +33,8 @@ from typing import Final
 
 import pytest
 
+from tests.support.stack import free_port
+
 START_TIMEOUT: Final = 15.0  # seconds; the test machine is shared and may be slow
 STOP_TIMEOUT: Final = 10.0
 INSTALL_HINT: Final = ("the mosquitto MQTT broker binary is missing: run bash scripts/setup.sh "
@@ -56,12 +58,6 @@ def mosquitto_binary() -> str:
     return found
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Mosquitto:
     """One mosquitto process on 127.0.0.1:`port` (chosen free when None), restartable on it."""
 
@@ -71,7 +67,7 @@ class Mosquitto:
         self.folder = Path(folder or tempfile.mkdtemp(prefix="mosquitto-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
-        self.port = port or free_loopback_port()
+        self.port = port or free_port()  # mosquitto cannot report a port it picked
         self.config = self.folder / "mosquitto.conf"
         self.log = self.folder / "mosquitto.log"
         self.config.write_text(

@@ -1,5 +1,5 @@
-"""Three hosts in network namespaces (issue 9, item 4): the router on one, the actors under
-supervisord on another, the operator on a third, and the link between router and actors cut.
+"""Three hosts in network namespaces: the router on one, the actors under supervisord on another,
+the operator on a third, and the link between router and actors cut.
 
 Topology (each namespace has its own loopback, addresses and ports)::
 
@@ -27,7 +27,6 @@ Skipped only where namespaces cannot be made (not root, or ``ip netns`` refused)
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -42,7 +41,7 @@ import pytest
 from broker.config import load_site
 from cli.ops.supervisord import render
 from cli.ops.watchdog import supervisor_proxy
-from tests.conftest import ROOT, sctl_cmd, subprocess_env, wait_for
+from tests.support.stack import ROOT, SubFeed, sctl_cmd, subprocess_env, wait_for
 from tests.system.conftest import BIN
 
 pytestmark = [pytest.mark.system,
@@ -187,24 +186,6 @@ class Procs:
             self.stop(popen)
 
 
-class Feed:
-    """What ``sctl sub --json`` printed in the operator namespace, parsed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def lines(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(errors="replace").splitlines(keepends=True)
-        # a line still being written has no newline yet
-        return [json.loads(line) for line in lines if line.startswith("{")
-                and line.endswith("\n")]
-
-    def of(self, topic: str) -> list[dict[str, Any]]:
-        return [m for m in self.lines() if m["topic"] == topic]
-
-
 def netns_sctl(ns: str, site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", "netns", "exec", ns, *sctl_cmd("-c", str(site), *args)],
                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
@@ -230,7 +211,7 @@ def test_three_hosts_cut_link_nothing_lost_nothing_duplicated(tmp_path: Path,
     assert programs == ["[program:watchdog]", "[program:reader1]", "[program:readersim]"]
 
     procs = Procs(tmp_path)
-    feed = Feed(tmp_path / "sub.out")
+    feed = SubFeed(tmp_path / "sub.out")
     try:
         router = procs.start(hosts.router, "router", sctl_cmd("-c", str(site), "router"))
         sub = procs.start(hosts.operator, "sub", sctl_cmd(
@@ -255,7 +236,7 @@ def rpc_shutdown(socket_path: Path) -> None:
             supervisor_proxy(socket_path).supervisor.shutdown()
 
 
-def run_checks(hosts: Hosts, procs: Procs, feed: Feed, site: Path, rpc: Any) -> None:
+def run_checks(hosts: Hosts, procs: Procs, feed: SubFeed, site: Path, rpc: Any) -> None:
     def tags() -> list[dict[str, Any]]:
         return feed.of("evt.reader1.tag")
 

@@ -47,8 +47,8 @@ import pytest
 
 from broker.client.bus import Bus
 from broker.client.requests import Request
-from tests.conftest import free_ports, wait_for
 from tests.support.mosquitto import mosquitto_binary
+from tests.support.stack import free_ports, wait_for
 from tests.system.conftest import SupervisedSite
 
 SOAK_SECONDS: Final = float(os.environ.get("SOAK_SECONDS", "60"))

@@ -30,7 +30,7 @@ from actors.protocols.springcore import (
 from actors.protocols.springcore_tag import TAG_KEYS
 from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
-# the synthetic $SCRDR examples of shared/protocols/springcore.md, one per checksum convention
+# the synthetic $SCRDR examples of docs/protocols/springcore.md, one per checksum convention
 EXCL = b"$SCRDR;13;01;01;;047DAE02C84080;;00047DAE02C84080;*56"
 INCL = b"$SCRDR;13;01;01;;047DAE02C84080;;00047DAE02C84080;*58"
 

@@ -13,11 +13,11 @@ from actors.sim.springcore_tcp import SpringCoreTcpSim
 from actors.springcore_tcp import SpringCoreTcpActor
 from broker.config import load_site
 from broker.wire.errors import ConfigError
-from tests.conftest import write_site
+from tests.support.stack import ANY_PORT, write_site
 
 
 def make(tmp_path: Path, table: str, name: str = "reader") -> object:
-    site = load_site(write_site(tmp_path, table))
+    site = load_site(write_site(tmp_path, table, endpoints=ANY_PORT))
     return create_actor(site, name)
 
 
@@ -53,7 +53,7 @@ def test_reader_bad_settings_name_the_key(tmp_path: Path, extra: str, path: str,
 
 def test_simulator_from_sctl_sim_and_from_the_site(tmp_path: Path) -> None:
     site = load_site(write_site(tmp_path, '[actors.door]\ntype = "sim-springcore-tcp"\n'
-                                          "port = 4100\nlegacy = true\n"))
+                                          "port = 4100\nlegacy = true\n", endpoints=ANY_PORT))
     cfg = sim_config(site, "springcore-tcp", "door", {"rate": 2})
     sim = create_actor(site, "door", cfg=cfg)
     assert isinstance(sim, SpringCoreTcpSim)
@@ -71,7 +71,7 @@ def test_simulator_from_sctl_sim_and_from_the_site(tmp_path: Path) -> None:
 ])
 def test_simulator_bad_settings_name_the_key(tmp_path: Path, overrides: dict[str, object],
                                              path: str, reason: str) -> None:
-    site = load_site(write_site(tmp_path))
+    site = load_site(write_site(tmp_path, endpoints=ANY_PORT))
     with pytest.raises(ConfigError) as info:
         create_actor(site, "x", cfg=sim_config(site, "springcore-tcp", None, overrides))
     assert info.value.path == path and reason in info.value.reason
