@@ -1,23 +1,23 @@
-"""A small evaluator for the command text SPEC clients send: enough SPEC for the documented
-clients, and safe by construction (its own tokenizer and recursive-descent parser, no Python
-``eval``/``exec`` of client text).
+"""Runs the command text SPEC clients send against the simulated session: the macro subset of
+`actors.sim.spec_parse` (``local``, ``for``, ``while``, ``if``/``else``, ``return``, ``def``,
+``[k: v]`` literals, ``print``, ``printf``), the built-ins clients use at connect
+(``motor_mne``, ``motor_name``, ``motor_num``, ``cnt_mne``, ``cnt_name``, ``MOTORS``,
+``COUNTERS``, ``A[]``, ``S[]``) and the command words ``mv``, ``umv``, ``count``/``ct``,
+``get_angles``, ``move_em``, ``wa``, ``getcounts``, ``set_lm``, ``waitmove``, ``waitcount``
+(those that act on motors, counters and the clock are in `actors.sim.spec_words`, the pure
+functions in `actors.sim.spec_builtins`). Anything else is an `EvalError` saying what is not
+supported, never a Python exception.
 
-Grammar (statements separated by ``;`` or newlines, optionally inside ``{ }``)::
+Values are numbers (float), text, or associative arrays (``dict[str, str]``, from ``[k: v]``
+or a ``return`` of an array); a motor mnemonic evaluates to its motor number and a counter
+mnemonic to its counter number (so ``A[m0]`` is element 0). Assignments to names not declared
+``local`` are globals of the session (`SpecState.variables`, watchable as ``var/NAME``).
 
-    statement  := NAME ("[" expr "]")* "=" expr          assignment (A[m] = 3 names motor m)
-                | "mv" | "umv" motor expr                 start a move (returns at once)
-                | "print" expr ("," expr)*                text to output/tty
-                | "count" | "ct" expr                     count for expr seconds (reply waits)
-                | "get_angles" | "move_em" | "wa"         A[] ← positions, move to A[], list
-                | "unglobal" NAME                          delete a variable (DELETED event)
-                | expr                                    its value is the command's result
-    expr       := comparison with + - * / % and unary -, numbers, "strings", names,
-                  NAME[expr], calls: motor_mne(i) motor_name(i) cnt_mne(i) cnt_name(i)
-                  motor_num(m) sleep(t) int(x) abs(x) sqrt(x)
-
-Values are numbers (float) or strings; a motor mnemonic evaluates to its motor number (as in
-SPEC, so ``A[m0]`` is element 0). ``sleep`` and ``count`` do not block: they add to `delay`,
-the time the server waits before replying. Errors raise `EvalError` with the reason.
+Time: nothing blocks. ``sleep(t)``, ``count t`` (and ``umv``, ``waitmove``, ``waitcount``)
+advance the command's own clock; `Result.delay` is how far, which the server waits before it
+replies. A later ``count`` (or a read of ``S[]``) in the same command first ends the one
+before at that clock. A command stops with an error after `MAX_STEPS` statements (an endless
+loop) or `MAX_DEPTH` nested macro calls.
 """
 
 from __future__ import annotations
@@ -26,338 +26,418 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
-from actors.protocols.spec_types import format_number, parse_text
-from actors.sim.spec_state import PropertyError, SpecState
+from actors.protocols.spec_types import KEY_SEPARATOR, format_number, parse_text
+from actors.sim import spec_syntax as syn
+from actors.sim.spec_arrays import TYPE_NAMES, ArrayError, DataArray
+from actors.sim.spec_builtins import (
+    FUNCTIONS,
+    Item,
+    is_text,
+    to_number,
+    to_text,
+)
+from actors.sim.spec_parse import Parser, parse
+from actors.sim.spec_state import READ_ONLY, PropertyError, SpecState
+from actors.sim.spec_syntax import EvalError, Expr, Stmt, Token
+from actors.sim.spec_words import WORDS, CommandWords, Result
 
-MAX_TEXT: Final = 64 * 1024
-TOKEN: Final = re.compile(r"""
-    (?P<ws>[ \t\r]+) | (?P<nl>[\n;]) |
-    (?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?) |
-    (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*') |
-    (?P<name>[A-Za-z_][A-Za-z0-9_]*) |
-    (?P<op>==|!=|<=|>=|&&|\|\||[-+*/%()=\[\],{}<>!])
-""", re.VERBOSE)
-ESCAPES: Final = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
-Item = float | str
+__all__ = ["EvalError", "Interpreter", "Result", "to_number"]
 
-
-class EvalError(Exception):
-    """Command text the simulator cannot run; the message says where and why."""
-
-
-@dataclass
-class Result:
-    value: Item | None = None  # the last expression statement's value
-    printed: list[str] = field(default_factory=list)
-    delay: float = 0.0
-
-
-def tokenize(text: str) -> list[tuple[str, str]]:
-    if len(text) > MAX_TEXT:
-        raise EvalError(f"command text of {len(text)} characters is too long")
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(text):
-        m = TOKEN.match(text, pos)
-        if m is None:
-            raise EvalError(f"syntax error at {text[pos:pos + 20]!r}")
-        pos = m.end()
-        kind = m.lastgroup or ""
-        if kind != "ws":
-            out.append((kind, m.group()))
-    out.append(("end", ""))
-    return out
+MAX_STEPS: Final = 100_000
+MAX_DEPTH: Final = 64
+UNSUPPORTED: Final = frozenset({
+    "cdef", "eval", "eval2", "unix", "open", "close", "fprintf", "on", "off", "array_op",
+    "array_dump", "array_read", "data_grp", "data_put", "data_get", "fmt_read", "fmt_write",
+    "split", "spec_par", "motor_par", "counter_par", "prdef", "lsdef", "savstate", "reconfig",
+    "config", "chdir", "history", "ascan", "dscan", "a2scan", "mesh", "timescan", "input",
+    "getline", "yesno", "getval", "whatis", "queue", "calc", "unset", "memstat"})
+COMPARE: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
+    "<=": operator.le, ">=": operator.ge,
+}
+MACRO_ARG: Final = re.compile(r"\$(\d|\*|#)")
 
 
-class Interpreter:
-    """Runs command text against a `SpecState` at time `now` (one call per command)."""
+class _Return(Exception):
+    def __init__(self, value: Item | None) -> None:
+        super().__init__("return")
+        self.value = value
+
+
+class _Jump(Exception):
+    pass
+
+
+class Interpreter(CommandWords):
+    """Runs command text against a `SpecState` at time `now` (one instance per command)."""
 
     def __init__(self, state: SpecState, now: float) -> None:
         self.state = state
-        self.now = now
+        self.start = self.now = now
         self.result = Result()
-        self._toks: list[tuple[str, str]] = []
-        self._i = 0
-        self._commands: dict[str, Callable[[], None]] = {
-            "mv": self._mv, "umv": self._mv, "print": self._print, "count": self._count,
-            "ct": self._count, "get_angles": lambda: state.get_angles(self.now),
-            "move_em": self._move_em, "wa": self._wa, "unglobal": self._unglobal,
+        self.frames: list[dict[str, Item | None]] = [{}]  # local variables of each call
+        self.steps = 0
+        self.expanding = 0  # plain macros being expanded
+        self._stmts: dict[type, Callable[[Any], None]] = {
+            syn.ExprStmt: self._expr_stmt, syn.Assign: self._assign, syn.Block: self._block,
+            syn.If: self._if, syn.While: self._while, syn.For: self._for,
+            syn.ForIn: self._for_in,
+            syn.Jump: self._jump, syn.Return: self._return, syn.Declare: self._declare,
+            syn.Define: self._define, syn.ArrayDecl: self._array, syn.Print: self._print,
+            syn.Word: self._word,
         }
+        self._words = self.word_handlers()
 
     def run(self, text: str) -> Result:
-        self._toks, self._i = tokenize(text), 0
         try:
-            while self._peek()[0] != "end":
-                self._statement()
+            self._run_block(parse(text, self._word_set()), top=True)
         except PropertyError as exc:
+            raise EvalError(str(exc)) from None
+        except ArrayError as exc:
             raise EvalError(str(exc)) from None
         except RecursionError:  # "((((..." or "----...1" nested deeper than Python's stack
             raise EvalError("expression nested too deeply") from None
         except ArithmeticError as exc:  # overflow and the like: an error reply, not a crash
             raise EvalError(f"arithmetic error: {exc}") from None
+        except _Jump:
+            raise EvalError("break or continue outside a loop") from None
+        self.result.delay = max(0.0, self.now - self.start)
         return self.result
 
-    # --- tokens ----------------------------------------------------------------------------
-
-    def _peek(self, ahead: int = 0) -> tuple[str, str]:
-        return self._toks[min(self._i + ahead, len(self._toks) - 1)]
-
-    def _take(self) -> tuple[str, str]:
-        tok = self._peek()
-        self._i += 1
-        return tok
-
-    def _expect(self, text: str) -> None:
-        kind, got = self._take()
-        if got != text or kind == "str":
-            raise EvalError(f"expected {text!r}, got {got or 'end of text'!r}")
-
-    def _at(self, text: str) -> bool:
-        kind, got = self._peek()
-        return got == text and kind in ("op", "nl")
+    def _run_block(self, program: list[Stmt], top: bool = False) -> None:
+        try:
+            for stmt in program:
+                self._exec(stmt)
+        except _Return as ret:
+            if not top:
+                raise
+            self.result.value = ret.value
 
     # --- statements ------------------------------------------------------------------------
 
-    def _statement(self) -> None:
-        kind, word = self._peek()
-        if kind == "nl" or word in ("{", "}"):
-            self._i += 1
+    def _exec(self, stmt: Stmt) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise EvalError(f"the command ran more than {MAX_STEPS} statements (an endless "
+                            "loop?) and was stopped")
+        self._stmts[type(stmt)](stmt)
+
+    def _expr_stmt(self, stmt: syn.ExprStmt) -> None:
+        expr = stmt.expr
+        if isinstance(expr, syn.Var) and self._plain_macro(expr.name):
+            self._expand(expr.name, ())
             return
-        if kind == "name" and word in self._commands and self._peek(1)[1] not in ("=", "("):
-            self._i += 1
-            self._commands[word]()
-        elif kind == "name" and self._is_assignment():
-            self._assign()
+        value = self._eval(expr)
+        if len(self.frames) == 1:
+            self.result.value = value
+
+    def _assign(self, stmt: syn.Assign) -> None:
+        value = self._eval(stmt.value)
+        if stmt.op != "=":
+            old = self._eval(stmt.target)
+            value = self._binary(stmt.op[0], old, value)
+        self._store(stmt.target, value)
+
+    def _block(self, stmt: syn.Block) -> None:
+        for inner in stmt.body:
+            self._exec(inner)
+
+    def _if(self, stmt: syn.If) -> None:
+        if self._truth(stmt.test):
+            self._exec(stmt.then)
+        elif stmt.other is not None:
+            self._exec(stmt.other)
+
+    def _loop_body(self, body: Stmt) -> bool:
+        """Run one pass; False when the loop must end (``break``)."""
+        try:
+            self._exec(body)
+        except _Jump as jump:
+            return str(jump) != "break"
+        return True
+
+    def _while(self, stmt: syn.While) -> None:
+        while self._truth(stmt.test) and self._loop_body(stmt.body):
+            pass
+
+    def _for(self, stmt: syn.For) -> None:
+        if stmt.init is not None:
+            self._exec(stmt.init)
+        while stmt.test is None or self._truth(stmt.test):
+            if not self._loop_body(stmt.body):
+                return
+            if stmt.step is not None:
+                self._exec(stmt.step)
+
+    def _for_in(self, stmt: syn.ForIn) -> None:
+        table = self._lookup(stmt.array)
+        if not isinstance(table, dict):
+            raise EvalError(f"for ({stmt.var} in {stmt.array}): {stmt.array} is not an "
+                            "associative array")
+        for key in list(table):
+            self._store(syn.Var(stmt.var), key)
+            if not self._loop_body(stmt.body):
+                return
+
+    def _jump(self, stmt: syn.Jump) -> None:
+        raise _Jump(stmt.kind)
+
+    def _return(self, stmt: syn.Return) -> None:
+        value: Item | None = None
+        if isinstance(stmt.value, syn.Var):
+            found = self._lookup(stmt.value.name)
+            value = dict(found) if isinstance(found, dict) else self._eval(stmt.value)
+        elif stmt.value is not None:
+            value = self._eval(stmt.value)
+        raise _Return(value)
+
+    def _declare(self, stmt: syn.Declare) -> None:
+        for name, assoc in stmt.names:
+            if stmt.scope == "local":
+                self.frames[-1][name] = {} if assoc else None
+            elif stmt.scope == "global":
+                if name not in self.state.variables:
+                    self.state.set_var(name, {} if assoc else "0")
+            elif stmt.scope == "unglobal":
+                self.state.delete_var(name)
+            elif self.state.macros.pop(name, None) is None:
+                raise EvalError(f"undef: {name} is not a macro")
+
+    def _define(self, stmt: syn.Define) -> None:
+        if stmt.name in WORDS or stmt.name in FUNCTIONS or stmt.name in self._builtins():
+            raise EvalError(f"def {stmt.name}: that name is built in")
+        self.state.macros[stmt.name] = stmt
+
+    def _array(self, stmt: syn.ArrayDecl) -> None:
+        if stmt.type == "string":
+            raise EvalError(f"string array {stmt.name}: not supported by the simulator "
+                            "(numeric data arrays only)")
+        dims = [to_number(self._eval(d)) for d in stmt.dims]
+        if not all(d.is_integer() for d in dims):
+            raise EvalError(f"array {stmt.name}: dimensions must be whole numbers")
+        rows, cols = (1, int(dims[0])) if len(dims) == 1 else (int(dims[0]), int(dims[1]))
+        old = self.state.variables.get(stmt.name)
+        kind = TYPE_NAMES[stmt.type]
+        if isinstance(old, DataArray) and (old.type, old.rows, old.cols) == (kind, rows, cols):
+            return  # declaring it again keeps it, as SPEC does
+        self.state.set_var(stmt.name, DataArray(stmt.name, kind, rows, cols))
+
+    def _print(self, stmt: syn.Print) -> None:
+        self.result.printed.append(" ".join(to_text(self._eval(e)) for e in stmt.items) + "\n")
+
+    def _word(self, stmt: syn.Word) -> None:
+        handler = self._words.get(stmt.name)
+        if handler is not None:
+            parser = Parser(list(stmt.args))
+            handler(parser)
+            if parser.peek()[0] != "end":
+                raise EvalError(f"{stmt.name}: unexpected {parser.peek()[1]!r}")
+        elif self._plain_macro(stmt.name):
+            self._expand(stmt.name, stmt.args)
+        elif stmt.name in UNSUPPORTED:
+            raise EvalError(f"{stmt.name}: not supported by the SPEC simulator")
         else:
-            self.result.value = self._expr()
-        if not (self._at(";") or self._at("\n") or self._at("}") or self._peek()[0] == "end"):
-            raise EvalError(f"unexpected {self._peek()[1]!r}")
+            raise EvalError(f"{stmt.name}: unknown command or macro")
 
-    def _is_assignment(self) -> bool:
-        depth, j = 0, 1
-        while True:
-            kind, tok = self._peek(j)
-            if kind == "end" or kind == "nl":
-                return False
-            if tok == "[":
-                depth += 1
-            elif tok == "]":
-                depth -= 1
-            elif depth == 0:
-                return tok == "=" and kind == "op"
-            j += 1
+    # --- macros ----------------------------------------------------------------------------
 
-    def _assign(self) -> None:
-        name = self._take()[1]
-        keys: list[str] = []
-        while self._at("["):
-            self._i += 1
-            keys.append(self._key(self._expr()))
-            self._expect("]")
-        self._expect("=")
-        value = self._expr()
-        if name in self.state.motors or name in ("MOTORS", "COUNTERS", "SPEC", "VERSION"):
+    def _word_set(self) -> frozenset[str]:
+        return WORDS | {n for n, d in self.state.macros.items() if d.params is None}
+
+    def _plain_macro(self, name: str) -> bool:
+        found = self.state.macros.get(name)
+        return found is not None and found.params is None
+
+    def _expand(self, name: str, args: tuple[Token, ...]) -> None:
+        words = [tok for _, tok in args]
+        subs = {"*": " ".join(words), "#": str(len(words))}
+        text = MACRO_ARG.sub(lambda m: subs.get(m.group(1)) or (
+            words[int(m.group(1)) - 1] if 0 < int(m.group(1)) <= len(words) else ""),
+            self.state.macros[name].body)
+        if self.expanding >= MAX_DEPTH:
+            raise EvalError(f"macros nested more than {MAX_DEPTH} deep")
+        self.expanding += 1  # a plain macro is text: it runs in the scope that uses it
+        try:
+            self._run_block(parse(text, self._word_set()))
+        finally:
+            self.expanding -= 1
+
+    def _call_macro(self, name: str, args: list[Item]) -> Item | None:
+        macro = self.state.macros[name]
+        if len(args) != len(macro.params):
+            raise EvalError(f"{name}() takes {len(macro.params)} argument(s), got {len(args)}")
+        self._enter()
+        self.frames[-1].update(zip(macro.params, args, strict=True))
+        try:
+            self._run_block(parse(macro.body, self._word_set()))
+        except _Return as ret:
+            return ret.value
+        finally:
+            self.frames.pop()
+        return None
+
+    def _enter(self) -> None:
+        if len(self.frames) > MAX_DEPTH:
+            raise EvalError(f"macros nested more than {MAX_DEPTH} deep")
+        self.frames.append({})
+
+    # --- names and storage -----------------------------------------------------------------
+
+    def _lookup(self, name: str) -> Item | DataArray | None:
+        frame = self.frames[-1]
+        if name in frame:
+            return frame[name]
+        stored = self.state.variables.get(name)
+        if name == "S":
+            self._settle_count()
+            stored = self.state.variables.get(name)
+        if stored is not None:
+            return stored
+        if name in self.state.motors:
+            return float(self.state.motors[name].number)
+        if name in self.state.counters:
+            return float(list(self.state.counters).index(name))
+        raise EvalError(f"{name!r} is not a variable, motor or command")
+
+    def _store(self, target: syn.Var | syn.Index, value: Item) -> None:
+        frame, name = self.frames[-1], target.name
+        if name in self.state.motors or name in READ_ONLY:
             raise EvalError(f"{name} is read-only")
-        text = value if isinstance(value, str) else format_number(value)
-        if keys:
-            self.state.set_var(name, {"\x1c".join(keys): text})
+        if isinstance(target, syn.Var):
+            if name in frame:
+                frame[name] = value
+            elif isinstance(self.state.variables.get(name), DataArray) and \
+                    not isinstance(value, dict):
+                array = self.state.variables[name]
+                assert isinstance(array, DataArray)
+                array.fill(to_number(value))
+                self.state.set_var(name, array)
+            else:
+                self.state.set_var(name, value if isinstance(value, dict) else
+                                   to_text(value), replace=True)
+            return
+        keys = [self._key(self._eval(k)) for k in target.keys]
+        if isinstance(value, dict):
+            raise EvalError(f"{name}[{']['.join(keys)}]: an element holds one value, not "
+                            "an array")
+        if name in frame:
+            table = frame[name]
+            if not isinstance(table, dict):
+                raise EvalError(f"{name} is not an array (declare it: local {name}[])")
+            table[KEY_SEPARATOR.join(keys)] = to_text(value)
         else:
-            self.state.set_var(name, text)
+            self.state.set_element(name, keys, to_text(value))
 
-    def _mv(self) -> None:
-        kind, word = self._take()
-        if kind == "name" and word in self.state.motors:
-            mne = word
-        else:
-            self._i -= 1
-            mne = self.state.motor_by_number(self._number(self._primary())).mne
-        self.state.start_moves({mne: self._number(self._expr())}, self.now)
-
-    def _move_em(self) -> None:
-        wanted = self.state.variables.get("A")
-        if not isinstance(wanted, dict):
-            raise EvalError("A[] is not an associative array")
-        targets: dict[str, float] = {}
-        for m in self.state.motors.values():
-            text = wanted.get(str(m.number))
-            if text is None:
-                continue
-            target = self._number(parse_text(text))
-            if not math.isclose(target, m.user_at(self.now), abs_tol=1e-12):
-                targets[m.mne] = target
-        self.state.start_moves(targets, self.now)
-
-    def _print(self) -> None:
-        items = [self._expr()]
-        while self._at(","):
-            self._i += 1
-            items.append(self._expr())
-        self.result.printed.append(" ".join(_text(v) for v in items) + "\n")
-
-    def _count(self) -> None:
-        seconds = self._number(self._expr())
-        self.state.start_count(seconds, self.now)
-        self.result.delay += seconds
-
-    def _wa(self) -> None:
-        rows = [f"{m.mne} = {format_number(m.user_at(self.now))}"
-                for m in self.state.motors.values()]
-        self.result.printed.append("\n".join(rows) + "\n")
-
-    def _unglobal(self) -> None:
-        kind, name = self._take()
-        if kind != "name":
-            raise EvalError(f"unglobal needs a variable name, got {name!r}")
-        self.state.delete_var(name)
+    def _key(self, value: Item) -> str:
+        if isinstance(value, dict):
+            raise EvalError("an array cannot be a key")
+        return value if isinstance(value, str) else format_number(value)
 
     # --- expressions -----------------------------------------------------------------------
 
-    def _expr(self) -> Item:
-        left = self._sum()
-        while self._peek()[1] in ("==", "!=", "<", ">", "<=", ">=") and self._peek()[0] == "op":
-            op = self._take()[1]
-            right = self._sum()
-            left = float(_compare(op, left, right))
-        return left
+    def _truth(self, expr: Expr) -> bool:
+        value = self._eval(expr)
+        return bool(value) if isinstance(value, str) and is_text(value) else \
+            to_number(value) != 0
 
-    def _sum(self) -> Item:
-        left = self._term()
-        while self._at("+") or self._at("-"):
-            op = self._take()[1]
-            right = self._term()
-            if op == "+" and (_is_text(left) or _is_text(right)):
-                left = _text(left) + _text(right)
-            else:
-                a, b = self._number(left), self._number(right)
-                left = a + b if op == "+" else a - b
-        return left
+    def _eval(self, expr: Expr) -> Item:
+        if isinstance(expr, syn.Num):
+            return expr.value
+        if isinstance(expr, syn.Str):
+            return expr.value
+        if isinstance(expr, syn.Var):
+            return self._variable(expr.name)
+        if isinstance(expr, syn.Index):
+            return self._element(expr)
+        if isinstance(expr, syn.Call):
+            return self._call(expr.func, expr.args)
+        if isinstance(expr, syn.AssocLit):
+            return {KEY_SEPARATOR.join(self._key(self._eval(k)) for k in keys):
+                    to_text(self._eval(value)) for keys, value in expr.items}
+        if isinstance(expr, syn.Unary):
+            return self._unary(expr.op, self._eval(expr.operand))
+        if isinstance(expr, syn.Ternary):
+            return self._eval(expr.then if self._truth(expr.test) else expr.other)
+        if expr.op in ("&&", "||"):
+            left = self._truth(expr.left)
+            if left == (expr.op == "||"):
+                return float(left)
+            return float(self._truth(expr.right))
+        return self._binary(expr.op, self._eval(expr.left), self._eval(expr.right))
 
-    def _term(self) -> Item:
-        left = self._unary()
-        while self._at("*") or self._at("/") or self._at("%"):
-            op = self._take()[1]
-            a, b = self._number(left), self._number(self._unary())
-            if op != "*" and b == 0:
-                raise EvalError("divide by zero")
-            left = a * b if op == "*" else (a / b if op == "/" else math.fmod(a, b))
-        return left
+    def _variable(self, name: str) -> Item:
+        found = self._lookup(name)
+        if isinstance(found, dict | DataArray):
+            raise EvalError(f"{name} is an array; use {name}[key]")
+        if found is None:
+            return 0.0  # a local declared and not set yet
+        if isinstance(found, str):
+            parsed = parse_text(found)
+            return float(parsed) if isinstance(parsed, int | float) else found
+        return found
 
-    def _unary(self) -> Item:
-        if self._at("-"):
-            self._i += 1
-            return -self._number(self._unary())
-        if self._at("!"):
-            self._i += 1
-            return float(not self._number(self._unary()))
-        return self._primary()
+    def _element(self, expr: syn.Index) -> Item:
+        keys = [self._eval(k) for k in expr.keys]
+        found = self._lookup(expr.name)
+        if isinstance(found, DataArray):
+            return found.get([to_number(k) for k in keys])
+        texts = [self._key(k) for k in keys]
+        if expr.name in self.state.live:
+            raise EvalError(f"{expr.name} is a live data array: read it whole (var/"
+                            f"{expr.name})")
+        if not isinstance(found, dict) or KEY_SEPARATOR.join(texts) not in found:
+            raise EvalError(f"{expr.name}[{']['.join(texts)}] does not exist")
+        item = found[KEY_SEPARATOR.join(texts)]
+        parsed = parse_text(item)
+        return float(parsed) if isinstance(parsed, int | float) else item
 
-    def _primary(self) -> Item:
-        kind, tok = self._take()
-        if kind == "num":
-            return float(tok)
-        if kind == "str":
-            return re.sub(r"\\(.)", lambda m: ESCAPES.get(m.group(1), m.group(1)), tok[1:-1])
-        if tok == "(" and kind == "op":
-            value = self._expr()
-            self._expect(")")
-            return value
-        if kind != "name":
-            raise EvalError(f"expected a value, got {tok or 'end of text'!r}")
-        if self._at("("):
-            return self._call(tok)
-        if self._at("["):
-            return self._element(tok)
-        if tok in self.state.variables:
-            stored = self.state.variables[tok]
-            if not isinstance(stored, str):
-                raise EvalError(f"{tok} is an array; use {tok}[key]")
-            parsed = parse_text(stored)
-            return float(parsed) if isinstance(parsed, int | float) else stored
-        if tok in self.state.motors:
-            return float(self.state.motors[tok].number)
-        raise EvalError(f"{tok!r} is not a variable, motor or command")
+    def _unary(self, op: str, value: Item) -> Item:
+        if op == "!":
+            return float(not (bool(value) if is_text(value) else to_number(value)))
+        number = to_number(value)
+        return -number if op == "-" else number
 
-    def _element(self, name: str) -> Item:
-        keys: list[str] = []
-        while self._at("["):
-            self._i += 1
-            keys.append(self._key(self._expr()))
-            self._expect("]")
-        value = self.state.get_var(name)
-        key = "\x1c".join(keys)
-        if not isinstance(value, dict) or key not in value:
-            raise EvalError(f"{name}[{']['.join(keys)}] does not exist")
-        parsed = parse_text(value[key])
-        return float(parsed) if isinstance(parsed, int | float) else value[key]
+    def _binary(self, op: str, a: Item, b: Item) -> Item:
+        if op in COMPARE:
+            test = COMPARE[op]
+            if is_text(a) or is_text(b):
+                return float(test(to_text(a), to_text(b)))
+            return float(test(to_number(a), to_number(b)))
+        if op == "+" and (is_text(a) or is_text(b)):
+            return to_text(a) + to_text(b)
+        x, y = to_number(a), to_number(b)
+        if op == "+":
+            return x + y
+        if op == "-":
+            return x - y
+        if op == "*":
+            return x * y
+        if y == 0:
+            raise EvalError("divide by zero")
+        return x / y if op == "/" else math.fmod(x, y)
 
-    def _call(self, func: str) -> Item:
-        self._expect("(")
-        args: list[Item] = []
-        while not self._at(")"):
-            args.append(self._expr())
-            if not self._at(")"):
-                self._expect(",")
-        self._expect(")")
-        state = self.state
-        one = self._number(args[0]) if len(args) == 1 and not _is_text(args[0]) else None
-        if func in ("motor_mne", "motor_name") and one is not None:
-            return state.motor_by_number(one).mne
-        if func in ("cnt_mne", "cnt_name") and one is not None:
-            names = list(state.counters)
-            if not (one.is_integer() and 0 <= one < len(names)):
-                raise EvalError(f"counter number {format_number(one)} does not exist")
-            return names[int(one)]
-        if func == "motor_num" and len(args) == 1 and isinstance(args[0], str):
-            return float(state.motor(args[0]).number)
-        if func == "sleep" and one is not None and math.isfinite(one) and one >= 0:
-            self.result.delay += one
-            return 1.0
-        funcs: dict[str, Callable[[float], float]] = {
-            "int": lambda x: float(math.trunc(x)), "abs": abs, "sqrt": math.sqrt}
-        if func in funcs and one is not None:
+    # --- calls -----------------------------------------------------------------------------
+
+    def _call(self, func: str, arg_exprs: tuple[Expr, ...]) -> Item:
+        if not func:
+            raise EvalError("a parenthesised list (a, b) is not a value")
+        args = [self._eval(a) for a in arg_exprs]
+        macro = self.state.macros.get(func)
+        if macro is not None and macro.params is not None:
+            result = self._call_macro(func, args)
+            return "" if result is None else result
+        table = FUNCTIONS.get(func)
+        if table is not None and table[0] <= len(args) <= table[1]:
+            return table[2](*args)
+        builtin = self._builtins().get(func)
+        if builtin is not None:
             try:
-                return funcs[func](one)
-            except (ValueError, OverflowError):
-                raise EvalError(f"{func}({format_number(one)}): math domain error") from None
+                return builtin(*args)
+            except TypeError:
+                pass  # wrong number of arguments: the error below says so
+        if func in UNSUPPORTED:
+            raise EvalError(f"{func}(): not supported by the SPEC simulator")
         raise EvalError(f"cannot call {func} with {len(args)} argument(s) "
-                        f"({', '.join(_text(a) for a in args)[:80]})")
-
-    def _key(self, value: Item) -> str:
-        return value if isinstance(value, str) else format_number(value)
-
-    def _number(self, value: Item | int) -> float:
-        return to_number(value)
-
-
-def _is_text(value: Item) -> bool:
-    return isinstance(value, str) and isinstance(parse_text(value), str)
-
-
-def _text(value: Item) -> str:
-    return value if isinstance(value, str) else format_number(value)
-
-
-def _compare(op: str, a: Item, b: Item) -> bool:
-    test = COMPARE[op]
-    if _is_text(a) or _is_text(b):
-        return test(_text(a), _text(b))
-    return test(to_number(a), to_number(b))
-
-
-def to_number(value: Item | int) -> float:
-    """A value as a number; EvalError for text that is not one."""
-    if isinstance(value, str):
-        parsed = parse_text(value)
-        if isinstance(parsed, str):
-            raise EvalError(f"{value[:40]!r} is not a number")
-        return float(parsed)
-    return float(value)
-
-
-COMPARE: Final[dict[str, Callable[[Any, Any], bool]]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
-    "<=": operator.le, ">=": operator.ge,
-}
+                        f"({', '.join(to_text(a) for a in args)[:80]})")

@@ -5,17 +5,29 @@ answered in the byte order and header version of its first packet. What it serve
 
 - HELLO → HELLO_REPLY with the spec name in the header ``name`` and in the data;
 - properties (`actors.sim.spec_state`): ``var/NAME`` (strings, numbers, associative arrays,
-  ``var/NAME[KEY]``), ``motor/M/...`` (position, dial_position, move_done, offset, limits, ...),
-  ``motor/../prestart_all|start_all|abort_all``, ``motor/M/start_one``, ``scaler/C/value``,
-  ``scaler/.all./count``, ``status/ready|simulate|shell|quit``, and the event-only
-  ``output/tty`` and ``error``;
+  ``var/NAME[KEY]``, data arrays), ``motor/M/...`` (position, dial_position, move_done,
+  offset, limits, search, sync_check, ...), ``motor/../prestart_all|start_all|abort_all``,
+  ``motor/M/start_one``, ``scaler/C/value``, ``scaler/.all./count``,
+  ``status/ready|simulate|shell|quit``, and the event-only ``output/tty`` and ``error``;
 - CHAN_READ → REPLY (SV_ERROR naming the property when it does not exist); CHAN_SEND → no reply
-  unless it fails (SV_ERROR with the request's sn when sn != 0, and an ``error`` event);
-  REGISTER → an immediate EVENT with the current value (none for ``error``/``output/tty``);
+  unless it fails: then an SV_ERROR with the request's sn (when it is not 0) and an ``error``
+  event; REGISTER → an immediate EVENT with the current value (none for ``error`` and
+  ``motor/M/sync_check``; the prompt for ``output/tty``);
 - CMD / FUNC (with or without return; text with or without NUL, ``func\\0arg\\0arg``, or the
-  command in the ``name`` field) run by the safe evaluator `actors.sim.spec_eval`; printed text
-  goes out as ``output/tty`` events, ``sleep(t)``/``count t`` delay the reply;
-- ABORT: motors stop, counting stops, replies still delayed get an SV_ERROR "aborted".
+  command in the ``name`` field) run one at a time, in arrival order, by the evaluator
+  `actors.sim.spec_eval` (SPEC's command queue): a command whose text waits (``sleep``,
+  ``count``) holds the queue, ``status/ready`` reads 0 meanwhile, and its reply comes after
+  the wait (after the final counter values, for a count). Printed text goes out as
+  ``output/tty`` events before the reply;
+- ABORT: motors stop, counting stops, the command running gets an SV_ERROR "aborted", and the
+  commands this client still has queued are dropped with the same error.
+
+Live data arrays: ``var/MCA`` (``ulong``, 1 x ``mca_channels``, ``mca_rate`` times a second)
+and ``var/IMG`` (``ushort``, ``image_rows`` x ``image_cols``, ``image_rate`` times a second),
+sent as SV_EVENT to the clients watching them (real SPEC does not send events for data
+arrays; the simulator does, as a detector server would). With ``publish_updates`` each frame
+sent is also announced as ``evt.<sim>.update {var, frame, t}`` (``t``: Unix time of the
+update), for latency measurements.
 
 Port: ``port`` if set, else the first free port in 6510-6530 (like ``fourc -S``). Once listening
 it publishes ``evt.<sim>.listening {host, port, specname}``.
@@ -26,19 +38,18 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import zmq
-
-from actors.core.actor import Actor, CommandError, Param, Setting, command
-from actors.core.loop import TimerHandle
+from actors.core.actor import Actor, Deferred, Param, Setting, command
 from actors.protocols.spec import LITTLE, Cmd, DataType, Decoder, Message, encode_message
-from actors.protocols.spec_types import Value, decode_value, encode_value, format_number
-from actors.sim.spec_eval import EvalError, Interpreter, to_number
+from actors.protocols.spec_types import Value, decode_value, encode_value
+from actors.sim.spec_arrays import LiveArray, LiveImage, LiveSpectrum
+from actors.sim.spec_eval import EvalError, to_number
+from actors.sim.spec_jobs import Job, Jobs
 from actors.sim.spec_state import ALL_MOTORS, PropertyError, SpecState
 from actors.transports.tcp import TcpListener, TcpStream
-from broker.config import ActorConfig, RouterConfig, non_negative, positive
+from broker.config import ActorConfig, non_negative, positive
 from broker.wire.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
@@ -47,7 +58,7 @@ PORT_FIRST: Final = 6510
 PORT_LAST: Final = 6530
 EVENT_ONLY: Final = ("error", "output/tty")
 RUN_CMDS: Final = (Cmd.SV_CMD, Cmd.SV_CMD_WITH_RETURN, Cmd.SV_FUNC, Cmd.SV_FUNC_WITH_RETURN)
-WITH_RETURN: Final = (Cmd.SV_CMD_WITH_RETURN, Cmd.SV_FUNC_WITH_RETURN)
+SEND_QUEUE: Final = 64 * 1024 * 1024  # bytes queued for a client before it counts as stuck
 
 
 def _motors(value: Any) -> None:
@@ -74,13 +85,13 @@ class _Client:
         self.vers = 4
         self.watches: set[str] = set()
         self.prestart: dict[str, float] | None = None  # start_one buffer after prestart_all
-        self.delayed: dict[int, TimerHandle] = {}  # sn → pending reply (sleep, count)
 
 
 class SpecServerSim(Actor):
     """Simulated SPEC server (certif.com server mode) with motors, counters and variables."""
 
     type_name = "sim-spec-server"
+    listens = ("host", "port")
     settings = (
         Setting("host", str, "127.0.0.1", "address to listen on"),
         Setting("port", int, 0, "TCP port; 0 = the first free one in 6510-6530",
@@ -95,26 +106,35 @@ class SpecServerSim(Actor):
         Setting("deleted_flag", int, 0x0001, "SV_DELETED value sent (0x0001 or 0x1000)"),
         Setting("max_message", int, 16 * 1024 * 1024, "largest data accepted from a client",
                 check=positive),
+        Setting("mca_channels", int, 4096, "channels of the live spectrum var/MCA",
+                check=positive),
+        Setting("mca_rate", float, 10.0, "var/MCA frames per second (0: no MCA)",
+                check=non_negative),
+        Setting("image_rows", int, 1024, "rows of the live detector image var/IMG",
+                check=positive),
+        Setting("image_cols", int, 1024, "columns of var/IMG", check=positive),
+        Setting("image_rate", float, 1.0, "var/IMG frames per second (0: no image)",
+                check=non_negative),
+        Setting("publish_updates", bool, False,
+                "announce each live frame sent as evt.<sim>.update (for benchmarks)"),
     )
 
     @classmethod
-    def from_config(cls, actor: ActorConfig, router: RouterConfig,
-                    *, context: zmq.Context[Any] | None = None) -> Actor:
-        sim = super().from_config(actor, router, context=context)
-        if sim.config["deleted_flag"] not in (0x0001, 0x1000):
-            raise ConfigError(f"{actor.path}.deleted_flag", "must be 1 (0x0001) or 4096 "
-                              f"(0x1000), got {sim.config['deleted_flag']}", actor.source)
-        return sim
+    def cross_check(cls, values: dict[str, Any], actor: ActorConfig) -> Iterator[ConfigError]:
+        yield from super().cross_check(values, actor)
+        if values["deleted_flag"] not in (0x0001, 0x1000):
+            yield ConfigError(f"{actor.path}.deleted_flag", "must be 1 (0x0001) or 4096 "
+                              f"(0x1000), got {values['deleted_flag']}", actor.source)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         motors = self.config["motors"]
         table = motors if isinstance(motors, dict) else dict.fromkeys(motors, 0.0)
         self.spec = SpecState(self.config["specname"], {m: float(p) for m, p in table.items()},
-                               list(self.config["counters"]), self.config["speed"], self._notify)
+                              list(self.config["counters"]), self.config["speed"], self._notify)
         self.clients: list[_Client] = []
         self.listener: TcpListener | None = None
-        self._running = 0  # commands whose reply is still delayed (status/ready is 0)
+        self.jobs = Jobs(self.call_later, self.spec, self._notify, self._job_done)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -138,6 +158,7 @@ class SpecServerSim(Actor):
         self.publish_event("listening", {"host": host, "port": listener.port,
                                          "specname": self.config["specname"]})
         self.link_up(f"listening on {host}:{listener.port}")  # a server's link: its socket
+        self._start_live_arrays()
         self._tick()
 
     def on_stop(self) -> None:
@@ -151,13 +172,40 @@ class SpecServerSim(Actor):
         if self.spec.moving() or self.spec.count_end is not None:
             self.spec.tick(time.monotonic())
 
+    # --- live data arrays ------------------------------------------------------------------
+
+    def _start_live_arrays(self) -> None:
+        now, cfg = time.monotonic(), self.config
+        arrays: list[LiveArray] = []
+        if cfg["mca_rate"] > 0:
+            arrays.append(LiveSpectrum("MCA", cfg["mca_channels"], cfg["mca_rate"], now))
+        if cfg["image_rate"] > 0:
+            arrays.append(LiveImage("IMG", cfg["image_rows"], cfg["image_cols"],
+                                    cfg["image_rate"], now))
+        for live in arrays:
+            self.spec.live[live.name] = live
+            self.call_later(1 / live.rate, self._live_tick, live)
+
+    def _live_tick(self, live: LiveArray) -> None:
+        """The next frame: to the clients watching it (rendered only if one does)."""
+        live.frame += 1
+        self.call_later(max(0.0, live.next_due() - time.monotonic()), self._live_tick, live)
+        prop = f"var/{live.name}"
+        if not any(prop in c.watches for c in self.clients):
+            return
+        stamp = time.time()
+        self._notify(prop, live.render(live.frame), False)
+        if self.config["publish_updates"]:
+            self.publish_event("update", {"var": live.name, "frame": live.frame, "t": stamp})
+
     # --- connections -----------------------------------------------------------------------
 
     def _accept(self, sock: Any, addr: tuple[str, int]) -> None:
         peer = f"{addr[0]}:{addr[1]}"
         holder: list[_Client] = []
         stream = TcpStream(self, sock, peer, lambda data: self._on_data(holder[0], data),
-                           lambda reason: self._on_closed(holder[0], reason))
+                           lambda reason: self._on_closed(holder[0], reason),
+                           max_pending=SEND_QUEUE)
         client = _Client(stream, self.config["max_message"])
         holder.append(client)
         self.clients.append(client)
@@ -170,10 +218,7 @@ class SpecServerSim(Actor):
 
     def _drop(self, client: _Client) -> None:
         client.stream.close()
-        for timer in client.delayed.values():
-            timer.cancel()
-        self._finished(len(client.delayed))
-        client.delayed.clear()
+        self.jobs.forget(client)
         if client in self.clients:
             self.clients.remove(client)
 
@@ -189,7 +234,7 @@ class SpecServerSim(Actor):
                     return
         except RemoteProtocolError as exc:
             log.warning("SPEC client %s sent bad bytes, dropping it: %s (raw %s)",
-                        client.stream.peer, exc, exc.raw.hex())
+                        client.stream.peer, exc, exc.raw[:64].hex())
             self._drop(client)
 
     # --- sending ---------------------------------------------------------------------------
@@ -210,7 +255,8 @@ class SpecServerSim(Actor):
     def _reply_error(self, client: _Client, msg: Message, reason: str,
                      event: bool = False) -> None:
         """SV_ERROR reply when the request has an sn; an ``error`` event to the clients
-        watching ``error`` when it has none (nobody would hear of it otherwise) or `event`."""
+        watching ``error`` as well when `event` or when it has none (nobody would hear of
+        it otherwise)."""
         if msg.sn:
             self._send(client, Cmd.SV_REPLY, msg.name, reason, sn=msg.sn,
                        type_=DataType.SV_ERROR, err=1)
@@ -222,6 +268,9 @@ class SpecServerSim(Actor):
         for client in self.clients:
             if prop in client.watches:
                 self._send(client, Cmd.SV_EVENT, prop, value, flags=flags)
+
+    def _tty(self, text: str) -> None:
+        self._notify("output/tty", text, False)
 
     # --- requests --------------------------------------------------------------------------
 
@@ -255,16 +304,13 @@ class SpecServerSim(Actor):
 
     def _abort(self, client: _Client, msg: Message) -> None:
         self.spec.abort(time.monotonic())
-        for sn, timer in list(client.delayed.items()):
-            timer.cancel()
-            self._send(client, Cmd.SV_REPLY, "", "aborted", sn=sn, type_=DataType.SV_ERROR,
-                       err=1)
-        self._finished(len(client.delayed))
-        client.delayed.clear()
+        self.jobs.abort(client)
 
     def _register(self, client: _Client, msg: Message) -> None:
-        if msg.name in EVENT_ONLY:
+        if msg.name in EVENT_ONLY or msg.name.endswith("/sync_check"):
             client.watches.add(msg.name)
+            if msg.name == "output/tty":  # the prompt SPEC shows, so a client sees a first event
+                self._send(client, Cmd.SV_EVENT, msg.name, self.jobs.prompt())
             return
         try:
             value = self.spec.read(msg.name, time.monotonic())
@@ -297,8 +343,8 @@ class SpecServerSim(Actor):
                     self.spec.start_moves({mne: target}, now)
             else:
                 self.spec.write(msg.name, decode_value(msg), now)
-        except (PropertyError, EvalError) as exc:
-            self._reply_error(client, msg, f"{msg.name}: {exc}")
+        except (PropertyError, EvalError) as exc:  # SPEC prints the error: the error channel
+            self._reply_error(client, msg, f"{msg.name}: {exc}", event=True)
 
     def _all_motors(self, client: _Client, what: str, now: float) -> None:
         if what == "prestart_all":
@@ -312,60 +358,36 @@ class SpecServerSim(Actor):
             raise PropertyError(f"unknown all-motor property {what!r}")
 
     def _run(self, client: _Client, msg: Message) -> None:
-        text = _command_text(msg)
-        wants_reply = msg.cmd in WITH_RETURN and msg.sn != 0
-        try:
-            result = Interpreter(self.spec, time.monotonic()).run(text)
-        except EvalError as exc:
-            self._tty(f"{exc}\n")
-            self._reply_error(client, msg, str(exc), event=not wants_reply)
-            return
-        for text_out in result.printed:
-            self._tty(text_out)
-        value = result.value
-        reply: Value = "" if value is None else \
-            (value if isinstance(value, str) else format_number(value))
-        if not wants_reply:
-            return
-        if result.delay <= 0:
-            self._send(client, Cmd.SV_REPLY, msg.name, reply, sn=msg.sn)
-            return
-        self._running += 1
-        if self._running == 1:
-            self.spec.ready = 0
-            self._notify("status/ready", "0", False)
-        client.delayed[msg.sn] = self.call_later(result.delay, self._delayed_reply, client,
-                                                 msg, reply)
+        wants_reply = msg.cmd in (Cmd.SV_CMD_WITH_RETURN, Cmd.SV_FUNC_WITH_RETURN) and msg.sn
+        self.jobs.submit(Job(_command_text(msg), client, msg.sn if wants_reply else 0,
+                             msg.name))
 
-    def _delayed_reply(self, client: _Client, msg: Message, reply: Value) -> None:
-        if client.delayed.pop(msg.sn, None) is None:
+    def _job_done(self, job: Job, value: Value | None, error: str | None) -> None:
+        """A command finished: its reply (or error) to its client, or its bus command."""
+        client = job.client
+        if job.deferred is not None:
+            if error is None:
+                job.deferred.resolve(value)
+            else:
+                job.deferred.fail(error)
+        if not isinstance(client, _Client) or client not in self.clients:
             return
-        self._finished(1)
-        self._send(client, Cmd.SV_REPLY, msg.name, reply, sn=msg.sn)
-
-    def _finished(self, count: int) -> None:
-        if count and self._running:
-            self._running = max(0, self._running - count)
-            if self._running == 0:
-                self.spec.ready = 1
-                self._notify("status/ready", "1", False)
-
-    def _tty(self, text: str) -> None:
-        self._notify("output/tty", text, False)
+        if error is not None:
+            self._reply_error(client, Message(cmd=Cmd.SV_CMD, name=job.name, sn=job.sn), error,
+                              event=not job.sn)
+        elif job.sn:
+            self._send(client, Cmd.SV_REPLY, job.name, "" if value is None else value,
+                       sn=job.sn)
 
     # --- bus commands ----------------------------------------------------------------------
 
     @command("type", Param("text", str, doc="SPEC command text"),
-             doc="run TEXT as if typed at the SPEC prompt (printed text goes to output/tty)")
-    def cmd_type(self, text: str) -> Any:
-        try:
-            result = Interpreter(self.spec, time.monotonic()).run(text)
-        except EvalError as exc:
-            self._tty(f"{exc}\n")
-            raise CommandError(str(exc)) from None
-        for out in result.printed:
-            self._tty(out)
-        return result.value
+             doc="run TEXT as if typed at the SPEC prompt (printed text and the next prompt "
+                 "go to output/tty)")
+    def cmd_type(self, text: str) -> Deferred:
+        deferred = Deferred()
+        self.jobs.submit(Job(text, None, 0, "", deferred=deferred, typed=True))
+        return deferred
 
     @command("clients", doc="connected SPEC clients: peer, byte order, version, watches",
              record=False)

@@ -107,7 +107,7 @@ def _spec_messages(chunks: list[bytes]) -> list[tuple[spec.Message, Any]]:
         decoder.feed(chunk)
         for msg in decoder.events():
             try:
-                value: Any = spec_types.to_plain(spec_types.decode_value(msg))
+                value: Any = spec_types.to_bus(spec_types.decode_value(msg))
             except RemoteProtocolError as exc:
                 value = str(exc)
             out.append((msg, value))
@@ -226,9 +226,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("spec_header", spec_header, (RemoteProtocolError,), SPEC_TOKENS,
            doc="spec.parse_header on one header"),
     Target("spec_stream_le", spec_stream_le, (RemoteProtocolError,), SPEC_TOKENS, 4096,
-           doc="spec.Decoder feed/events + decode_value/to_plain, little-endian"),
+           doc="spec.Decoder feed/events + decode_value/to_bus, little-endian"),
     Target("spec_stream_be", spec_stream_be, (RemoteProtocolError,), SPEC_TOKENS, 4096,
-           doc="spec.Decoder feed/events + decode_value/to_plain, big-endian"),
+           doc="spec.Decoder feed/events + decode_value/to_bus, big-endian"),
     Target("cmd_tcp_unescape", cmd_unescape, (LocalProtocolError,), CMD_TCP_TOKENS,
            doc="cmd_tcp.unescape (write arguments), strip_text round trip"),
     Target("cmd_tcp_hex", cmd_hex, (LocalProtocolError,), CMD_TCP_TOKENS,

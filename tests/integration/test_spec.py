@@ -18,9 +18,9 @@ import pytest
 from actors.protocols.spec import BIG, LITTLE, Cmd, DataType, Decoder, Message, encode_message
 from actors.protocols.spec_types import decode_value
 from broker.client.bus import Bus, Delivery
-from broker.config import load_site
 from broker.wire.envelope import Envelope
-from tests.conftest import ROOT, Proc, free_port, sctl_cmd, subprocess_env, wait_for, write_site
+from tests.support import stack as support
+from tests.support.stack import ROOT, Proc, free_port, sctl_cmd, subprocess_env, wait_for
 
 SIM = "spec-sim"
 ACTOR_TABLE = """
@@ -72,10 +72,6 @@ class SpecSocket:
         self.sock.close()
 
 
-def spawn_proc(tmp: Path, name: str, *args: str) -> Proc:
-    return Proc(sctl_cmd(*args), tmp / f"{name}.log").start()
-
-
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -106,41 +102,28 @@ def link_is_up(bus: Bus) -> bool:
     return bool(reply.data["status"] == "ok" and reply.data["result"]["link"]["state"] == "up")
 
 
-class Stack:
+class Stack(support.Stack):
+    """Router, simulator and spec1 (its link up), and a Bus client watching spec1's events."""
+
     def __init__(self, tmp: Path, sim_port: int, actor_where: str, specname: str) -> None:
-        self.tmp = tmp
-        self.site = write_site(tmp, ACTOR_TABLE.format(where=actor_where))
+        super().__init__(tmp, ACTOR_TABLE.format(where=actor_where))
         self.sim_port = sim_port
         self.specname = specname
-        self.procs: list[Proc] = []
-        self.router = self.spawn("router", "router")
-        self.sim = self.start_sim()
-        self.actor = self.spawn("spec1", "actor", "spec1")
-        self.bus = Bus(load_site(self.site).router, "tester")
-        self.bus.subscribe("evt.spec1.")
-        assert self.bus.connect(wait=15.0), "router did not come up"
+
+    def start(self) -> Stack:
+        self.start_router()
+        self.sim = self.start_spec()
+        self.actor = self.start_actor("spec1")
+        self.bus = self.client("evt.spec1.")
         wait_for(lambda: link_is_up(self.bus), 20.0, "spec1 link up")
+        return self
 
-    def spawn(self, name: str, *args: str) -> Proc:
-        proc = spawn_proc(self.tmp, name, "-c", str(self.site), *args)
-        self.procs.append(proc)
-        return proc
-
-    def start_sim(self) -> Proc:
-        proc = self.spawn("sim", "sim", "spec-server", "--name", SIM, "--set",
-                          f"port={self.sim_port}", "--set", f'specname="{self.specname}"',
-                          "--set", "speed=20.0")
+    def start_spec(self) -> Proc:
+        proc = self.start_sim("spec-server", SIM, "--set", f"port={self.sim_port}", "--set",
+                              f'specname="{self.specname}"', "--set", "speed=20.0", log="sim")
         if self.sim_port:
             wait_for(lambda: port_open(self.sim_port), 15.0, "simulator listening")
         return proc
-
-    def close(self) -> None:
-        self.bus.close()
-        for proc in reversed(self.procs):
-            try:
-                proc.stop()
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +131,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Simulator on the first free port of 6510-6530; the actor finds it by specname."""
     name = f"t{os.getpid()}"
     s = Stack(tmp_path_factory.mktemp("spec"), 0, f'specname = "{name}"', name)
-    yield s
-    s.close()
+    try:
+        yield s.start()
+    finally:
+        s.stop()
 
 
 def sim_port_of(stack: Stack) -> int:
@@ -286,16 +271,20 @@ def test_simulator_drops_a_client_that_sends_garbage(stack: Stack) -> None:
 
 @pytest.fixture
 def fixed_stack(tmp_path: Path) -> Iterator[Stack]:
+    """The simulator on a port of ours, so that its restart listens there again (its port 0
+    means the first free port of 6510-6530, not one the OS picks)."""
     port = free_port()
     s = Stack(tmp_path, port, f"port = {port}", "fixed")
-    yield s
-    s.close()
+    try:
+        yield s.start()
+    finally:
+        s.stop()
 
 
 def test_sim_killed_mid_reply_fails_fast_then_watches_come_back(fixed_stack: Stack) -> None:
     stack = fixed_stack
     send = subprocess.Popen(
-        sctl_cmd("-c", str(stack.site), "send", "spec1", "cmd", "sleep(60)", "--timeout", "40"),
+        sctl_cmd("-c", str(stack.path), "send", "spec1", "cmd", "sleep(60)", "--timeout", "40"),
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         collect(stack.bus, lambda g: any(d.envelope.data.get("chan") == "status/ready" and
@@ -315,7 +304,7 @@ def test_sim_killed_mid_reply_fails_fast_then_watches_come_back(fixed_stack: Sta
     down = stack.bus.request("spec1", "cmd", argv=["1+1"], timeout=10.0)
     assert down.data["status"] == "error" and "SPEC link to 127.0.0.1" in down.data["error"]
 
-    stack.sim = stack.start_sim()  # same port
+    stack.sim = stack.start_spec()  # same port
     got = collect(stack.bus, lambda g: any(
         d.topic == "evt.spec1.link" and d.envelope.data["state"] == "up" for d in g), 30.0)
     up = next(i for i, d in enumerate(got) if d.topic == "evt.spec1.link"

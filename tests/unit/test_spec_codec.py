@@ -33,7 +33,7 @@ from actors.protocols.spec_types import (
     encode_value,
     format_number,
     parse_text,
-    to_plain,
+    to_bus,
 )
 from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
@@ -244,7 +244,9 @@ def test_numeric_arrays_round_trip_in_both_orders(kind: int, order: str) -> None
     assert len(data) == 6 * struct.calcsize(ELEMENTS[kind])  # no trailing NUL
     msg = Message(cmd=Cmd.SV_REPLY, type=code, rows=rows, cols=cols, data=data, order=order)
     assert decode_value(msg) == array
-    assert to_plain(array) == ([list(items[:3]), list(items[3:])], [2, 3])
+    bus = to_bus(decode_value(msg))  # the wire bytes as they came, numpy's layout
+    assert bus["shape"] == [2, 3] and bus["data"] == data
+    assert bus["dtype"][1:] in ("f8", "f4", "i4", "u4", "i2", "u2", "i1", "u1", "i8", "u8")
 
 
 def test_array_length_is_checked_against_rows_and_cols() -> None:
