@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -188,6 +188,15 @@ class BusLinkActor(Actor):
         self._poll_busy: set[int] = set()
         self._poll_failing: set[int] = set()
         self.counters.update(transactions=0, polls_skipped=0, floods=0)
+
+    @classmethod
+    def cross_check(cls, values: dict[str, Any], actor: ActorConfig) -> Iterator[ConfigError]:
+        yield from super().cross_check(values, actor)
+        try:
+            parse_polls(values["poll"], f"{actor.path}.poll", actor.source, values["timeout"],
+                        values["max_buffer"])
+        except ConfigError as exc:
+            yield exc
 
     @classmethod
     def from_config(cls, actor: ActorConfig, router: RouterConfig,

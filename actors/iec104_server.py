@@ -36,6 +36,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any, ClassVar, Final
 
 import c104
@@ -162,6 +163,7 @@ class Iec104ServerActor(Actor):
     """IEC 60870-5-104 server: bus messages feed points, 104 commands become bus commands."""
 
     type_name = "iec104-server"
+    listens = ("ip", "port")
     settings = (
         Setting("ip", str, "0.0.0.0", "address the 104 server listens on"),
         Setting("port", int, 2404, "TCP port of the 104 server", check=port_number),
@@ -176,12 +178,13 @@ class Iec104ServerActor(Actor):
         Setting("command_timeout", float, 5.0, "seconds a target actor has to reply ok to a "
                 "104 command before the master gets a negative confirmation", check=positive),
         Setting("cert", str, "", "TLS: server certificate file (PEM); '' = plain TCP",
-                check=_existing_file),
-        Setting("key", str, "", "TLS: private key file of cert", check=_existing_file),
+                check=_existing_file, path=True),
+        Setting("key", str, "", "TLS: private key file of cert", check=_existing_file,
+                path=True),
         Setting("ca", str, "", "TLS: CA certificate that signs master certificates (validates "
-                "them)", check=_existing_file),
+                "them)", check=_existing_file, path=True),
         Setting("allowed_certs", list, [], "TLS: master certificates accepted (only these)",
-                check=_file_list),
+                check=_file_list, path=True),
         Setting("point", list, [], "monitoring points ([[actors.NAME.point]] tables)"),
         Setting("command", list, [], "command points ([[actors.NAME.command]] tables)"),
         Setting("poll_connections", float, POLL_CONNECTIONS,
@@ -196,7 +199,7 @@ class Iec104ServerActor(Actor):
         path = f"actors.{self.name}"
         self.mapping = parse_mapping(self.config["point"], self.config["command"], path,
                                      self.config["tick_rate_ms"])
-        self._check_tls(path)
+        self._check_tls(self.config, path)
         self._networks = parse_allow(self.config["allow"])
         self.table = PointTable(self.mapping.points)
         self._routes = {r.ioa: r for r in self.mapping.commands}
@@ -225,14 +228,34 @@ class Iec104ServerActor(Actor):
                 raise
             raise ConfigError(exc.path, exc.reason, actor.source) from None
 
-    def _check_tls(self, path: str) -> None:
+    @classmethod
+    def cross_check(cls, values: dict[str, Any], actor: ActorConfig) -> Iterator[ConfigError]:
+        yield from super().cross_check(values, actor)
+        try:
+            parse_mapping(values["point"], values["command"], actor.path, values["tick_rate_ms"],
+                          actor.source)
+        except ConfigError as exc:
+            yield exc
+        try:
+            cls._check_tls(values, actor.path)
+        except ConfigError as exc:
+            yield exc
+
+    @classmethod
+    def command_targets(cls, values: dict[str, Any]) -> list[tuple[str, str, str]]:
+        mapping = parse_mapping(values["point"], values["command"], "", values["tick_rate_ms"])
+        return [(f"command[{i}].{key}", route.actor, getattr(route, key))
+                for i, route in enumerate(mapping.commands)
+                for key in ("command", "on", "off") if getattr(route, key)]
+
+    @classmethod
+    def _check_tls(cls, cfg: dict[str, Any], path: str) -> None:
         """The TLS files must load: c104 2.2.1 only prints an mbedtls error for a bad file and
         carries on without it, so they are loaded here first (with Python's ssl)."""
-        cfg = self.config
         if cfg["cert"] and not cfg["key"]:
             raise ConfigError(f"{path}.key", "is required with cert")
         if not cfg["cert"]:
-            for key in self._TLS_NEEDS_CERT:
+            for key in cls._TLS_NEEDS_CERT:
                 if cfg[key]:
                     raise ConfigError(f"{path}.{key}", "needs cert (TLS is off without it)")
             return

@@ -14,7 +14,7 @@ from typing import Any, Final
 import zmq
 
 from actors.core.actor import Actor
-from broker.config import ActorConfig, SiteConfig
+from broker.config import ActorConfig, Setting, SiteConfig
 from broker.wire.errors import ConfigError
 
 SIM_PREFIX: Final = "sim-"  # simulator types: "sim-" + the kind given to `sctl sim KIND`
@@ -25,6 +25,7 @@ BUILTIN: Final[dict[str, str]] = {
     "spec-client": "actors.spec_client:SpecClientActor",
     "bus-link": "actors.bus_link:BusLinkActor",
     "iec104-server": "actors.iec104_server:Iec104ServerActor",
+    "mqtt-bridge": "actors.mqtt_bridge:MqttBridgeActor",
     SIM_PREFIX + "springcore-tcp": "actors.sim.springcore_tcp:SpringCoreTcpSim",
     SIM_PREFIX + "springcore-mqtt": "actors.sim.springcore_mqtt:SpringCoreMqttSim",
     SIM_PREFIX + "spec-server": "actors.sim.spec_server:SpecServerSim",
@@ -56,7 +57,8 @@ def sim_config(site: SiteConfig, kind: str, name: str | None,
     settings = dict(base.settings) if base is not None else {}
     settings.update(overrides)
     return ActorConfig(name=name, type=type_name, settings=settings,
-                       source=base.source if base is not None else "sctl sim --set")
+                       source=base.source if base is not None else "sctl sim --set",
+                       folder=base.folder if base is not None else site.folder)
 
 
 def known_types() -> list[str]:
@@ -81,6 +83,29 @@ def actor_class(type_name: str, path: str = "type", source: str = "") -> type[Ac
         what = "is missing" if cls is None else "is not an Actor subclass"
         raise ConfigError(path, f"{target!r} {what} (actor type {type_name!r})", source)
     return cls
+
+
+def describe_type(type_name: str) -> dict[str, Any]:
+    """What an actor type accepts, with no actor running (``sctl describe TYPE``): its doc, its
+    settings (base settings first) with type, default and doc, and its commands. Raises
+    ConfigError for an unknown type."""
+    cls = actor_class(type_name)
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    own = {s.name for s in cls.settings}
+    return {
+        "type": type_name, "doc": " ".join(doc.split()),
+        "settings": [{"name": s.name, "type": setting_type(s), "required": s.required,
+                      "default": s.default, "doc": s.doc, "base": s.name not in own}
+                     for s in cls.declared_settings()],
+        "commands": [cls.commands[n].describe() for n in sorted(cls.commands)],
+    }
+
+
+def setting_type(s: Setting) -> str:
+    kinds = s.kind if isinstance(s.kind, tuple) else (s.kind,)
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+             dict: "table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds) + (" (path)" if s.path else "")
 
 
 def create_actor(site: SiteConfig, name: str, *, context: zmq.Context[Any] | None = None,

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Prepare this checkout to run and test sctl. Safe to run again: it only does what is missing.
 #
-#   - var/       runtime files (supervisord socket and logs, router journal); git-ignored
+#   bash scripts/setup.sh [dev|run]
+#
+#   - var/log/   runtime files (supervisord socket and logs, router journal); git-ignored
 #   - .venv      python3 >= 3.11 (set $PYTHON to use another interpreter)
-#   - pip install -e '.[dev]'   when pyproject.toml changed since the last install
+#   - pip install -e '.[dev]' (dev, the default: sctl and the test tools; scripts/test.sh) or
+#     pip install -e . (run: sctl alone; scripts/run.sh), when pyproject.toml changed since the
+#     last install or the installed set is smaller than the one asked for
 #   - mosquitto  Debian package (tests start their own brokers; the system service is not started)
 #
-# Called by scripts/run.sh and scripts/test.sh.
+# Called by scripts/run.sh (run) and scripts/test.sh (dev).
 set -euo pipefail
+
+MODE="${1:-dev}"
+case "$MODE" in
+    dev) EXTRAS='.[dev]' ;;
+    run) EXTRAS='.' ;;
+    *) printf 'setup: usage: bash scripts/setup.sh [dev|run] (got %s)\n' "$MODE" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
@@ -93,15 +104,21 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
     fi
 fi
 
-# --- sctl and its dev tools -----------------------------------------------------------------------
+# --- sctl (and its dev tools) ---------------------------------------------------------------------
+# The stamp holds the hash of pyproject.toml and what was installed: "dev" covers "run" too.
 stamp="$ROOT/.venv/.sctl-installed"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
-if [ "$want" != "$have" ] || [ ! -x "$ROOT/.venv/bin/sctl" ]; then
-    say "installing sctl and dev tools into .venv (pip install -e '.[dev]')"
+installed=
+case "$have" in
+    "$want dev" | "$want") installed=1 ;;
+    "$want run") [ "$MODE" = run ] && installed=1 ;;
+esac
+if [ -z "$installed" ] || [ ! -x "$ROOT/.venv/bin/sctl" ]; then
+    say "installing sctl into .venv (pip install -e '$EXTRAS')"
     cd "$ROOT"
-    quiet .venv/bin/python -m pip install --disable-pip-version-check --no-input -q -e '.[dev]'
-    echo "$want" >"$stamp"
+    quiet .venv/bin/python -m pip install --disable-pip-version-check --no-input -q -e "$EXTRAS"
+    echo "$want $MODE" >"$stamp"
 fi
 
 # --- Debian packages ------------------------------------------------------------------------------
@@ -113,4 +130,25 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
                "sudo apt-get update && sudo apt-get install -y --no-install-recommends mosquitto"
     say "installing mosquitto (apt-get; the system service is not started)"
     quiet apt_install mosquitto
+fi
+
+# The monitoring tests' real peers (dev only): Prometheus scraping `sctl metrics`, and headless
+# Chromium with its WebDriver loading the status page. The prometheus service is not started.
+if [ "$MODE" = dev ]; then
+    missing=()
+    command -v prometheus >/dev/null || missing+=(prometheus)
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    # mosquitto_sub / mosquitto_pub: the MQTT clients of the mqtt-bridge tests and benchmark
+    command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        command -v apt-get >/dev/null \
+            || die "${missing[*]} (for the tests) missing; install with your package manager"
+        can_root \
+            || die "${missing[*]} (for the tests) missing and installing needs root. Run:" \
+                   "sudo apt-get update && sudo apt-get install -y --no-install-recommends" \
+                   "${missing[*]}"
+        say "installing ${missing[*]} (apt-get, for the tests)"
+        quiet apt_install "${missing[@]}"
+    fi
 fi

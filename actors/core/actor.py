@@ -27,13 +27,17 @@ keeps serving) or return a `Deferred` to reply later.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
+from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import zmq
@@ -57,8 +61,8 @@ from broker.config import (
     ActorConfig,
     RouterConfig,
     Setting,
+    check_settings,
     non_negative,
-    parse_settings,
     positive,
 )
 from broker.wire import topics
@@ -108,6 +112,9 @@ class Actor:
 
     type_name: ClassVar[str] = ""
     settings: ClassVar[tuple[Setting, ...]] = ()
+    # (address setting, port setting) of a TCP port the actor listens on, for `sctl check` to
+    # find two programs of one host on the same port; None: it listens on none.
+    listens: ClassVar[tuple[str, str] | None] = None
     reconnect: ClassVar[bool] = True  # False: the library reconnects by itself (paho)
     commands: ClassVar[dict[str, CommandSpec]] = {}
 
@@ -139,6 +146,8 @@ class Actor:
         self._link = Link(Backoff(config["backoff_min"], config["backoff_max"]),
                           config["link_stable_after"])
         self._link_timer: TimerHandle | None = None
+        self.config_digest: dict[str, str] = {}  # see `config_digest`; set by from_config
+        self.failure: str | None = None  # why start-up failed, for the last heartbeat
 
     @classmethod
     def declared_settings(cls) -> tuple[Setting, ...]:
@@ -149,14 +158,44 @@ class Actor:
     @classmethod
     def from_config(cls, actor: ActorConfig, router: RouterConfig,
                     *, context: zmq.Context[Any] | None = None) -> Actor:
-        """Check the ``[actors.NAME]`` table against the declared settings, then construct.
-        Raises ConfigError naming the key path; nothing is opened yet."""
-        values = parse_settings(actor.settings, cls.declared_settings(), actor.path, actor.source)
+        """Check the ``[actors.NAME]`` table (`check_table`), then construct. Raises the first
+        ConfigError, naming the key path; nothing is opened yet."""
+        values, problems = cls.check_table(actor)
+        if problems:
+            raise problems[0]
+        instance = cls(actor.name, values, router, context=context)
+        instance.config_digest = config_digest(actor, router)
+        return instance
+
+    @classmethod
+    def check_table(cls, actor: ActorConfig) -> tuple[dict[str, Any], list[ConfigError]]:
+        """Every problem of the ``[actors.NAME]`` table, and its values: the declared settings
+        first (names, types, ranges, required keys), then, when those hold, `cross_check`.
+        The one check behind both `from_config` and ``sctl check``; opens nothing."""
+        values, problems = check_settings(actor.settings, cls.declared_settings(), actor.path,
+                                          actor.source, base=actor.folder)
+        if not problems:
+            for exc in cls.cross_check(values, actor):
+                problems.append(exc if exc.source or not actor.source else
+                                ConfigError(exc.path, exc.reason, actor.source))
+        return values, problems
+
+    @classmethod
+    def cross_check(cls, values: dict[str, Any], actor: ActorConfig) -> Iterator[ConfigError]:
+        """Rules between settings of one table (each value already has its declared type and
+        passed its own check): yield a ConfigError per broken rule, naming the key path.
+        Subclasses add theirs after ``yield from super().cross_check(values, actor)``."""
         if values["backoff_min"] > values["backoff_max"]:
-            raise ConfigError(f"{actor.path}.backoff_min",
+            yield ConfigError(f"{actor.path}.backoff_min",
                               f"{values['backoff_min']} is more than backoff_max "
                               f"{values['backoff_max']}", actor.source)
-        return cls(actor.name, values, router, context=context)
+
+    @classmethod
+    def command_targets(cls, values: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """Commands this actor sends to other actors by itself, as (key path below
+        ``actors.NAME``, target actor, command): ``sctl check`` makes sure each target is an
+        actor of the site with that command."""
+        return []
 
     # --- hooks (loop thread) ---------------------------------------------------------------
 
@@ -287,8 +326,11 @@ class Actor:
         """Setup, run until `request_stop`, teardown; returns the process exit code."""
         try:
             self._setup()
-        except Exception:
-            log.exception("actor %s failed to start", self.name)
+        except Exception as exc:
+            # one line with the reason: the watchdog and `sctl status` show a program's last
+            # error line; the stopping heartbeat carries it too
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("actor %s failed to start: %s", self.name, self.failure)
             self.exit_code = EXIT_FAILED
             self._stop_reason = self._stop_reason or "start-up failed"
         else:
@@ -319,9 +361,9 @@ class Actor:
         self._heartbeat(schedule=False)
         self.on_start()
         self.state = RUNNING
-        self._heartbeat()
-        if self._has_link():
+        if self._has_link():  # first, so that no "running" heartbeat shows a link not tried
             self._open_link()
+        self._heartbeat()
 
     def _teardown(self) -> None:
         log.info("actor %s stopping: %s", self.name, self._stop_reason)
@@ -479,14 +521,20 @@ class Actor:
 
     def _status(self) -> dict[str, Any]:
         counters = dict(self._bus.counters) if self._bus is not None else {}
+        # running, outbox: gauges (commands running now, envelopes not yet acked)
         counters.update(self.counters, callback_errors=self._loop.errors,
-                        running=len(self._commands.running))
-        return {
+                        running=len(self._commands.running),
+                        outbox=self._bus.outbox_size if self._bus is not None else 0)
+        status = {
             "type": self.type_name, "state": self.state, "link": self._link.to_data(),
             "counters": counters, "pid": os.getpid(), "host": socket.gethostname(),
             "version": VERSION, "uptime": round(time.monotonic() - self._started, 3),
             "interval": self.config["heartbeat_interval"],  # lets readers judge staleness
+            "config": self.config_digest,  # `sctl reload` restarts actors whose table changed
         }
+        if self.failure is not None:
+            status["error"] = self.failure
+        return status
 
     def publish_log(self, record: dict[str, Any]) -> None:
         """Loop thread: one structured log record to ``log.<name>`` (see BusLogHandler)."""
@@ -503,6 +551,25 @@ def _describe_setting(s: Setting, value: Any) -> dict[str, Any]:
     return {"name": s.name, "type": " or ".join(k.__name__ for k in kinds), "doc": s.doc,
             "required": s.required, "default": None if secret else s.default,
             "value": "***" if secret and value else value}
+
+
+def config_digest(actor: ActorConfig, router: RouterConfig) -> dict[str, str]:
+    """Short digests of what an actor was started from: ``actor`` covers its table (type,
+    placement, settings) and the router endpoints and keys it connects with, ``router`` the
+    whole ``[router]`` table. Heartbeats carry them, so that `sctl reload` can tell, from a new
+    site file, which running actors (and whether the router) run on changed settings."""
+    bus = {k: getattr(router, k) for k in ("ingress", "egress", "query", "security")}
+    return {"actor": _digest({"type": actor.type, "runs_on": actor.runs_on,
+                              "settings": actor.settings, "bus": bus}),
+            "router": _digest(dataclasses.asdict(router))}
+
+
+def _digest(value: Any) -> str:
+    def plain(obj: Any) -> Any:  # paths as absolute paths: `-c` relative or not, same digest
+        return str(obj.resolve()) if isinstance(obj, Path) else str(obj)
+
+    text = json.dumps(value, sort_keys=True, default=plain)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _version() -> str:

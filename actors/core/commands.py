@@ -164,7 +164,8 @@ class Dispatcher:
         self.record: Callable[[Envelope, str, Outcome | None], int | None] | None = None
         self.when_recorded: Callable[[int, Callable[[bool], object]], None] | None = None
         self.parked: dict[str, Envelope] = {}  # waiting for their started record
-        for key in ("commands", "command_errors", "command_duplicates", "command_expired"):
+        for key in ("commands", "command_ok", "command_errors", "command_duplicates",
+                    "command_expired"):
             counters.setdefault(key, 0)
 
     def dispatch(self, env: Envelope) -> None:
@@ -285,8 +286,7 @@ class Dispatcher:
         if sent != outcome and recorded and self.record is not None and ran is not None:
             self.record(env, ran.name, sent)  # the reply had to change: the later record wins
         self.replies.put(env.id, sent)
-        if sent.status != "ok":
-            self.counters["command_errors"] += 1
+        self.counters["command_ok" if sent.status == "ok" else "command_errors"] += 1
 
     def preload(self, done: Mapping[str, Outcome], interrupted: Sequence[str]) -> None:
         """Outcomes a previous incarnation of this actor recorded (read back from the journal

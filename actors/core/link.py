@@ -18,6 +18,12 @@ jittered so that many actors losing one network do not reconnect in lockstep, ne
 ``minimum`` nor above ``maximum``. The attempt counter is reset only when a link goes down after
 having been up for at least ``stable_after`` seconds, so a device that accepts and then closes at
 once backs off like one that refuses.
+
+An outage is one span from the first failure to the next ``up``, however many attempts it
+takes: `Link.down_since` is the time of that first failure, `Link.down_attempts` the connection
+attempts made since the link was last up, `Link.last_error` the latest failure's reason. They
+go into heartbeats, so an operator sees "down since 14:02:11, 37 attempts, last: connection
+refused" rather than a state whose age starts over at every attempt.
 """
 
 from __future__ import annotations
@@ -79,10 +85,12 @@ class LinkChange:
     since: float  # Unix time the new state began
     attempt: int  # connection attempts since the link was last stable
     retry_in: float | None  # seconds until the next attempt, when one is scheduled
+    down_since: float | None = None  # first failure of the current outage (None: not in one)
 
     def to_data(self) -> dict[str, Any]:
         return {"state": self.state, "previous": self.previous, "reason": self.reason,
-                "since": self.since, "attempt": self.attempt, "retry_in": self.retry_in}
+                "since": self.since, "attempt": self.attempt, "retry_in": self.retry_in,
+                "down_since": self.down_since}
 
 
 class Link:
@@ -100,6 +108,9 @@ class Link:
         self.since = 0.0
         self._since_mono = 0.0
         self.attempts = 0  # connection attempts since the link was last stable
+        self.down_since: float | None = None  # first failure since the link was last up
+        self.down_attempts = 0  # connection attempts since the link was last up
+        self.last_error = ""  # reason of the latest failure
 
     def change(self, state: str, reason: str, now: float, mono: float,
                retry: bool = False) -> LinkChange | None:
@@ -114,11 +125,23 @@ class Link:
             self.attempts = 0
         if state == CONNECTING:
             self.attempts += 1
+            self.down_attempts += 1
+        elif state == UP:
+            self.down_since, self.down_attempts = None, 0
+        elif state == DOWN:
+            self.last_error = reason
+            if self.down_since is None:
+                self.down_since = now
         retry_in = self.backoff.next_delay() if retry and state == DOWN else None
         previous = self.state
         self.state, self.reason, self.since, self._since_mono = state, reason, now, mono
-        return LinkChange(state, previous, reason, now, self.attempts, retry_in)
+        return LinkChange(state, previous, reason, now, self.attempts, retry_in,
+                          self.down_since)
 
     def to_data(self) -> dict[str, Any]:
-        """The link as shown in heartbeats and ``ping``."""
-        return {"state": self.state, "since": self.since, "reason": self.reason}
+        """The link as shown in heartbeats and ``ping``: the state and since when, and while
+        an outage lasts its first failure, the attempts since and the latest failure's
+        reason (``down_since`` None: not in an outage)."""
+        return {"state": self.state, "since": self.since, "reason": self.reason,
+                "down_since": self.down_since, "attempts": self.down_attempts,
+                "last_error": self.last_error}

@@ -74,6 +74,7 @@ class InstrumentSim(Actor):
     """A line-based SCPI-like (or raw playback) TCP instrument with fault injection."""
 
     type_name = "sim-instrument"
+    listens = ("host", "port")
     settings = (
         Setting("host", str, "127.0.0.1", "address to listen on"),
         Setting("port", int, 0, "TCP port; 0 picks a free one (see evt.<sim>.listening)",

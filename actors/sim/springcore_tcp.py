@@ -1,7 +1,7 @@
 """`SpringCoreTcpSim` (type ``sim-springcore-tcp``): a SpringCore Smart Reader in ``$SCRDR`` over
 TCP mode, for tests and commissioning without hardware. ``sctl sim springcore-tcp``.
 
-It behaves like the device (shared/protocols/springcore.md: TCP behaviour, $SCCMD): a TCP server
+It behaves like the device (docs/protocols/springcore.md: TCP behaviour, $SCCMD): a TCP server
 serving ONE client at a time (a second client is accepted and closed at once, like a busy reader),
 which emits ``$SCRDR`` lines with CR LF and a checksum and takes ``$SCCMD`` commands with or
 without checksum and terminator (the official sample sends ``$SCCMD;SEQ=0E`` bare: a command
@@ -59,6 +59,7 @@ class SpringCoreTcpSim(Actor):
     """Simulated SpringCore Smart Reader: $SCRDR over TCP, one client at a time."""
 
     type_name = "sim-springcore-tcp"
+    listens = ("host", "port")
     settings = (
         Setting("host", str, "127.0.0.1", "address to listen on"),
         Setting("port", int, 4000, "TCP port to listen on (0 = pick a free one, see "

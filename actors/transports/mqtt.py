@@ -39,8 +39,8 @@ EXCERPT: Final = 64  # payload bytes shown in a warning
 # --- settings checks (ValueError -> ConfigError naming actors.NAME.<key>) ------------------------
 
 def check_tls(value: Any) -> None:
-    """A table with optional ``ca``, ``cert``, ``key`` paths (absolute or relative to the working
-    directory) that must exist; ``cert`` and ``key`` go together."""
+    """A table with optional ``ca``, ``cert``, ``key`` paths that must exist (relative ones are
+    taken from the site file's folder before this check); ``cert`` and ``key`` go together."""
     unknown = set(value) - set(TLS_KEYS)
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))} (known: ca, cert, key)")
@@ -51,8 +51,7 @@ def check_tls(value: Any) -> None:
         if not isinstance(path, str) or not path:
             raise ValueError(f"{key} must be a file path")
         if not os.path.isfile(path):
-            raise ValueError(f"{key} file {path!r} does not exist (relative paths are taken "
-                             f"from the working directory {os.getcwd()!r})")
+            raise ValueError(f"{key} file {path!r} does not exist")
     if ("cert" in value) != ("key" in value):
         raise ValueError("cert and key go together (the client certificate and its key)")
 
@@ -73,7 +72,7 @@ def broker_settings(*topic_settings: Setting) -> tuple[Setting, ...]:
         *topic_settings,
         Setting("qos", int, 1, "QoS of subscriptions and publishes", check=check_qos),
         Setting("tls", dict, None, "TLS: a table with ca, cert, key file paths ({} = system "
-                "CAs)", check=check_tls),
+                "CAs)", check=check_tls, path=True),
     )
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.common import EXIT_USAGE, fail
+from cli.common import EXIT_USAGE, fail, json_option
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("names", nargs=-1, metavar="[BENCHMARK]...")
 @click.option("--quick", is_flag=True, help="reduced counts and durations (a first look)")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object of figures")
+@json_option
 @click.pass_context
 def bench(ctx: click.Context, names: tuple[str, ...], quick: bool, as_json: bool) -> None:
     """Run the benchmarks and print a table: throughput, latency, device, commands, recovery,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from broker.wire.errors import ConfigError
-from cli.common import EXIT_USAGE, dumps, fail, site_of
+from cli.common import EXIT_USAGE, dumps, fail, json_option, site_of
 
 
 @click.group()
@@ -37,8 +37,9 @@ def _keys_dir(ctx: click.Context) -> Any:
 @click.argument("name")
 @click.option("--role", type=click.Choice(["operator", "actor", "reader"]), default=None,
               help="default: actor for an actor of the site file, else reader")
+@json_option
 @click.pass_context
-def keys_gen(ctx: click.Context, name: str, role: str | None) -> None:
+def keys_gen(ctx: click.Context, name: str, role: str | None, as_json: bool) -> None:
     """Create the key pair of NAME (`router` for the router's own)."""
     from broker.security import gen_key
 
@@ -50,6 +51,10 @@ def keys_gen(ctx: click.Context, name: str, role: str | None) -> None:
         public = gen_key(keys_dir, name, role)
     except (ConfigError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
+    if as_json:
+        click.echo(dumps({"name": name, "role": role, "public": str(public),
+                          "secret": f"{public}_secret"}))
+        return
     what = "the router's key pair" if name == "router" else f"{name} ({role})"
     click.echo(f"wrote {what}: {public} and {public}_secret (mode 0600)")
 
@@ -59,8 +64,10 @@ def keys_gen(ctx: click.Context, name: str, role: str | None) -> None:
 @click.option("--role", type=click.Choice(["operator", "actor", "reader"]), default=None,
               help="default: the file's role metadata, else reader")
 @click.option("--name", default=None, help="key name (default: the file name before .key)")
+@json_option
 @click.pass_context
-def keys_allow(ctx: click.Context, file: str, role: str | None, name: str | None) -> None:
+def keys_allow(ctx: click.Context, file: str, role: str | None, name: str | None,
+               as_json: bool) -> None:
     """Let the key of FILE in: its public key is copied to keys_dir (never its secret)."""
     from pathlib import Path
 
@@ -70,13 +77,18 @@ def keys_allow(ctx: click.Context, file: str, role: str | None, name: str | None
         target = allow_key(_keys_dir(ctx), Path(file), role, name)
     except (ConfigError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
-    click.echo(f"allowed {target.name[:-4]} ({role_of(target)}): {target}")
+    if as_json:
+        click.echo(dumps({"name": target.name[:-4], "role": role_of(target),
+                          "public": str(target)}))
+    else:
+        click.echo(f"allowed {target.name[:-4]} ({role_of(target)}): {target}")
 
 
 @keys.command("revoke")
 @click.argument("name")
+@json_option
 @click.pass_context
-def keys_revoke(ctx: click.Context, name: str) -> None:
+def keys_revoke(ctx: click.Context, name: str, as_json: bool) -> None:
     """Refuse NAME's key from now on (a running router picks it up within a second)."""
     from broker.security import revoke_key
 
@@ -84,11 +96,14 @@ def keys_revoke(ctx: click.Context, name: str) -> None:
         target = revoke_key(_keys_dir(ctx), name)
     except (ConfigError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
-    click.echo(f"revoked {name}: {target}")
+    if as_json:
+        click.echo(dumps({"name": name, "revoked": str(target)}))
+    else:
+        click.echo(f"revoked {name}: {target}")
 
 
 @keys.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
     """Every key: name, role, allowed/revoked, whether its secret is on this host."""

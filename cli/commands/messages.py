@@ -8,6 +8,8 @@ whether the actor is unknown, not running, or silent.
 
 from __future__ import annotations
 
+import array
+import base64
 import json
 import sys
 import time
@@ -23,9 +25,12 @@ from cli.common import (
     connect_bus,
     dumps,
     fail,
+    json_option,
     setup_logging,
     site_of,
 )
+
+TIMEOUT = click.FloatRange(min=0, min_open=True)
 
 
 def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str, ...],
@@ -55,8 +60,9 @@ def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str
 @click.argument("actor_name", metavar="ACTOR")
 @click.argument("command")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--timeout", default=5.0, show_default=True, help="seconds to wait for the reply")
-@click.option("--json", "as_json", is_flag=True, help="print the whole reply as JSON")
+@click.option("--timeout", type=TIMEOUT, default=5.0, show_default=True,
+              help="seconds to wait for the reply")
+@json_option
 @click.pass_context
 def send(ctx: click.Context, actor_name: str, command: str, args: tuple[str, ...],
          timeout: float, as_json: bool) -> None:
@@ -69,9 +75,9 @@ def send(ctx: click.Context, actor_name: str, command: str, args: tuple[str, ...
     reply = _command(ctx, actor_name, command, args, timeout)
     data = reply.data
     if as_json:
-        click.echo(dumps(data))
+        click.echo(dumps(shown_arrays(data, as_json=True)))
     elif data.get("status") == "ok":
-        result = data.get("result")
+        result = shown_arrays(data.get("result"), as_json=False)
         if result is not None:
             click.echo(result if isinstance(result, str) else dumps(result))
     if data.get("status") != "ok":
@@ -82,14 +88,24 @@ def send(ctx: click.Context, actor_name: str, command: str, args: tuple[str, ...
 
 @click.command()
 @click.argument("actor_name", metavar="ACTOR")
-@click.option("--timeout", default=5.0, show_default=True)
+@click.option("--timeout", type=TIMEOUT, default=5.0, show_default=True)
+@json_option
 @click.pass_context
-def describe(ctx: click.Context, actor_name: str, timeout: float) -> None:
-    """List ACTOR's commands and their parameters."""
+def describe(ctx: click.Context, actor_name: str, timeout: float, as_json: bool) -> None:
+    """List ACTOR's commands and their parameters; for an actor TYPE (springcore-tcp, ...)
+    that is no actor's name, the type's settings and commands, with no actor running."""
+    from cli.commands.types import is_type, show_type
+
+    if is_type(ctx, actor_name):
+        show_type(actor_name)
+        return
     reply = _command(ctx, actor_name, "describe", (), timeout)
     result = reply.data.get("result") or {}
     if reply.data.get("status") != "ok" or not isinstance(result, dict):
         fail(f"{actor_name}: {reply.data.get('error')}", EXIT_ERROR_REPLY)
+    if as_json:
+        click.echo(dumps(result))
+        return
     click.echo(f"{actor_name} ({result.get('type', '?')})")
     for cmd in result.get("commands", []):
         params = " ".join(_param_text(p) for p in cmd.get("params", []))
@@ -105,15 +121,19 @@ def _param_text(p: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("actor_name", metavar="ACTOR")
-@click.option("--timeout", default=5.0, show_default=True)
+@click.option("--timeout", type=TIMEOUT, default=5.0, show_default=True)
+@json_option
 @click.pass_context
-def ping(ctx: click.Context, actor_name: str, timeout: float) -> None:
+def ping(ctx: click.Context, actor_name: str, timeout: float, as_json: bool) -> None:
     """Round trip to ACTOR through the router."""
     start = time.monotonic()
     reply = _command(ctx, actor_name, "ping", (), timeout)
     rtt = (time.monotonic() - start) * 1000
     info = reply.data.get("result") or {}
-    click.echo(f"{actor_name}: pong in {rtt:.1f} ms — {dumps(info)}")
+    if as_json:
+        click.echo(dumps({"actor": actor_name, "rtt_ms": round(rtt, 1), "result": info}))
+    else:
+        click.echo(f"{actor_name}: pong in {rtt:.1f} ms — {dumps(info)}")
 
 
 @click.command()
@@ -124,7 +144,7 @@ def ping(ctx: click.Context, actor_name: str, timeout: float) -> None:
               help="exit 3 if this many seconds pass first")
 @click.option("--since", type=click.IntRange(min=0), default=None,
               help="start at this gseq (0 = everything the journal still holds)")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@json_option
 @click.pass_context
 def sub(ctx: click.Context, prefixes: tuple[str, ...], count: int | None,
         timeout: float | None, since: int | None, as_json: bool) -> None:
@@ -133,11 +153,11 @@ def sub(ctx: click.Context, prefixes: tuple[str, ...], count: int | None,
 
     setup_logging(ctx.obj["verbose"])
     site = site_of(ctx)
-    try:
-        for p in prefixes:
+    for p in prefixes:
+        try:
             check_prefix(p)
-    except SctlError as exc:
-        fail(str(exc), EXIT_USAGE)
+        except SctlError as exc:
+            fail(f"PREFIX {p!r}: {exc}", EXIT_USAGE)
     bus = connect_bus(site, timeout if timeout is not None else 5.0,
                       subscribe=[(p, since) for p in prefixes or ("",)])
     end = None if timeout is None else time.monotonic() + timeout
@@ -163,11 +183,50 @@ def _print_delivery(d: Any, as_json: bool) -> None:
         env = d.envelope.to_map()
     except EnvelopeError as exc:
         env = {"error": str(exc), "raw": d.body[:64].hex()}
+    env = shown_arrays(env, as_json)
     if as_json:
         click.echo(dumps({"topic": d.topic, "gseq": d.gseq, "envelope": env}))
     else:
         click.echo(f"{d.gseq:>8} {d.topic} [{env.get('src')}] {dumps(env.get('data'))}")
     sys.stdout.flush()
+
+
+_ARRAY_CODES: Final = {"f8": "d", "f4": "f", "i4": "i", "u4": "I", "i2": "h", "u2": "H",
+                       "i1": "b", "u1": "B", "i8": "q", "u8": "Q"}  # numpy kind → array code
+
+
+def shown_arrays(value: Any, as_json: bool) -> Any:
+    """`value` with every binary array (``{"dtype", "shape", "data": bytes}``, the bus layout
+    of data arrays) made printable: a one-line summary (dtype, shape, min/max, size) for the
+    terminal, or with `as_json` the same map with the data in base64 (``"encoding":
+    "base64"``)."""
+    if isinstance(value, dict):
+        if value.keys() == {"dtype", "shape", "data"} and isinstance(value["data"], bytes):
+            return _json_array(value) if as_json else _array_summary(value)
+        return {k: shown_arrays(v, as_json) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown_arrays(v, as_json) for v in value]
+    return value
+
+
+def _json_array(value: dict[str, Any]) -> dict[str, Any]:
+    return {"dtype": value["dtype"], "shape": value["shape"], "encoding": "base64",
+            "data": base64.b64encode(value["data"]).decode("ascii")}
+
+
+def _array_summary(value: dict[str, Any]) -> str:
+    dtype, shape, data = str(value["dtype"]), value["shape"], value["data"]
+    dims = "x".join(str(n) for n in shape) if isinstance(shape, list) else str(shape)
+    text = f"<array {dtype} {dims}, {len(data)} bytes"
+    code = _ARRAY_CODES.get(dtype[1:])
+    if code is not None and data and len(data) % array.array(code).itemsize == 0:
+        items = array.array(code, data)
+        if dtype[:1] in "<>" and dtype[:1] != ("<" if sys.byteorder == "little" else ">"):
+            items.byteswap()
+        numbers = [x for x in items if x == x] if code in "df" else items  # NaN is no bound
+        if len(numbers):
+            text += f", min {min(numbers):g} max {max(numbers):g}"
+    return text + ">"
 
 
 _KIND_BY_PREFIX: Final = {"evt": "event", "hb": "heartbeat", "log": "log", "sys": "system"}
@@ -178,10 +237,12 @@ _KIND_BY_PREFIX: Final = {"evt": "event", "hb": "heartbeat", "log": "log", "sys"
 @click.argument("data", metavar="JSON")
 @click.option("--kind", type=click.Choice(["event", "heartbeat", "log", "system"]),
               default=None, help="envelope kind (default from the topic prefix)")
-@click.option("--timeout", default=5.0, show_default=True,
+@click.option("--timeout", type=TIMEOUT, default=5.0, show_default=True,
               help="seconds to wait for the router's acknowledgement")
+@json_option
 @click.pass_context
-def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: float) -> None:
+def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: float,
+        as_json: bool) -> None:
     """Publish one envelope with JSON object DATA on TOPIC; exit 0 once the router has it."""
     from broker.wire.topics import check_topic
 
@@ -189,14 +250,18 @@ def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: fl
     site = site_of(ctx)
     try:
         check_topic(topic)
+    except SctlError as exc:
+        fail(f"TOPIC {topic!r}: {exc}", EXIT_USAGE)
+    try:
         payload = json.loads(data)
-    except (SctlError, json.JSONDecodeError) as exc:
-        fail(f"bad argument: {exc}", EXIT_USAGE)
+    except json.JSONDecodeError as exc:
+        fail(f"JSON: not valid JSON: {exc}", EXIT_USAGE)
     if not isinstance(payload, dict):
         fail("JSON must be an object, e.g. '{\"value\": 1}'", EXIT_USAGE)
     head = topic.split(".", 1)[0]
     if head in ("cmd", "rep", "ack", "ctl"):
-        fail(f"{head}.* topics are not for sctl pub (use sctl send for commands)", EXIT_USAGE)
+        fail(f"TOPIC {topic!r}: {head}.* topics are not for sctl pub (use sctl send for "
+             "commands)", EXIT_USAGE)
     bus = connect_bus(site, timeout)
     try:
         env = bus.publish(topic, kind or _KIND_BY_PREFIX.get(head, "event"), payload)
@@ -205,6 +270,9 @@ def pub(ctx: click.Context, topic: str, data: str, kind: str | None, timeout: fl
         if bus.counters.get("denied"):
             fail(f"the router refused {topic}: key {bus.identity!r} may not publish it "
                  "(see sys.router.denied)", EXIT_ERROR_REPLY)
-        click.echo(f"published {topic} id {env.id} seq {env.seq}")
+        if as_json:
+            click.echo(dumps({"topic": topic, "id": env.id, "seq": env.seq}))
+        else:
+            click.echo(f"published {topic} id {env.id} seq {env.seq}")
     finally:
         bus.close()

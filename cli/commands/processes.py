@@ -1,6 +1,7 @@
 """The long-running processes of a site: `sctl router`, `sctl actor NAME`, `sctl sim KIND` and
-`sctl watchdog`, as supervisord starts them. Each logs at INFO unless -v asks for more, runs in
-the foreground and exits with the code its loop returns."""
+`sctl watchdog`, as supervisord starts them. Each logs at INFO unless -v asks for more (with
+--json, one JSON object a line), runs in the foreground and exits with the code its loop
+returns."""
 
 from __future__ import annotations
 
@@ -11,27 +12,29 @@ from typing import Any
 import click
 
 from broker.wire.errors import ConfigError
-from cli.common import EXIT_USAGE, fail, setup_logging, site_of
+from cli.common import EXIT_USAGE, fail, json_option, setup_logging, site_of
 
 
 @click.command()
+@json_option
 @click.pass_context
-def router(ctx: click.Context) -> None:
+def router(ctx: click.Context, as_json: bool) -> None:
     """Run the router of the site (binds ingress, egress, query)."""
     from broker.router.server import serve
 
-    setup_logging(ctx.obj["verbose"], logging.INFO)
+    setup_logging(ctx.obj["verbose"], logging.INFO, as_json)
     sys.exit(serve(site_of(ctx).router))
 
 
 @click.command()
 @click.argument("name")
+@json_option
 @click.pass_context
-def actor(ctx: click.Context, name: str) -> None:
+def actor(ctx: click.Context, name: str, as_json: bool) -> None:
     """Run actor NAME from the site file (any registered type)."""
     from cli.runner import run_actor
 
-    setup_logging(ctx.obj["verbose"], logging.INFO)
+    setup_logging(ctx.obj["verbose"], logging.INFO, as_json)
     site = site_of(ctx)
     try:
         site.actor(name)
@@ -57,14 +60,16 @@ def _setting_value(text: str) -> Any:
               "(default sim-KIND); if the site file has [actors.NAME], its settings are used")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="a setting, VALUE in TOML syntax (repeatable): --set port=4001")
+@json_option
 @click.pass_context
-def sim(ctx: click.Context, kind: str, name: str | None, sets: tuple[str, ...]) -> None:
+def sim(ctx: click.Context, kind: str, name: str | None, sets: tuple[str, ...],
+        as_json: bool) -> None:
     """Run the device simulator KIND as an actor (springcore-tcp, springcore-mqtt,
     spec-server, instrument, iec104-master). `sctl describe NAME` lists its commands."""
     from actors.registry import sim_config
     from cli.runner import run_actor
 
-    setup_logging(ctx.obj["verbose"], logging.INFO)
+    setup_logging(ctx.obj["verbose"], logging.INFO, as_json)
     site = site_of(ctx)
     overrides: dict[str, Any] = {}
     for item in sets:
@@ -82,8 +87,9 @@ def sim(ctx: click.Context, kind: str, name: str | None, sets: tuple[str, ...]) 
 @click.command()
 @click.option("--host", default=None, help="watch only the programs placed on this host "
               "(runs_on); default: every program of the site")
+@json_option
 @click.pass_context
-def watchdog(ctx: click.Context, host: str | None) -> None:
+def watchdog(ctx: click.Context, host: str | None, as_json: bool) -> None:
     """Run the watchdog: restart hung and dead actors with growing delays, stop a program
     that restarts too often and raise sys.alarm (started by supervisord, see deploy render)."""
     import signal
@@ -91,7 +97,7 @@ def watchdog(ctx: click.Context, host: str | None) -> None:
 
     from cli.ops import watchdog as wd
 
-    setup_logging(ctx.obj["verbose"], logging.INFO)
+    setup_logging(ctx.obj["verbose"], logging.INFO, as_json)
     site = site_of(ctx)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -54,6 +54,56 @@ def heartbeats(bus: Bus, timeout: float = 2.0) -> dict[str, Heartbeat]:
     return out
 
 
+def age_text(seconds: float | None) -> str:
+    """A short age: 42s, 17m, 5h, 3d ("-" for None)."""
+    if seconds is None:
+        return "-"
+    s = int(max(0.0, seconds))
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h" \
+        if s < 172800 else f"{s // 86400}d"
+
+
+def clock_text(ts: float, now: float) -> str:
+    """A wall-clock time in this host's zone: 14:02:11 today, else 2026-05-08 14:02."""
+    t, today = time.localtime(ts), time.localtime(now)
+    if t[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", t)
+    return time.strftime("%Y-%m-%d %H:%M", t)
+
+
+def link_text(link: dict[str, Any] | None, now: float) -> str:
+    """A heartbeat's link as an operator reads it: ``up 3m``; during an outage ``down since
+    14:02:11, 37 attempts, last: connection refused`` (its first failure, not the latest
+    attempt); ``connecting`` before the first failure; ``-`` without a link."""
+    if not link:
+        return "-"
+    state = str(link.get("state") or "?")
+    since = link.get("since")
+    if state == "up":
+        return f"up {age_text(now - since)}" if isinstance(since, int | float) and since \
+            else "up"
+    if state == "idle":
+        return "idle"
+    down_since = link.get("down_since")
+    if not isinstance(down_since, int | float):  # a heartbeat without outage fields
+        text = f"{state} {age_text(now - since)}" if isinstance(since, int | float) and since \
+            else state
+        reason = link.get("reason")
+        return f"{text}, last: {reason}" if reason and state == "down" else text
+    parts = [f"down since {clock_text(down_since, now)}"]
+    attempts = link.get("attempts")
+    if isinstance(attempts, int) and attempts:
+        parts.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
+    if link.get("last_error"):
+        parts.append(f"last: {link['last_error']}")
+    return ", ".join(parts)
+
+
+def link_ok(link: dict[str, Any] | None) -> bool:
+    """Up, or an actor without a device link (idle)."""
+    return not link or link.get("state") in ("up", "idle")
+
+
 def explain_silence(bus: Bus, actor: str, command: str, waited: float) -> str:
     """Say why `actor` did not answer `command`: not running, stale, or running but silent."""
     try:

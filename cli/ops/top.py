@@ -3,8 +3,12 @@
 `TopView` is fed every delivery (no I/O here; the CLI owns the Bus and the screen) and keeps,
 over a sliding `window` of seconds:
 
-- per actor: its newest heartbeat (state, link and since when, counters: events published,
-  messages dropped by its outbox or its subscriber, log records suppressed), its event rate;
+- per program: supervisord's state (from every host's supervisord, handed in by the CLI with
+  `TopView.supervisor`), which wins over the heartbeats: a program supervisord has STOPPED,
+  EXITED, FATAL or in BACKOFF is shown so, whatever its last heartbeat said;
+- per actor: its newest heartbeat (state, link and its outage: first failure, attempts, last
+  reason; counters: events published, messages dropped by its outbox or its subscriber, log
+  records suppressed), its event rate; an actor of the site never heard from is shown too;
 - per topic: message rate (the busiest first);
 - latency: publish → arrival here (envelope ``ts`` against this host's clock: across hosts,
   keep clocks in sync) of events, p50 / p99 / max;
@@ -20,10 +24,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from typing import Any, Final
 
 from broker.wire import topics
 from broker.wire.errors import EnvelopeError
+from cli.ops.heartbeats import DEFAULT_INTERVAL, STALE_FACTOR, clock_text, link_text
+from cli.ops.supervisor_rpc import NOT_RUNNING
+from cli.tables import Column, wrap
+from cli.tables import render as render_table
 
 MAX_ALARMS: Final = 8
 MAX_SAMPLES: Final = 20_000
@@ -37,9 +46,20 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[i]
 
 
+ACTOR_COLUMNS: Final = (
+    Column("PROGRAM", keep=True), Column("STATE", keep=True),
+    Column("LINK", 3, min_width=24), Column("HB", 2, right=True),
+    Column("EVT/S", 3, right=True), Column("DROPS", 4, right=True),
+    Column("RESTARTS", 4, right=True), Column("ALARM / REASON", 1, min_width=10),
+)
+
+
 class TopView:
-    def __init__(self, window: float = 10.0) -> None:
+    def __init__(self, window: float = 10.0, expected: Iterable[str] = ()) -> None:
         self.window = window
+        self.expected = list(expected)  # the site's actors: shown even if never heard from
+        self.programs: dict[str, dict[str, Any]] = {}  # supervisord's process infos by name
+        self.supervisor_errors: list[str] = []
         self.started = time.monotonic()
         self.buckets: dict[str, deque[list[float]]] = defaultdict(deque)  # [second, count]
         self.latency: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)  # (at, seconds)
@@ -73,6 +93,12 @@ class TopView:
         elif topic == topics.ALARM:
             self.alarms.append({"ts": env.ts, "src": env.src, **env.data})
 
+    def supervisor(self, infos: Iterable[dict[str, Any]], errors: Iterable[str] = ()) -> None:
+        """supervisord's current view (``getAllProcessInfo`` rows of every host), and the
+        supervisords that did not answer."""
+        self.programs = {i["name"]: i for i in infos}
+        self.supervisor_errors = list(errors)
+
     def _count(self, topic: str, now: float) -> None:
         if topic not in self.buckets and len(self.buckets) >= MAX_TOPICS:
             topic = "(other)"
@@ -96,22 +122,9 @@ class TopView:
         restarts: dict[str, Any] = {}
         for view in self.watchdogs.values():
             restarts.update(view.get("programs") or {})
-        actors = {}
-        for name, (at, hb) in sorted(self.heartbeats.items()):
-            counters = hb.get("counters") or {}
-            link = hb.get("link") or {}
-            wd = restarts.get(name) or {}
-            actors[name] = {
-                "state": hb.get("state"), "hb_age": round(now - at, 1),
-                "link": link.get("state"), "link_for": None if not link.get("since")
-                else round(wall - link["since"]), "link_reason": link.get("reason"),
-                "events_per_s": round(sum(r for t, r in rates.items()
-                                          if t.startswith(f"{topics.EVENT}.{name}.")), 1),
-                "dropped": sum(int(counters.get(k, 0)) for k in
-                               ("outbox_dropped", "held_dropped")),
-                "log_suppressed": int(counters.get("log_suppressed", 0)),
-                "restarts": wd.get("total_restarts", 0), "alarm": wd.get("alarm"),
-            }
+        names = sorted({*self.programs, *self.heartbeats, *self.expected})
+        actors = {name: self._row(name, rates, restarts.get(name) or {}, now, wall)
+                  for name in names}
         router = None
         if self.router is not None:
             c = self.router.get("counts") or {}
@@ -130,39 +143,79 @@ class TopView:
                                                           ("p99", percentile(lat, 0.99)),
                                                           ("max", lat[-1] if lat else None))}},
             "alarms": list(self.alarms), "undecodable": self.undecodable,
+            "supervisor_errors": self.supervisor_errors,
+        }
+
+    def _row(self, name: str, rates: dict[str, float], wd: dict[str, Any], now: float,
+             wall: float) -> dict[str, Any]:
+        info = self.programs.get(name)
+        sup_state = None if info is None else str(info["statename"])
+        at, hb = self.heartbeats.get(name, (None, {}))
+        hb_age = None if at is None else round(now - at, 1)
+        interval = hb.get("interval", DEFAULT_INTERVAL)
+        if not isinstance(interval, int | float) or interval <= 0:
+            interval = DEFAULT_INTERVAL
+        if sup_state in NOT_RUNNING:  # whatever the last heartbeat said
+            state: str | None = sup_state
+        elif hb_age is None:
+            actor = name in self.expected or name not in self.programs
+            state = "no heartbeat" if actor else sup_state or "?"
+        elif hb_age > STALE_FACTOR * interval:
+            state = "silent"
+        else:
+            state = hb.get("state")
+        running = sup_state not in NOT_RUNNING and hb_age is not None
+        link = (hb.get("link") or {}) if running else {}
+        counters = hb.get("counters") or {}
+        return {
+            "state": state, "supervisor_state": sup_state, "hb_age": hb_age,
+            "link": link.get("state"), "link_for": None if not link.get("since")
+            else round(wall - link["since"]), "link_reason": link.get("reason"),
+            "down_since": link.get("down_since"), "attempts": link.get("attempts"),
+            "link_text": link_text(link, wall) if link else "-",
+            "events_per_s": round(sum(r for t, r in rates.items()
+                                      if t.startswith(f"{topics.EVENT}.{name}.")), 1),
+            "dropped": sum(int(counters.get(k, 0)) for k in ("outbox_dropped", "held_dropped")),
+            "log_suppressed": int(counters.get("log_suppressed", 0)),
+            "restarts": wd.get("total_restarts", 0), "alarm": wd.get("alarm"),
+            "error": hb.get("error"),
         }
 
 
-def render(snap: dict[str, Any], width: int = 100) -> str:
-    """The snapshot as the text screen of ``sctl top``."""
-    out = []
+def render(snap: dict[str, Any], width: int | None = 100) -> str:
+    """The snapshot as the text screen of ``sctl top``, fitted to `width` (None: no limit)."""
+    out: list[str] = []
     r = snap["router"]
     if r is None:
         out.append("router: no stats heard (down, or not yet)")
     else:
         stale = f"  (stats {r['age']} s old!)" if r["age"] > 3 else ""
-        out.append(f"router: in {r['rates'].get('in', 0)}/s out {r['rates'].get('out', 0)}/s, "
-                   f"{r['subscribers']} subscribers | LOST gaps {r['gaps_lost']} "
-                   f"(open {r['gaps_open']}), bad {r['bad']}, evicted {r['evicted']}, "
-                   f"missed replays {r['egress_missed']}{stale}")
+        out += wrap(f"router: in {r['rates'].get('in', 0)}/s out {r['rates'].get('out', 0)}/s, "
+                    f"{r['subscribers']} subscribers | LOST gaps {r['gaps_lost']} "
+                    f"(open {r['gaps_open']}), bad {r['bad']}, evicted {r['evicted']}, "
+                    f"missed replays {r['egress_missed']}{stale}", width)
+    for error in snap.get("supervisor_errors") or []:
+        out += wrap(f"supervisord: {error}", width)
     lat = snap["latency_ms"]
     out.append(f"event latency (ms, n={lat['n']}): p50 {lat['p50']}  p99 {lat['p99']}  "
                f"max {lat['max']}")
     out.append("")
-    out.append(f"{'ACTOR':<16}{'STATE':<10}{'LINK':<20}{'HB':<6}{'EVT/S':<7}{'DROPS':<7}"
-               f"{'RESTARTS':<9}ALARM / LINK REASON")
+    rows = []
     for name, a in snap["actors"].items():
-        link = f"{a['link'] or '-'}" + (f" {a['link_for']}s" if a["link_for"] is not None
-                                         else "")
-        note = a["alarm"] or ("" if a["link"] in ("up", "idle") else a["link_reason"] or "")
-        out.append(f"{name[:15]:<16}{(a['state'] or '-')[:9]:<10}{link[:19]:<20}"
-                   f"{a['hb_age']:<6}{a['events_per_s']:<7}{a['dropped']:<7}"
-                   f"{a['restarts']:<9}{note}"[:width])
+        link = a.get("link_text") or a["link"] or "-"
+        if link == "-" and a["link"] is not None:
+            link = f"{a['link']} {a['link_for']}s" if a["link_for"] is not None else a["link"]
+        note = a["alarm"] or a.get("error") or ""  # the link's reason is in its column
+        rows.append([name, str(a["state"] or "-"), link,
+                     "-" if a["hb_age"] is None else str(a["hb_age"]), str(a["events_per_s"]),
+                     str(a["dropped"]), str(a["restarts"]), str(note)])
+    out += render_table(ACTOR_COLUMNS, rows, width)
     out.append("")
-    out.append("busiest topics (msg/s): " + ", ".join(
-        f"{t['topic']} {t['per_s']}" for t in snap["topics"]))
+    out += wrap("busiest topics (msg/s): " + ", ".join(
+        f"{t['topic']} {t['per_s']}" for t in snap["topics"]), width)
     for alarm in snap["alarms"]:
-        out.append(f"ALARM {time.strftime('%H:%M:%S', time.localtime(alarm['ts']))} "
-                   f"{alarm.get('program') or alarm['src']}: "
-                   f"{alarm.get('reason') or alarm.get('message') or alarm}"[:width])
+        out += wrap(f"ALARM {clock_text(alarm['ts'], time.time())} "
+                    f"{alarm.get('program') or alarm['src']}: "
+                    f"{alarm.get('reason') or alarm.get('message') or alarm}", width)
+    out.append("q quits")
     return "\n".join(out)

@@ -15,9 +15,12 @@ supervisord's view (XML-RPC over the unix socket) with the actors' heartbeats on
   host cut off from it, every actor looks silent, and killing them would lose what their
   outboxes hold. After such an outage every actor's silence is counted afresh.
 - **intensity**: more than ``max_restarts`` restarts within ``restart_window`` → the program is
-  left stopped, ``sys.alarm`` is published and ``sctl status`` shows the reason.
-- an operator's ``supervisorctl stop`` leaves the program STOPPED: not a failure, nothing
-  counted, no restart. Starting it again by hand clears its alarm.
+  left stopped, ``sys.alarm`` is published and ``sctl status`` shows the reason: the last error
+  line of the program's log (read through supervisord), and the ``sctl start`` that restarts it.
+- an operator's ``sctl stop`` (or ``supervisorctl stop``) leaves the program STOPPED: not a
+  failure, nothing counted, no restart. Starting it again by hand clears its alarm.
+
+Programs are called by their supervisord name (``GROUP:NAME`` for a program in a group).
 
 The watchdog's view (restarts, alarms, reasons) goes to the bus as ``sys.watchdog.<host>`` on
 every change and once a second, and to a JSON file next to the supervisord socket, so ``sctl
@@ -43,6 +46,7 @@ from broker.client.bus import Bus
 from broker.config import SiteConfig, SupervisorConfig
 from broker.wire import topics
 from broker.wire.errors import BusError, EnvelopeError
+from cli.ops.supervisor_rpc import TAIL_BYTES, Endpoint, exit_text, last_error_line, namespec, proxy
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +58,7 @@ PUBLISH_EVERY: Final = 1.0
 
 def supervisor_proxy(socket_path: Path, timeout: float = 5.0) -> Any:
     """An XML-RPC proxy to supervisord's unix socket (what supervisorctl uses)."""
-    from supervisor.xmlrpc import SupervisorTransport
-
-    transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-    make = transport._get_connection
-
-    def connection() -> Any:  # supervisor's unix connection has no timeout of its own
-        conn = make()
-        connect = conn.connect
-
-        def connect_with_timeout() -> None:
-            connect()
-            conn.sock.settimeout(timeout)
-
-        conn.connect = connect_with_timeout
-        return conn
-
-    transport._get_connection = connection
-    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    return proxy(Endpoint(("",), f"unix://{socket_path}"), timeout)
 
 
 def state_file(sup: SupervisorConfig, host: str) -> Path:
@@ -93,6 +80,7 @@ class Program:
 
     name: str
     actor: bool
+    spec: str = ""  # supervisord's name for it (GROUP:NAME), from its process info
     restarts: deque[float] = field(default_factory=deque)  # monotonic times, inside window
     total_restarts: int = 0
     restart_at: float | None = None  # a start is scheduled for this monotonic time
@@ -200,11 +188,13 @@ class Watchdog:
 
     def _check_one(self, prog: Program, info: dict[str, Any], now: float) -> None:
         state = info["statename"]
+        prog.spec = namespec(info)
         if state == "RUNNING" and info["pid"] != prog.pid:
             prog.pid, prog.pid_seen, prog.last_beat = info["pid"], now, 0.0
         if not prog.actor:
             if state == "FATAL" and prog.alarm is None:
-                self._alarm(prog, f"supervisord gave up starting it: {_exit_text(info)}")
+                self._alarm(prog, f"supervisord gave up starting it: "
+                                  f"{self._failure_reason(info)}")
             elif state == "RUNNING" and prog.alarm is not None:
                 self._clear(prog, "running again")
             return
@@ -236,14 +226,14 @@ class Watchdog:
             prog.killed_pid = prog.pid
             self._changed = True
             try:
-                self.rpc.supervisor.signalProcess(prog.name, "KILL")
+                self.rpc.supervisor.signalProcess(prog.spec, "KILL")
             except (OSError, xmlrpc.client.Error) as exc:
                 log.error("could not kill hung %s (pid %d): %s", prog.name, prog.pid, exc)
 
     def _restart_dead(self, prog: Program, info: dict[str, Any], now: float) -> None:
         if prog.restart_at is None:
             if prog.killed_pid != info.get("pid") or not prog.last_reason.startswith("hung"):
-                prog.last_reason = f"{info['statename'].lower()}: {_exit_text(info)}"
+                prog.last_reason = f"{info['statename'].lower()}: {self._failure_reason(info)}"
             delay = self.policy.next_restart(prog, now)
             self._changed = True
             if delay is None:
@@ -255,7 +245,7 @@ class Watchdog:
         if now >= prog.restart_at:
             prog.restart_at = None
             try:
-                self.rpc.supervisor.startProcess(prog.name, False)
+                self.rpc.supervisor.startProcess(prog.spec, False)
             except xmlrpc.client.Fault as exc:
                 # ALREADY_STARTED: an operator was quicker; anything else is retried next check
                 log.warning("starting %s: %s", prog.name, exc.faultString)
@@ -265,12 +255,12 @@ class Watchdog:
     def _give_up(self, prog: Program, info: dict[str, Any]) -> None:
         if info["statename"] == "BACKOFF":
             try:
-                self.rpc.supervisor.stopProcess(prog.name, False)
+                self.rpc.supervisor.stopProcess(prog.spec, False)
             except (OSError, xmlrpc.client.Error) as exc:
                 log.warning("stopping %s: %s", prog.name, exc)
         self._alarm(prog, f"stopped after {self.sup.max_restarts} restarts within "
                           f"{self.sup.restart_window:g} s; last: {prog.last_reason}. "
-                          f"Fix the cause, then: supervisorctl start {prog.name}")
+                          f"Fix the cause, then: sctl -c {self.site.path} start {prog.name}")
 
     def _alarm(self, prog: Program, reason: str) -> None:
         prog.alarm = reason
@@ -279,6 +269,11 @@ class Watchdog:
         self.bus.publish(topics.ALARM, "system", {
             "source": "watchdog", "host": self.host or socket.gethostname(),
             "program": prog.name, "reason": reason})
+
+    def _failure_reason(self, info: dict[str, Any]) -> str:
+        """The last error line of the program's log, else what supervisord says
+        ("Exited too quickly" tells an operator nothing)."""
+        return last_error_line(_log_tail(self.rpc, info)) or exit_text(info)
 
     def _clear(self, prog: Program, why: str) -> None:
         log.info("%s: alarm cleared (%s)", prog.name, why)
@@ -309,10 +304,12 @@ class Watchdog:
             log.warning("cannot write %s: %s", path, exc)
 
 
-def _exit_text(info: dict[str, Any]) -> str:
-    if info.get("spawnerr"):
-        return f"spawn error: {info['spawnerr']}"
-    return f"exit status {info.get('exitstatus')} ({info.get('description', '')})"
+def _log_tail(rpc: Any, info: dict[str, Any]) -> str:
+    try:
+        return str(rpc.supervisor.tailProcessStdoutLog(namespec(info), 0, TAIL_BYTES)[0])
+    except (OSError, xmlrpc.client.Error) as exc:
+        log.debug("cannot read the log of %s: %s", info.get("name"), exc)
+        return ""
 
 
 class _NoBus:

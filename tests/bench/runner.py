@@ -5,8 +5,11 @@
 
 Families (run in this order; name any subset): ``throughput`` (figure 1), ``latency`` (2),
 ``device`` (3), ``commands`` (4), ``recovery`` (5), ``footprint`` (6: RSS and the 20-publisher
-scale run). Each family starts its own processes and stops them before the next one starts, so
-families never load the machine at the same time.
+scale run), ``spec`` (SPEC data arrays: simulator → actor → subscriber), ``bridge`` (bus →
+``mqtt-bridge`` → Mosquitto → ``mosquitto_sub`` at 1 000 msg/s), ``metrics`` (7: the metrics
+program with 50 actors: scrape time, RSS, CPU). Each family starts
+its own processes and stops them before the next one starts, so families never load the
+machine at the same time.
 
 A family that fails (a process that would not start, a worker that crashed) is reported as an
 error row and in the JSON under ``errors``; the other families still run, and the exit status
@@ -31,7 +34,8 @@ from typing import Any, Final, TextIO
 
 from tests.bench.common import Figure, Scale
 
-FAMILIES: Final = ("throughput", "latency", "device", "commands", "recovery", "footprint")
+FAMILIES: Final = ("throughput", "latency", "device", "commands", "recovery", "footprint",
+                   "spec", "bridge", "metrics")
 
 
 def _family(name: str) -> Callable[[Scale], list[Figure]]:

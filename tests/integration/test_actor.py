@@ -16,12 +16,12 @@ import pytest
 from actors.core.actor import Actor
 from actors.registry import create_actor
 from broker.client.bus import Bus, Delivery
-from broker.config import SiteConfig, load_site
+from broker.config import SiteConfig
 from broker.wire.envelope import Envelope
 from broker.wire.errors import RequestTimeout
-from tests.conftest import Proc, write_site
 from tests.support.actors import EchoActor
 from tests.support.echo import EchoServer
+from tests.support.stack import Stack
 
 ECHO_TABLE = """
 [actors.echo1]
@@ -42,28 +42,25 @@ def device() -> Iterator[EchoServer]:
     server.close()
 
 
-def make_site(tmp_path: Path, device: EchoServer, extra: str = "") -> Path:
-    return write_site(tmp_path, ECHO_TABLE.format(port=device.port, extra=extra))
+def make_site(stack: Stack, device: EchoServer, extra: str = "") -> Path:
+    return stack.write(ECHO_TABLE.format(port=device.port, extra=extra))
 
 
 @pytest.fixture
-def site_path(tmp_path: Path, device: EchoServer) -> Path:
-    return make_site(tmp_path, device)
+def site_path(stack: Stack, device: EchoServer) -> Path:
+    return make_site(stack, device)
 
 
 @pytest.fixture
-def site(site_path: Path, spawn: Callable[..., Proc]) -> SiteConfig:
+def site(site_path: Path, stack: Stack) -> SiteConfig:
     """The site with its router running."""
-    spawn("-c", str(site_path), "router", name="router")
-    return load_site(site_path)
+    stack.start_router()
+    return stack.site
 
 
 @pytest.fixture
-def client(site: SiteConfig) -> Iterator[Bus]:
-    bus = Bus(site.router, "tester")
-    assert bus.connect(wait=10.0), "router did not come up"
-    yield bus
-    bus.close()
+def client(site: SiteConfig, stack: Stack) -> Bus:
+    return stack.client(name="tester", wait=10.0)
 
 
 class ActorThread:
@@ -240,7 +237,8 @@ def test_heartbeat_fields(site: SiteConfig, client: Bus, echo1: EchoActor) -> No
     assert hb.envelope.kind == "heartbeat"
     assert {"type", "state", "link", "counters", "pid", "host", "version", "uptime"} <= set(data)
     assert data["type"] == "test-echo" and data["state"] == "running"
-    assert set(data["link"]) == {"state", "since", "reason"} and data["link"]["state"] == "up"
+    assert set(data["link"]) == {"state", "since", "reason", "down_since", "attempts",
+                                 "last_error"} and data["link"]["state"] == "up"
     assert {"commands", "command_errors", "command_duplicates", "events", "outbox_dropped"} \
         <= set(data["counters"])
 
@@ -248,12 +246,12 @@ def test_heartbeat_fields(site: SiteConfig, client: Bus, echo1: EchoActor) -> No
 # --- the process: signals and exit codes -----------------------------------------------------
 
 
-def test_sigterm_stops_gracefully_with_exit_0(site: SiteConfig, site_path: Path, client: Bus,
-                                              spawn: Callable[..., Proc]) -> None:
+def test_sigterm_stops_gracefully_with_exit_0(site: SiteConfig, client: Bus,
+                                              stack: Stack) -> None:
     client.subscribe("hb.echo1")
     client.subscribe("evt.echo1.link")
     client.subscribe("log.echo1")
-    proc = spawn("-c", str(site_path), "actor", "echo1", name="echo1")
+    proc = stack.start_actor("echo1")
     collect(client, lambda g: "up" in link_states(g), timeout=20)
     send_and_collect(client, "warn", {"text": "to the bus"},
                      lambda g: any(d.topic == "log.echo1" for d in g))
@@ -264,10 +262,9 @@ def test_sigterm_stops_gracefully_with_exit_0(site: SiteConfig, site_path: Path,
     assert down[-1]["state"] == "down" and down[-1]["reason"] == "actor stopping"
 
 
-def test_warning_reaches_log_topic(site: SiteConfig, site_path: Path, client: Bus,
-                                   spawn: Callable[..., Proc]) -> None:
+def test_warning_reaches_log_topic(site: SiteConfig, client: Bus, stack: Stack) -> None:
     client.subscribe("log.echo1")
-    spawn("-c", str(site_path), "actor", "echo1", name="echo1")
+    stack.start_actor("echo1")
     client.request("echo1", "ping", timeout=20)
     (rec,) = send_and_collect(client, "warn", {"text": "to the bus"}, lambda g: len(g) >= 1)
     data = rec.envelope.data
@@ -275,28 +272,22 @@ def test_warning_reaches_log_topic(site: SiteConfig, site_path: Path, client: Bu
     assert data["logger"] == "tests.support.actors" and rec.envelope.kind == "log"
 
 
-def test_exception_in_on_start_exits_non_zero(tmp_path: Path, device: EchoServer,
-                                              spawn: Callable[..., Proc]) -> None:
-    path = make_site(tmp_path, device, "fail_on_start = true")
-    spawn("-c", str(path), "router", name="router")
-    bus = Bus(load_site(path).router, "tester")
-    assert bus.connect(wait=10.0)
+def test_exception_in_on_start_exits_non_zero(stack: Stack, device: EchoServer) -> None:
+    make_site(stack, device, "fail_on_start = true")
+    stack.start_router()
+    bus = stack.client(name="tester", wait=10.0)
     bus.subscribe("log.echo1")
-    try:
-        proc = spawn("-c", str(path), "actor", "echo1", name="echo1")
-        assert proc.popen is not None
-        assert proc.popen.wait(timeout=20) == 1, proc.output()
-        assert "fail_on_start is set" in proc.output()
-        (rec,) = collect(bus, lambda g: len(g) >= 1)  # the failure reached the bus too
-        assert "fail_on_start is set" in rec.envelope.data["exc"]
-    finally:
-        bus.close()
+    proc = stack.start_actor("echo1")
+    assert proc.popen is not None
+    assert proc.popen.wait(timeout=20) == 1, proc.output()
+    assert "fail_on_start is set" in proc.output()
+    (rec,) = collect(bus, lambda g: len(g) >= 1)  # the failure reached the bus too
+    assert "fail_on_start is set" in rec.envelope.data["exc"]
 
 
-def test_unknown_setting_exits_before_start(tmp_path: Path, device: EchoServer,
-                                            spawn: Callable[..., Proc]) -> None:
-    path = make_site(tmp_path, device, "heartbeat_intervall = 1")
-    proc = spawn("-c", str(path), "actor", "echo1", name="echo1")
+def test_unknown_setting_exits_before_start(stack: Stack, device: EchoServer) -> None:
+    make_site(stack, device, "heartbeat_intervall = 1")
+    proc = stack.start_actor("echo1")
     assert proc.popen is not None
     assert proc.popen.wait(timeout=20) != 0
     assert "actors.echo1.heartbeat_intervall" in proc.output()

@@ -1,15 +1,17 @@
-"""sctl as an operator runs it: real router process, real sctl processes, DESIGN §7 exit codes."""
+"""sctl as an operator runs it: real router process, real sctl processes, and the exit codes
+outside scripts rely on (0 ok, 1 error reply, 2 bad usage or site file, 3 no reply in time)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Proc, sctl_cmd, subprocess_env, wait_for, write_site
+from tests.support.stack import ROOT, Stack, sctl_cmd, subprocess_env, wait_for, write_site
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -23,13 +25,12 @@ def sctl(site: Path | None, *args: str, timeout: float = 60) -> subprocess.Compl
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Path:
-    site = write_site(tmp_path, extra=ACTOR_TABLE)
-    proc = Proc(sctl_cmd("-c", str(site), "router"), tmp_path / "router.log").start()
+def running(stack: Stack) -> Path:
+    site = stack.write(ACTOR_TABLE)
+    proc = stack.start_router()
     out = sctl(site, "pub", "evt.probe.up", "{}", "--timeout", "15")
     assert out.returncode == 0, out.stderr + proc.output()
-    yield site
-    proc.stop()
+    return site
 
 
 def test_help_lists_the_contract_commands() -> None:
@@ -101,7 +102,7 @@ def test_sub_timeout_exits_3(running: Path) -> None:
 def test_status_with_router_down_says_so(tmp_path: Path) -> None:
     site = write_site(tmp_path, extra=ACTOR_TABLE)
     out = sctl(site, "status", "--timeout", "0.5")
-    assert out.returncode == 0
+    assert out.returncode == 3  # not well: the router is down
     assert "router: DOWN" in out.stdout and "reader1" in out.stdout
     js = json.loads(sctl(site, "status", "--json", "--timeout", "0.5").stdout)
     assert js["router"] is None and js["actors"]["reader1"]["alive"] is False
@@ -114,22 +115,21 @@ def test_status_with_router_up(running: Path) -> None:
 
 
 @pytest.fixture
-def with_actor(tmp_path: Path) -> Path:
+def with_actor(stack: Stack) -> Iterator[Path]:
     """Router + EchoActor `reader1` (a real TCP echo device) as `sctl` processes."""
     from tests.support.echo import EchoServer
 
     device = EchoServer().start()
-    site = write_site(tmp_path, extra='[actors.reader1]\ntype = "tests.support.actors:EchoActor"\n'
-                      f"port = {device.port}\nheartbeat_interval = 0.2\n")
-    procs = [Proc(sctl_cmd("-c", str(site), "router"), tmp_path / "router.log").start(),
-             Proc(sctl_cmd("-c", str(site), "actor", "reader1"), tmp_path / "actor.log").start()]
+    site = stack.write('[actors.reader1]\ntype = "tests.support.actors:EchoActor"\n'
+                       f"port = {device.port}\nheartbeat_interval = 0.2\n")
+    stack.start_router()
+    actor = stack.start_actor("reader1", log="actor")
     try:
         out = sctl(site, "ping", "reader1", "--timeout", "20")
-        assert out.returncode == 0, out.stderr + procs[1].output()
+        assert out.returncode == 0, out.stderr + actor.output()
         yield site
     finally:
-        for p in reversed(procs):
-            p.stop()
+        stack.stop()
         device.close()
 
 
@@ -176,14 +176,14 @@ def test_status_shows_the_running_actor(with_actor: Path) -> None:
     assert " up " in row, text
 
 
-def test_actor_that_stopped_is_reported_as_stopped_not_silent(tmp_path: Path) -> None:
+def test_actor_that_stopped_is_reported_as_stopped_not_silent(stack: Stack) -> None:
     from tests.support.echo import EchoServer
 
     device = EchoServer().start()
-    site = write_site(tmp_path, extra='[actors.reader1]\ntype = "tests.support.actors:EchoActor"\n'
-                      f"port = {device.port}\nheartbeat_interval = 5\n")
-    router = Proc(sctl_cmd("-c", str(site), "router"), tmp_path / "router.log").start()
-    actor = Proc(sctl_cmd("-c", str(site), "actor", "reader1"), tmp_path / "actor.log").start()
+    site = stack.write('[actors.reader1]\ntype = "tests.support.actors:EchoActor"\n'
+                       f"port = {device.port}\nheartbeat_interval = 5\n")
+    router = stack.start_router()
+    actor = stack.start_actor("reader1", log="actor")
     try:
         assert sctl(site, "ping", "reader1", "--timeout", "20").returncode == 0, actor.output()
         assert actor.stop() == 0  # SIGTERM: graceful, its last heartbeat says "stopping"

@@ -37,8 +37,8 @@ from actors.registry import actor_class, create_actor
 from broker.config import load_site
 from broker.wire.envelope import Envelope, make
 from broker.wire.errors import ConfigError
-from tests.conftest import write_site
 from tests.support.actors import EchoActor
+from tests.support.stack import ANY_PORT, write_site
 
 # --- backoff ---------------------------------------------------------------------------------
 
@@ -85,11 +85,13 @@ def test_link_transitions_and_event_data() -> None:
     c = link.change(UP, "connected", now=101.0, mono=2.0)
     assert c is not None and c.to_data() == {"state": UP, "previous": CONNECTING,
                                              "reason": "connected", "since": 101.0,
-                                             "attempt": 1, "retry_in": None}
+                                             "attempt": 1, "retry_in": None,
+                                             "down_since": None}
     assert link.change(UP, "again", now=102.0, mono=3.0) is None  # same state: no event
     c = link.change(DOWN, "peer closed", now=103.0, mono=4.0, retry=True)
     assert c is not None and c.retry_in is not None and c.reason == "peer closed"
-    assert link.to_data() == {"state": DOWN, "since": 103.0, "reason": "peer closed"}
+    assert link.to_data() == {"state": DOWN, "since": 103.0, "reason": "peer closed",
+                              "down_since": 103.0, "attempts": 0, "last_error": "peer closed"}
 
 
 @pytest.mark.parametrize(("start", "to"), [(CONNECTING, CONNECTING + "x"), (UP, CONNECTING)])
@@ -494,7 +496,8 @@ def test_bus_log_handler_formats_rate_limits_and_does_not_feed_back() -> None:
 
 
 def echo_site(tmp_path: Path, table: str) -> Path:
-    return write_site(tmp_path, '[actors.e1]\ntype = "tests.support.actors:EchoActor"\n' + table)
+    return write_site(tmp_path, '[actors.e1]\ntype = "tests.support.actors:EchoActor"\n' + table,
+                      endpoints=ANY_PORT)  # never bound: no socket
 
 
 def test_settings_are_checked_with_the_key_path(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""broker.config: the site file (DESIGN §6). Every error names the key path and the reason."""
+"""broker.config: the site file. Every error names the key path and the reason."""
 
 from __future__ import annotations
 
@@ -346,6 +346,16 @@ def test_duplicate_endpoints(tmp_path: Path, lines: list[str], path: str, other:
     err = error_of(tmp_path, "[router]\n" + "\n".join(lines) + "\n")
     assert err.path == path
     assert err.reason.startswith(f"same endpoint as {other} (")
+
+
+@pytest.mark.parametrize("port", ["0", "*"])
+def test_any_port_endpoints_never_collide(tmp_path: Path, port: str) -> None:
+    """Port 0 or * binds a port the OS picks, one per socket (the router logs which)."""
+    urls = [f"tcp://127.0.0.1:{port}"] * 3
+    site = load_site(write(tmp_path, "[router]\n" + "".join(
+        f'{which} = "{url}"\n' for which, url in zip(("ingress", "egress", "query"), urls,
+                                                      strict=True))))
+    assert (site.router.ingress, site.router.egress, site.router.query) == tuple(urls)
 
 
 # --- errors: actors -----------------------------------------------------------------------------
