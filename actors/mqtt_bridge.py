@@ -27,8 +27,8 @@ the reply topic. A repeated ``id`` (an MQTT redelivery) is answered from the las
 when they may no longer be wanted.
 
 Threads and link. paho's I/O runs on the actor's loop (`LoopPaho`: no network thread to
-hand publishes and acknowledgements to and from, which at a thousand messages a second costs
-more than the rest of the work); only the blocking connect runs on a short-lived thread. The
+hand publishes and acknowledgements to and from: at high message rates the hand-over between
+threads dominates the bridge's work); only the blocking connect runs on a short-lived thread. The
 base's link state machine reconnects with jittered backoff; the link is up once the broker
 accepted the connection (and the command subscription); a link that is down says why
 (``cannot connect to broker HOST:PORT: TLS handshake failed: ...``). TLS with ``tls``, as for
@@ -204,7 +204,9 @@ class MqttBridgeActor(Actor):
         self._subscribe_mid: int | None = None
         self._requests: dict[str, Request] = {}  # bus request id -> request
         self._topics: dict[tuple[str, str], str] = {}
-        self._recent: OrderedDict[str, bytes | None] = OrderedDict()  # MQTT id -> reply
+        # (actor, command, MQTT id) -> reply: ids are the clients', so two clients (or one whose
+        # counter started over) reuse them; a cached reply must answer only the same command
+        self._recent: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
         self.counters.update(published=0, acked=0, dropped=0, queued=0, inflight=0,
                              bad_messages=0, commands=0, commands_refused=0)
 
@@ -431,8 +433,8 @@ class MqttBridgeActor(Actor):
             self._refuse(actor, cmd.id, cmd.command, f"{what} is not allowed over MQTT "
                          f"(allow: {self._allowed_text()})", payload)
             return
-        if cmd.id is not None and cmd.id in self._recent:
-            reply = self._recent[cmd.id]
+        if cmd.id is not None and (cmd.actor, cmd.command, cmd.id) in self._recent:
+            reply = self._recent[(cmd.actor, cmd.command, cmd.id)]
             if reply is not None:  # done: answer again; else the reply is still to come
                 self._reply(actor, reply)
             return
@@ -445,7 +447,7 @@ class MqttBridgeActor(Actor):
     def _run(self, cmd: mj.MqttCommand) -> None:
         self.counters["commands"] += 1
         if cmd.id is not None:
-            self._remember(cmd.id, None)
+            self._remember((cmd.actor, cmd.command, cmd.id), None)
 
         def done(request: Request) -> None:
             self._requests.pop(request.id, None)
@@ -460,7 +462,7 @@ class MqttBridgeActor(Actor):
                                         status="error", error=f"no reply from {cmd.actor} "
                                         f"within {timeout:g} s: {request.error or ''}")
             if cmd.id is not None:
-                self._remember(cmd.id, reply)
+                self._remember((cmd.actor, cmd.command, cmd.id), reply)
             self._reply(cmd.actor, reply)
 
         timeout = cmd.timeout or self.config["command_timeout"]
@@ -482,7 +484,7 @@ class MqttBridgeActor(Actor):
         self._send(_Out(f"{self.config['reply_topic']}/{name}", body, self.config["qos"],
                         False))
 
-    def _remember(self, ident: str, reply: bytes | None) -> None:
+    def _remember(self, ident: tuple[str, str, str], reply: bytes | None) -> None:
         self._recent[ident] = reply
         self._recent.move_to_end(ident)
         while len(self._recent) > RECENT_IDS:

@@ -77,7 +77,10 @@ def main(argv: Any = None) -> None:
             click.echo(f"{message} (see {where} --help)", err=True)
         sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
-        click.echo(f"sctl: {exc.format_message()}", err=True)
+        if "--json" in options:
+            click.echo(dumps({"error": f"sctl: {exc.format_message()}", "code": exc.exit_code}))
+        else:
+            click.echo(f"sctl: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.Abort:  # Ctrl-C that no command handled
         click.echo("Aborted!", err=True)

@@ -137,6 +137,8 @@ fi
 if [ "$MODE" = dev ]; then
     missing=()
     command -v prometheus >/dev/null || missing+=(prometheus)
+    # openssl: the tests make their own certificate authorities (TLS to devices and brokers)
+    command -v openssl >/dev/null || missing+=(openssl)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v chromedriver >/dev/null || missing+=(chromium-driver)
     # mosquitto_sub / mosquitto_pub: the MQTT clients of the mqtt-bridge tests and benchmark

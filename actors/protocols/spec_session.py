@@ -377,7 +377,9 @@ class Session:
             done(None, "link down")
             return
         sn = self._queue(Cmd.SV_CHAN_READ, chan, None, self._next_sn())
-        self._waits[sn] = _Wait(f"read {chan}", done, None)
+        # bounded like every request: a SPEC that never answers fails the move, never hangs it
+        self._waits[sn] = _Wait(f"read {chan}", done, move.deadline + self.timeout,
+                                self.timeout)
 
     def _end_move(self, move: _Move, error: str | None) -> None:
         if move not in self._moves:

@@ -1,8 +1,8 @@
 """The Prometheus text format (version 0.0.4) of a prometheus_client registry, written fast.
 
-prometheus_client's own writers check and escape the name of every label of every sample (about
-20 µs a sample here: 35 ms for the 1 700 samples of a 50-actor site, 85 ms as OpenMetrics),
-which alone would miss the metrics program's scrape budget. This writer checks each family's
+prometheus_client's own writers check and escape the name of every label of every sample, which
+alone would miss the metrics program's scrape budget for a 50-actor site (figures in
+docs/hot-paths.md). This writer checks each family's
 metric and label names once per family, escapes label values only when they hold a character
 that needs it, and otherwise writes what ``prometheus_client.exposition.generate_latest``
 writes: the same families in the same order, the same HELP and TYPE lines (counters named with

@@ -189,7 +189,7 @@ def _restart_changed_settings(site: SiteConfig, host: str | None, client: Superv
         outcome.code = max(outcome.code, NO_ANSWER)
         return
     restart: list[str] = []
-    router_changed = False
+    router_changed = router_compared = False
     for name, actor in sorted(site.actors.items()):
         if name not in running or (host is not None and actor.runs_on != host):
             continue
@@ -203,12 +203,14 @@ def _restart_changed_settings(site: SiteConfig, host: str | None, client: Superv
             restart.append(name)
         else:
             outcome.unchanged.append(name)
-        if digest.get("router") and digest["router"] != new["router"]:
-            router_changed = True
+        if digest.get("router"):
+            router_compared = True
+            router_changed = router_changed or digest["router"] != new["router"]
     if router_changed and "router" in running:
         restart.insert(0, "router")
     elif "router" in running:
-        outcome.unchanged.insert(0, "router")
+        # [router] is compared through the running actors' heartbeats: without one, say so
+        (outcome.unchanged if router_compared else outcome.unchecked).insert(0, "router")
     if restart:
         jobs = _jobs(client, lambda info: info["name"] in restart)
         stop_jobs(jobs, timeout)

@@ -175,7 +175,7 @@ class Supervisor:
             text = self.call("tailProcessStdoutLog", namespec(info), 0, TAIL_BYTES)[0]
         except (SupervisorError, xmlrpc.client.Fault):
             text = ""
-        return last_error_line(text) or exit_text(info)
+        return failure_text(info, text)
 
 
 def namespec(info: dict[str, Any]) -> str:
@@ -211,6 +211,15 @@ def pattern_problem(pattern: str, infos: Iterable[dict[str, Any]]) -> str | None
 def select(infos: Iterable[dict[str, Any]], patterns: Sequence[str]) -> list[dict[str, Any]]:
     """The rows matching any pattern, each once, in supervisord's order."""
     return [i for i in infos if any(matches(i, p) for p in patterns)]
+
+
+def failure_text(info: dict[str, Any], log_text: str) -> str:
+    """Why a program stopped: its log's last error line, unless the process exited cleanly or
+    was killed by a signal (exit status 0 or -1 in supervisord's terms): then an error line
+    in the log belongs to an earlier run, and what supervisord says is the truth."""
+    if info.get("exitstatus") in (0, -1) and not info.get("spawnerr"):
+        return exit_text(info)
+    return last_error_line(log_text) or exit_text(info)
 
 
 def exit_text(info: dict[str, Any]) -> str:

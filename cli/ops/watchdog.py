@@ -46,7 +46,7 @@ from broker.client.bus import Bus
 from broker.config import SiteConfig, SupervisorConfig
 from broker.wire import topics
 from broker.wire.errors import BusError, EnvelopeError
-from cli.ops.supervisor_rpc import TAIL_BYTES, Endpoint, exit_text, last_error_line, namespec, proxy
+from cli.ops.supervisor_rpc import TAIL_BYTES, Endpoint, failure_text, namespec, proxy
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class Watchdog:
     def _failure_reason(self, info: dict[str, Any]) -> str:
         """The last error line of the program's log, else what supervisord says
         ("Exited too quickly" tells an operator nothing)."""
-        return last_error_line(_log_tail(self.rpc, info)) or exit_text(info)
+        return failure_text(info, _log_tail(self.rpc, info))
 
     def _clear(self, prog: Program, why: str) -> None:
         log.info("%s: alarm cleared (%s)", prog.name, why)

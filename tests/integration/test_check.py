@@ -3,7 +3,7 @@ check`` and ``sctl deploy render`` exit 2 and name the file, the key path and th
 render writes nothing. Also ``sctl init`` and ``sctl describe TYPE`` as an operator runs them.
 
 The mistakes run through `cli.main.main` in this process (the real entry point, the real files,
-about 10 ms a case instead of a second for a fresh interpreter); `test_refusal_as_a_process`
+without a fresh interpreter per case); `test_refusal_as_a_process`
 runs a few of them as ``sctl`` processes, the way scripts see the exit code.
 """
 
