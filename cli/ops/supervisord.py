@@ -42,6 +42,7 @@ render``, ``sctl init``, ``scripts/setup.sh``) before supervisord needs them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pwd
 import sys
@@ -130,6 +131,8 @@ def render(site: SiteConfig, out_path: Path, host: str | None = None) -> str:
     out += _section("rpcinterface:supervisor", [
         ("supervisor.rpcinterface_factory", "supervisor.rpcinterface:make_main_rpcinterface")])
     out += _section("supervisorctl", [("serverurl", f"unix://{here(sup.socket)}")])
+    if host is not None and host in sup.inet_http_servers:
+        out += _section("inet_http_server", _inet_http_server(sup, host))
 
     program = functools.partial(_program, sup=sup, here=here, directory=here(site.folder),
                                 path=program_path(here))
@@ -173,6 +176,23 @@ def render(site: SiteConfig, out_path: Path, host: str | None = None) -> str:
         out += _section(f"group:{group}", [("programs", ",".join(n for _, n in members)),
                                            ("priority", str(min(p for p, _ in members)))])
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _inet_http_server(sup: SupervisorConfig, host: str) -> list[tuple[str, str]]:
+    """How the other hosts' sctl reach this host's supervisord: its address from
+    ``[supervisor] inet_http_servers``, basic auth with the password of ``password_file`` as
+    supervisord's ``{SHA}`` digest (the password itself is written nowhere)."""
+    path = sup.password_file
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() if path is not None else []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("supervisor.password_file", f"cannot read it: {exc}") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError("supervisor.password_file", f"{path} must hold the password of the "
+                          "hosts' supervisord on its first line")
+    digest = hashlib.sha1(lines[0].strip().encode()).hexdigest()
+    return [("port", sup.inet_http_servers[host]), ("username", sup.username),
+            ("password", f"{{SHA}}{digest}")]
 
 
 def namespec(site: SiteConfig, name: str) -> str:

@@ -83,9 +83,7 @@ def render(site: Path, host: str, ip: str) -> Path:
                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    text = conf.read_text()
-    if "[inet_http_server]" not in text:  # the renderer does not write it (yet): as it would
-        conf.write_text(text + inet_section(ip))
+    assert inet_section(ip).strip() in conf.read_text()  # written by deploy render --host
     return conf
 
 
