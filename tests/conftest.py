@@ -60,3 +60,4 @@ def site_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def site(site_file: Path) -> SiteConfig:
     return load_site(site_file)
+

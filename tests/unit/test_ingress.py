@@ -14,7 +14,9 @@ from broker.router import ingress
 from broker.wire import envelope, rules
 from broker.wire.errors import EnvelopeError, TopicError
 
-BASE = envelope.make("reader1", 7, 3, "event", {"tag": "A1"}).to_map()
+# fixed id and time: test ids are made from these bytes, and pytest-xdist workers compare them
+BASE = envelope.make("reader1", 7, 3, "event", {"tag": "A1"}, id="0" * 32,
+                     ts=1_700_000_000.5).to_map()
 
 def nested(depth: int) -> Any:
     value: Any = 1
@@ -138,7 +140,7 @@ def test_bad_topics(frame: bytes) -> None:
     (msgpack.packb({**BASE, "seq": "1"}), "wrong_type"),
     (msgpack.packb({k: v for k, v in BASE.items() if k != "id"}), "missing_key"),
     (msgpack.packb({**BASE, "src": "a b"}), "invalid"),
-])
+], ids=["c1", "ext", "list", "seq-str", "no-id", "src-space"])  # stable ids: xdist compares them
 def test_reasons(body: bytes, reason: str) -> None:
     with pytest.raises(EnvelopeError) as info:
         ingress.fields(body)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.config import RouterConfig
+from broker.router.bad_input import BadInput
 from broker.router.server import Router
 from broker.wire import envelope
 
@@ -75,11 +76,25 @@ def streams(draw: st.DrawFn) -> list[list[bytes]]:
     return out
 
 
-def _router(general: bool) -> Router:
+class Clock:
+    """The routers' time, moved by the test: rate limits and resync requests then decide the
+    same for both routers."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _router(general: bool, clock: Clock | None = None) -> Router:
     router = Router(CONFIG)
     router.router_epoch = router.journal.origin = 42  # both routers stamp alike
+    router._sequencer._clock = clock or Clock()
+    router._bad_input = BadInput(rate=1e9)  # every refusal reported, whatever the timing
+    router.bad = router._bad_input.counts
     if general:
-        router._hc_of = lambda key: None  # type: ignore[method-assign]  # never "next"
+        router._hc_of = lambda key: None  # never "next": the general path
     return router
 
 
@@ -106,9 +121,11 @@ def _state(router: Router, batches: list[Any]) -> dict[str, Any]:
 @settings(max_examples=200, deadline=None)
 @given(streams())
 def test_shortcut_and_general_path_journal_the_same(stream: list[list[bytes]]) -> None:
-    fast, general = _router(general=False), _router(general=True)
+    clock = Clock()
+    fast, general = _router(general=False, clock=clock), _router(general=True, clock=clock)
     batches: dict[Router, list[Any]] = {fast: [], general: []}
     for frames in stream:
+        clock.now += 0.3
         for router in (fast, general):
             if frames:
                 router._ingest(list(frames))
