@@ -135,12 +135,15 @@ def _finish(ctx: click.Context, jobs: list[Job], action: str) -> None:
 # --- start / stop --------------------------------------------------------------------------
 
 
-@click.command()
-@click.argument("patterns", nargs=-1, required=True, metavar="PROGRAM...")
-@host_option
-@timeout_option
-@json_option
-@click.pass_context
+def _program_verb(fn: Callable[..., None]) -> click.Command:
+    """The arguments and options that start, stop and restart share."""
+    for decorate in (click.pass_context, json_option, timeout_option, host_option,
+                     click.argument("patterns", nargs=-1, required=True, metavar="PROGRAM...")):
+        fn = decorate(fn)
+    return click.command(name=fn.__name__)(fn)
+
+
+@_program_verb
 def start(ctx: click.Context, patterns: tuple[str, ...], host: str | None,
           timeout: float | None, as_json: bool) -> None:
     """Start PROGRAMs (NAME, GROUP:*, GROUP:NAME or all) and wait until they run."""
@@ -148,18 +151,12 @@ def start(ctx: click.Context, patterns: tuple[str, ...], host: str | None,
 
     setup_logging(ctx.obj["verbose"])
     jobs = _jobs(ctx, patterns, host)
-    beats = Beats(ctx.meta["sctl.site"])
-    start_jobs(jobs, timeout, beats)
-    beats.close()
+    with Beats(ctx.meta["sctl.site"]) as beats:
+        start_jobs(jobs, timeout, beats)
     _finish(ctx, jobs, "start")
 
 
-@click.command()
-@click.argument("patterns", nargs=-1, required=True, metavar="PROGRAM...")
-@host_option
-@timeout_option
-@json_option
-@click.pass_context
+@_program_verb
 def stop(ctx: click.Context, patterns: tuple[str, ...], host: str | None,
          timeout: float | None, as_json: bool) -> None:
     """Stop PROGRAMs (NAME, GROUP:*, GROUP:NAME or all) and wait until they have stopped.
@@ -172,12 +169,7 @@ def stop(ctx: click.Context, patterns: tuple[str, ...], host: str | None,
     _finish(ctx, jobs, "stop")
 
 
-@click.command()
-@click.argument("patterns", nargs=-1, required=True, metavar="PROGRAM...")
-@host_option
-@timeout_option
-@json_option
-@click.pass_context
+@_program_verb
 def restart(ctx: click.Context, patterns: tuple[str, ...], host: str | None,
             timeout: float | None, as_json: bool) -> None:
     """Stop, then start PROGRAMs (NAME, GROUP:*, GROUP:NAME or all)."""
@@ -189,9 +181,8 @@ def restart(ctx: click.Context, patterns: tuple[str, ...], host: str | None,
     for job in jobs:
         if job.code == EXIT_OK:
             job.result = ""
-    beats = Beats(ctx.meta["sctl.site"])
-    start_jobs([j for j in jobs if not j.result], timeout, beats)
-    beats.close()
+    with Beats(ctx.meta["sctl.site"]) as beats:
+        start_jobs([j for j in jobs if not j.result], timeout, beats)
     _finish(ctx, jobs, "restart")
 
 

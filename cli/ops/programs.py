@@ -137,6 +137,12 @@ class Beats:
             self._bus.close()
             self._bus = None
 
+    def __enter__(self) -> Beats:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def start_jobs(jobs: list[Job], timeout: float | None, beats: Beats | None = None) -> None:
     for tier in tiers(jobs, descending=False):

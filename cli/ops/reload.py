@@ -105,14 +105,11 @@ def reload_site(site: SiteConfig, host: str | None, target: Path,
         why = exc.faultString if isinstance(exc, xmlrpc.client.Fault) else str(exc)
         raise ReloadError(f"supervisord could not reread {target}: {why}; the previous file "
                           "is back, nothing changed", FAILURE) from None
-    beats = Beats(site)
-    try:
+    with Beats(site) as beats:
         _update(client, added, changed, removed, outcome, timeout, beats)
         _check_read(client, text, target, outcome)
         _restart_changed_settings(site, host, client, set(added) | set(changed), outcome,
                                   timeout, beats)
-    finally:
-        beats.close()
     return outcome
 
 
