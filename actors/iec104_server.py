@@ -20,6 +20,10 @@ on a `threading.Event`, bounded by the route's timeout plus `WAIT_MARGIN`. Only 
 connection waits (each connection has its own c104 thread); the loop never blocks. The bus
 request carries the same deadline, so a target that is down or late never runs the command
 after the master was told "negative".
+A target known to be down (`actors.core.liveness`: no heartbeat for three of its intervals, or
+its last heartbeat said ``stopping``) is not asked at all: the master gets its negative ACT_CON
+at once, the ``evt.<name>.command`` event says why, ``commands_target_down`` counts it and one
+WARNING per episode says so.
 
 Connections. ``on_connect`` gets the master's IP and enforces ``allow`` (addresses or networks).
 c104 2.2.1 reports no disconnect, so a loop timer (``poll_connections``) compares the connections
@@ -42,6 +46,7 @@ from typing import Any, ClassVar, Final
 import c104
 import zmq
 
+from actors.core import liveness
 from actors.core.actor import Actor, CommandError, Param, Setting, command
 from actors.protocols.iec104_map import (
     BusCall,
@@ -213,6 +218,7 @@ class Iec104ServerActor(Actor):
         self._live_ips: Counter[str] = Counter()
         self._missing = 0
         self._peers: set[str] = set()
+        self._liveness: liveness.Liveness | None = None
         for key in ("mapping_errors", "transmitted", "clients", "refused", "commands_104",
                     "commands_104_ok", "unexpected"):
             self.counters[key] = 0
@@ -327,6 +333,8 @@ class Iec104ServerActor(Actor):
         self.link_up(f"listening on {cfg['ip']}:{cfg['port']}")  # a server's link: its socket
         for prefix in self.mapping.prefixes():
             self.subscribe(prefix, self._on_feed)
+        if self.mapping.commands:  # targets known to be down get a negative ACT_CON at once
+            self._liveness = liveness.track(self)
         if cfg["poll_connections"]:
             self.call_later(cfg["poll_connections"], self._poll_connections)
 
@@ -479,6 +487,12 @@ class Iec104ServerActor(Actor):
         self.counters["commands_104"] += 1
         try:
             call = route.call(value)
+            down = self._liveness.refusal(call.actor, time.monotonic()) \
+                if self._liveness is not None else None
+            if down is not None:  # negative at once, not after the timeout; logged per episode
+                waiter.settle(False)
+                self._command_event(route, value, call, False, down, quiet=True)
+                return
             self.bus.start_request(call.actor, call.command, call.args, timeout=timeout,
                                    callback=lambda req: self._command_done(waiter, route,
                                                                            value, call, req))
@@ -498,7 +512,7 @@ class Iec104ServerActor(Actor):
         self._command_event(route, value, call, ok, error)
 
     def _command_event(self, route: CommandRoute, value: Any, call: BusCall | None, ok: bool,
-                       error: str) -> None:
+                       error: str, quiet: bool = False) -> None:
         if ok:
             self.counters["commands_104_ok"] += 1
         outcome = "confirmed" if ok else "negative"
@@ -507,7 +521,7 @@ class Iec104ServerActor(Actor):
                 "error": error, "actor": route.actor,
                 "command": call.command if call is not None else None,
                 "args": call.args if call is not None else None}
-        if not ok:
+        if not ok and not quiet:
             log.warning("iec104 %s: command IOA %d value %r negative: %s", self.name,
                         route.ioa, value, error)
         self.publish_event("command", data)

@@ -22,9 +22,12 @@ else (not JSON, unknown keys, not allowed, a retained command replayed by the br
 client deletes a retained one) is ignored. Allowed commands go out as bus commands
 (`Bus.start_request`, retried until a reply or the timeout); the actor's reply is published on
 the reply topic. A repeated ``id`` (an MQTT redelivery) is answered from the last
-`RECENT_IDS` replies instead of running again. The session is clean by default
-(``persistent_session = false``): commands sent while the bridge was down are not run later,
-when they may no longer be wanted.
+`RECENT_IDS` replies instead of running again. A command for an actor known to be down
+(`actors.core.liveness`: no heartbeat for three of its intervals, or its last one said
+``stopping``) gets its error reply at once, without going to the bus (``commands_target_down``,
+one WARNING per episode); sent again once the actor is back, it runs. The session is clean
+by default (``persistent_session = false``): commands sent while the bridge was down are not
+run later, when they may no longer be wanted.
 
 Threads and link. paho's I/O runs on the actor's loop (`LoopPaho`: no network thread to
 hand publishes and acknowledgements to and from: at high message rates the hand-over between
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,6 +50,7 @@ from typing import Any, ClassVar, Final
 
 from paho.mqtt.enums import MQTTErrorCode
 
+from actors.core import liveness
 from actors.core.actor import STOPPING, Actor, Setting
 from actors.core.link import UP
 from actors.protocols import mqtt_json as mj
@@ -207,6 +212,7 @@ class MqttBridgeActor(Actor):
         # (actor, command, MQTT id) -> reply: ids are the clients', so two clients (or one whose
         # counter started over) reuse them; a cached reply must answer only the same command
         self._recent: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
+        self._liveness: liveness.Liveness | None = None
         self.counters.update(published=0, acked=0, dropped=0, queued=0, inflight=0,
                              bad_messages=0, commands=0, commands_refused=0)
 
@@ -238,6 +244,8 @@ class MqttBridgeActor(Actor):
             # one subscription per prefix, its own rules only: overlapping prefixes
             # ("evt." and "evt.reader1.") each publish once
             self.subscribe(prefix, functools.partial(self._on_bus, prefix))
+        if self.config["command_topic"]:  # commands for actors known to be down: error at once
+            self._liveness = liveness.track(self)
 
     def open_link(self) -> None:
         """One connection attempt (the base calls it again after each loss, with backoff)."""
@@ -441,6 +449,13 @@ class MqttBridgeActor(Actor):
         if len(self._requests) >= self.config["max_commands"]:
             self._refuse(actor, cmd.id, cmd.command, f"{len(self._requests)} commands in "
                          "flight: try again later", payload)
+            return
+        down = self._liveness.refusal(actor, time.monotonic()) \
+            if self._liveness is not None else None
+        if down is not None:  # counted and logged once per episode by the tracker; a retry
+            # with the same id runs once the actor is back (nothing remembered)
+            self._reply(actor, mj.encode_reply(id=cmd.id, actor=actor, command=cmd.command,
+                                               status="error", error=down))
             return
         self._run(cmd)
 

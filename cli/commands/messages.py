@@ -2,8 +2,9 @@
 (`sctl sub` prints deliveries gap-free and in order, `sctl pub` publishes one envelope).
 
 A command to an actor that is not in the site file is still sent if the actor has a heartbeat
-on the bus (a simulator started by hand); when no reply comes, `cli.ops.heartbeats` says
-whether the actor is unknown, not running, or silent.
+on the bus (a simulator started by hand). A command to an actor known to be down (its newest
+heartbeat is stale or says ``stopping``) fails at once; when no reply comes, `cli.ops.heartbeats`
+says whether the actor is unknown, not running, or silent.
 """
 
 from __future__ import annotations
@@ -44,9 +45,13 @@ def _command(ctx: click.Context, actor_name: str, command: str, words: tuple[str
     start = time.monotonic()
     bus = connect_bus(site, timeout)
     try:
-        if actor_name not in site.actors and actor_name not in heartbeats(bus, timeout):
+        beat = heartbeats(bus, timeout).get(actor_name)
+        if actor_name not in site.actors and beat is None:
             # not in the site file (a simulator started by hand may still be running)
             fail(f"{actor_name} is not in {site.path} and has no heartbeat on the bus",
+                 EXIT_NO_REPLY)
+        if beat is not None and not beat.alive:  # known to be down: fail at once
+            fail(explain_silence(bus, actor_name, command, time.monotonic() - start),
                  EXIT_NO_REPLY)
         left = max(0.1, timeout - (time.monotonic() - start))
         return bus.request(actor_name, command, {}, timeout=left, argv=argv)

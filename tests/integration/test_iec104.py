@@ -15,6 +15,7 @@ receive callback (`Master.act_cons`: their arrival time and positive/negative bi
 import functools
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -339,14 +340,20 @@ def test_interrogation_spontaneous_and_command_round_trip(
     events.wait(lambda c: len(c.data("evt.scada.command")) >= 2, what="second command event")
     assert events.data("evt.scada.command")[1]["command"] == "deny"
 
-    # the target is down: negative ACT_CON after command_timeout, nothing lost silently
-    door.stop()
-    elapsed, positive = master.command(2000, True)
+    # the target hangs (heartbeats still fresh, so the command goes out): negative ACT_CON
+    # after command_timeout, nothing lost silently
+    assert door.popen is not None
+    door.popen.send_signal(signal.SIGSTOP)
+    try:
+        elapsed, positive = master.command(2000, True)
+    finally:
+        door.popen.send_signal(signal.SIGCONT)
     assert not positive, "positive ACT_CON with no target"
     assert elapsed >= 1.4  # command_timeout 1.5 s
     events.wait(lambda c: len(c.data("evt.scada.command")) >= 3, what="negative command event")
     negative = events.data("evt.scada.command")[2]
     assert negative["outcome"] == "negative" and "no reply from door1" in negative["error"]
+    door.stop()
 
 
 def test_master_outside_allow_is_refused(stack: Stack,

@@ -32,6 +32,11 @@ type = "tests.support.actors:EchoActor"
 port = {echo}
 heartbeat_interval = 0.5
 
+[actors.echo2]
+type = "tests.support.actors:EchoActor"
+port = {echo}
+heartbeat_interval = 0.5
+
 [actors.bridge]
 type = "mqtt-bridge"
 port = {proxy}
@@ -41,7 +46,7 @@ heartbeat_interval = 0.5
 queue_max = 30
 command_topic = "sctl/cmd"
 command_timeout = 5.0
-allow = {{ echo1 = ["add"] }}
+allow = {{ echo1 = ["add"], echo2 = ["add"] }}
 
 [[actors.bridge.publish]]
 topic = "evt.psu1."
@@ -253,3 +258,51 @@ def test_over_tls_and_a_broker_it_cannot_trust_is_a_link_down_saying_why(
         assert "certificate verify failed" in down["reason"], down
     finally:
         sub.stop()
+
+
+def test_a_command_for_an_actor_known_to_be_down_gets_its_error_at_once(site: Site) -> None:
+    """echo2 is allowed but not running: never started, then started (its commands run), then
+    stopped. While down its commands are answered at once, not after their 20 s timeout."""
+    timeout = 20.0
+    mark, bus_mark = len(site.sub.messages()), len(site.feed.seen)
+
+    def ask(ident: str) -> tuple[float, dict[str, Any]]:
+        sent = time.time()
+        mqtt_pub(site.broker.port, "sctl/cmd/echo2", json.dumps(
+            {"command": "add", "args": {"a": 1, "b": 1}, "id": ident, "timeout": timeout}))
+        got = site.sub.wait(lambda m: any(r["id"] == ident for r in replies(site, mark)),
+                            timeout=2 * timeout, what=f"the reply to {ident}")
+        at = next(m.at for m in got[mark:] if m.topic == "sctl/reply/echo2"
+                  and m.json()["id"] == ident)
+        reply = next(r for r in replies(site, mark) if r["id"] == ident)
+        print(f"{ident}: {reply['status']} after {at - sent:.3f} s: {reply.get('error')}")
+        return at - sent, reply
+
+    # the bridge has listened to heartbeats long enough (3 s) to know echo2 never came
+    while site.stack.ping("bridge")["uptime"] < 4.0:
+        time.sleep(0.2)
+    elapsed, never = ask("d1")
+    assert never["status"] == "error", never
+    assert never["error"].startswith("echo2 is down: never seen since this process started")
+    assert elapsed < timeout / 2
+
+    proc = site.stack.start_actor("echo2")
+    try:
+        site.stack.wait_ready("echo2")
+        _, ran = ask("d2")
+        assert ran["status"] == "ok" and ran["result"] == 2, ran
+    finally:
+        assert proc.stop() == 0
+    for ident in ("d3", "d4"):  # its last heartbeat said "stopping"
+        elapsed, stopped = ask(ident)
+        assert stopped["status"] == "error", stopped
+        assert stopped["error"].startswith("echo2 is down: stopping since "), stopped
+        assert elapsed < timeout / 2
+    deadline = time.monotonic() + 10
+    while (counters := site.counters())["commands_target_down"] < 3:
+        assert time.monotonic() < deadline, counters
+    assert counters["commands_target_down"] == 3
+    site.feed.drain(0.5)
+    warnings = [d["message"] for t, d in site.feed.seen[bus_mark:] if t == "log.bridge"]
+    # one WARNING per episode (never seen; stopped), not one per command
+    assert len([w for w in warnings if "echo2 is down" in w]) == 2, warnings
