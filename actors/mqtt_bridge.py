@@ -29,7 +29,7 @@ one WARNING per episode); sent again once the actor is back, it runs. The sessio
 by default (``persistent_session = false``): commands sent while the bridge was down are not
 run later, when they may no longer be wanted.
 
-Threads and link. paho's I/O runs on the actor's loop (`LoopPaho`: no network thread to
+Threads and link. paho's I/O runs on the actor's loop (`MqttClient`: no network thread to
 hand publishes and acknowledgements to and from: at high message rates the hand-over between
 threads dominates the bridge's work); only the blocking connect runs on a short-lived thread. The
 base's link state machine reconnects with jittered backoff; the link is up once the broker
@@ -54,8 +54,7 @@ from actors.core import liveness
 from actors.core.actor import STOPPING, Actor, Setting
 from actors.core.link import UP
 from actors.protocols import mqtt_json as mj
-from actors.transports.mqtt import broker_port, broker_settings, check_qos, excerpt
-from actors.transports.mqtt_loop import LoopPaho
+from actors.transports.mqtt import MqttClient, broker_port, broker_settings, check_qos, excerpt
 from broker.client.bus import Delivery
 from broker.client.requests import Request
 from broker.config import ActorConfig, positive
@@ -201,12 +200,11 @@ class MqttBridgeActor(Actor):
         self.rules = parse_rules(cfg["publish"], "publish", "")
         self.allow: dict[str, frozenset[str]] = {a: frozenset(c)
                                                  for a, c in cfg["allow"].items()}
-        self._mqtt: LoopPaho | None = None
+        self._mqtt: MqttClient | None = None
         self._queue: deque[_Out] = deque()
         self._inflight: set[int] = set()
         self._overflowing = False
         self._draining = False
-        self._subscribe_mid: int | None = None
         self._requests: dict[str, Request] = {}  # bus request id -> request
         self._topics: dict[tuple[str, str], str] = {}
         # (actor, command, MQTT id) -> reply: ids are the clients', so two clients (or one whose
@@ -251,61 +249,45 @@ class MqttBridgeActor(Actor):
         """One connection attempt (the base calls it again after each loss, with backoff)."""
         cfg = self.config
         if self._mqtt is None:
-            self._mqtt = LoopPaho(self, cfg["client_id"] or f"sctl-{self.name}", self,
-                                  self.address, on_published=self.settle_publish,
-                                  clean_session=not cfg["persistent_session"])
-            if cfg["username"]:
-                self._mqtt.client.username_pw_set(cfg["username"], cfg["password"] or None)
+            prefix = cfg["command_topic"]
+            self._mqtt = MqttClient(self, cfg["client_id"] or f"sctl-{self.name}", self,
+                                    self.address,
+                                    subscriptions=[(f"{prefix}/+", cfg["qos"])] if prefix else [],
+                                    clean_session=not cfg["persistent_session"],
+                                    username=cfg["username"], password=cfg["password"],
+                                    on_published=self.settle_publish)
         self._mqtt.connect(cfg["broker"], broker_port(cfg), cfg["keepalive"])
 
     def close_link(self) -> None:
         if self._mqtt is not None:
             if self.state == STOPPING:
-                self._mqtt.stop()  # a clean DISCONNECT
+                self._mqtt.stop("bridge stopping")  # a clean DISCONNECT
             else:
                 self._mqtt.close()
 
     def on_stop(self) -> None:
+        if self._mqtt is not None:  # the link may have been down: then close_link was not called
+            self._mqtt.stop("bridge stopping")
         for request in self._requests.values():
             request.callback = None
 
-    def mqtt_connected(self, failed: bool, reason: str) -> None:
-        if failed:
-            self.link_down(f"broker {self.address} refused the connection: {reason}")
-            return
-        prefix = self.config["command_topic"]
-        if not prefix:
-            self._up()
-            return
-        assert self._mqtt is not None
-        rc, mid = self._mqtt.client.subscribe(f"{prefix}/+", self.config["qos"])
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.link_down(f"subscribe on {self.address} failed: {rc}")
-            return
-        self._subscribe_mid = mid
+    def pause_device(self) -> None:
+        super().pause_device()
+        if self._mqtt is not None:
+            self._mqtt.pause()
 
-    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None:
-        if mid != self._subscribe_mid:
-            return
-        if refused:
-            log.error("actor %s: broker %s refused the command subscription %s/+ (%s): check "
-                      "its ACL", self.name, self.address, self.config["command_topic"],
-                      refused[0])
-            self.link_down(f"broker {self.address} refused subscriptions: {refused[0]}")
-            return
-        self._up()
+    def resume_device(self) -> None:
+        super().resume_device()
+        if self._mqtt is not None:
+            self._mqtt.resume()
 
-    def _up(self) -> None:
-        self.link_up(f"connected to broker {self.address}")
+    def mqtt_up(self, reason: str) -> None:
+        self.link_up(reason)
         self._overflowing = False
         self._drain()
 
-    def mqtt_connect_failed(self, reason: str) -> None:
-        self.link_down(f"cannot connect to broker {self.address}: {reason}")
-
-    def mqtt_disconnected(self, reason: str) -> None:
-        if self.state != STOPPING:
-            self.link_down(f"connection to broker {self.address} lost: {reason}")
+    def mqtt_down(self, reason: str) -> None:
+        self.link_down(reason)
 
     # --- bus → MQTT -----------------------------------------------------------------------
 

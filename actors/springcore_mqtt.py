@@ -11,14 +11,15 @@ One actor serves one or many readers on one broker: it subscribes to ``{prefix}/
 - ``evt.<name>.meta``: ``{device, meta: {VendorName, SerialNumber, ...}}``;
 - ``evt.<name>.link``: the broker connection (published by the base).
 
-Threads: paho runs its own network thread (``loop_start``) and reconnects by itself with backoff
-(so ``reconnect = False``: the base does not reopen the link). Every paho callback only hands its
-arguments to the actor loop with `call_soon_threadsafe` (`PahoBridge`); all state lives on the
-loop thread. Subscriptions are made again after every (re)connect; the link is reported up once
-the broker granted them. The session is persistent by default (``persistent_session``): while
-the actor restarts, the broker keeps its subscriptions and queues the readers' QoS 1 events for
-it, so a ``kill -9`` and restart loses none (a broker restart without persistence still does:
-then a reader's event counter, where it has one, reports the gap).
+Threads and link: paho's I/O runs on the actor's loop (`MqttClient`: no network thread; only the
+blocking connect runs on a short-lived thread); the base's link state machine reconnects with
+jittered backoff. Subscriptions are made again after every (re)connect; the link is reported up
+once the broker granted them. The session is persistent by default (``persistent_session``):
+while the actor restarts, the broker keeps its subscriptions and queues the readers' QoS 1
+events for it, so a ``kill -9`` and restart loses none (a broker restart without persistence
+still does: then a reader's event counter, where it has one, reports the gap). While the Bus is
+congested the actor stops reading the broker's socket and the readers' events wait at the broker
+(docs/backpressure.md).
 
 Commands (wink, accept, deny, seq, leds, buzz, raw; each with ``device=ID``) are published on
 ``{prefix}/{id}/rdr/cmd``, QoS `qos`, never retained (a retained command would replay at every
@@ -37,21 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from paho.mqtt.enums import MQTTErrorCode
-
 from actors.core.actor import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
 from actors.core.link import UP
 from actors.protocols import springcore
 from actors.protocols import springcore_json as sj
 from actors.protocols.springcore import Field
-from actors.transports.mqtt import (
-    EXCERPT,
-    PahoBridge,
-    broker_port,
-    broker_settings,
-    excerpt,
-    reason_text,
-)
+from actors.transports.mqtt import EXCERPT, MqttClient, broker_port, broker_settings, excerpt
 from broker.config import positive
 from broker.wire import topics
 from broker.wire.errors import LocalProtocolError, RemoteProtocolError
@@ -70,7 +62,6 @@ class SpringCoreMqttActor(Actor):
     """SpringCore Smart Readers through an MQTT broker: tags, reader states, META, commands."""
 
     type_name: ClassVar[str] = "springcore-mqtt"
-    reconnect: ClassVar[bool] = False  # paho reconnects by itself
     settings = (
         *broker_settings(Setting("prefix", str, sj.DEFAULT_PREFIX,
                                  "topic prefix of the readers (register 028E)",
@@ -97,8 +88,7 @@ class SpringCoreMqttActor(Actor):
         self.address = f"{cfg['broker']}:{broker_port(cfg)}"
         self.readers: dict[str, _Reader] = {}
         self._last_seq: dict[str, int] = {}  # per reader: its last event counter ("Sequence")
-        self._bridge: PahoBridge | None = None
-        self._subscribe_mid: int | None = None
+        self._mqtt: MqttClient | None = None
         self._down_since = time.monotonic()
         self._down_reason = "not connected yet"
         self.counters.update(tags=0, bad_payloads=0, commands_sent=0)
@@ -106,58 +96,47 @@ class SpringCoreMqttActor(Actor):
     # --- link ---------------------------------------------------------------------------------
 
     def open_link(self) -> None:
-        """Called once (``reconnect = False``): start paho, which then reconnects by itself."""
-        if self._bridge is not None:
-            return
+        """One connection attempt (the base calls it again after each loss, with backoff)."""
         cfg = self.config
-        self._bridge = bridge = PahoBridge(self, cfg["client_id"] or f"sctl-{self.name}", self,
-                                           self.address,
-                                           clean_session=not cfg["persistent_session"])
-        if cfg["username"]:
-            bridge.client.username_pw_set(cfg["username"], cfg["password"] or None)
-        bridge.start(cfg["broker"], broker_port(cfg), cfg["keepalive"])
+        if self._mqtt is None:
+            subscriptions = sj.subscriptions(cfg["prefix"], cfg["devices"])
+            self._mqtt = MqttClient(self, cfg["client_id"] or f"sctl-{self.name}", self,
+                                    self.address, subscriptions=[(t, cfg["qos"])
+                                                                 for t in subscriptions],
+                                    clean_session=not cfg["persistent_session"],
+                                    username=cfg["username"], password=cfg["password"])
+        self._mqtt.connect(cfg["broker"], broker_port(cfg), cfg["keepalive"])
+
+    def close_link(self) -> None:
+        if self._mqtt is None:
+            return
+        if self.state == STOPPING:  # a clean DISCONNECT
+            self._mqtt.stop("actor stopping before the broker acknowledged the command")
+        else:
+            self._mqtt.close()
 
     def on_stop(self) -> None:
-        if self._bridge is not None:
-            self._bridge.stop("actor stopping before the broker acknowledged the command")
+        if self._mqtt is not None:  # the link may have been down: then close_link was not called
+            self._mqtt.stop("actor stopping before the broker acknowledged the command")
 
-    def _went_down(self, reason: str) -> None:
+    def pause_device(self) -> None:
+        super().pause_device()
+        if self._mqtt is not None:
+            self._mqtt.pause()
+
+    def resume_device(self) -> None:
+        super().resume_device()
+        if self._mqtt is not None:
+            self._mqtt.resume()
+
+    def mqtt_up(self, reason: str) -> None:
+        self.link_up(f"{reason}, subscribed to {self.config['prefix']}/{self._devices_text()}")
+
+    def mqtt_down(self, reason: str) -> None:
         if self.link_state == UP:
             self._down_since = time.monotonic()
         self._down_reason = reason
         self.link_down(reason)
-
-    def mqtt_connected(self, failed: bool, reason: str) -> None:
-        if failed:
-            self._went_down(f"broker {self.address} refused the connection: {reason}")
-            return
-        assert self._bridge is not None
-        topics = sj.subscriptions(self.config["prefix"], self.config["devices"])
-        qos = self.config["qos"]
-        rc, mid = self._bridge.client.subscribe([(t, qos) for t in topics])
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._went_down(f"subscribe on {self.address} failed: {reason_text(rc)}")
-            return
-        self._subscribe_mid = mid
-
-    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None:
-        if mid != self._subscribe_mid:
-            return
-        if refused:
-            log.error("actor %s: broker %s refused subscriptions (%s); no reader events will "
-                      "arrive: check the broker's ACL for prefix %s", self.name, self.address,
-                      ", ".join(refused), self.config["prefix"])
-            self._went_down(f"broker {self.address} refused subscriptions: {refused[0]}")
-            return
-        self.link_up(f"connected to broker {self.address}, subscribed to "
-                     f"{self.config['prefix']}/{self._devices_text()}")
-
-    def mqtt_connect_failed(self, reason: str) -> None:
-        self._went_down(f"cannot connect to broker {self.address}: {reason}")
-
-    def mqtt_disconnected(self, reason: str) -> None:
-        if self.state != STOPPING:
-            self._went_down(f"connection to broker {self.address} lost: {reason}")
 
     def _devices_text(self) -> str:
         devices = self.config["devices"]
@@ -245,7 +224,7 @@ class SpringCoreMqttActor(Actor):
     def _target(self, device: str) -> str:
         """The reader a command goes to; CommandError when the broker is down, the device is
         missing while several are served, or it is not known online."""
-        if self.link_state != UP or self._bridge is None:
+        if self.link_state != UP or self._mqtt is None:
             down = time.monotonic() - self._down_since
             raise CommandError(f"broker {self.address} is not connected (down for {down:.0f} "
                                f"s: {self._down_reason}); command not sent")
@@ -278,11 +257,11 @@ class SpringCoreMqttActor(Actor):
             payload = payload_of()
         except LocalProtocolError as exc:
             raise CommandError(str(exc)) from None
-        assert self._bridge is not None
+        assert self._mqtt is not None
         topic = sj.topic(self.config["prefix"], target, sj.CMD_TOPIC)
         result = {"device": target, "topic": topic, "format": fmt,
                   "payload": payload.decode("ascii", "replace")}
-        deferred = self._bridge.publish(topic, payload, result, self.config["command_timeout"])
+        deferred = self._mqtt.publish(topic, payload, result, self.config["command_timeout"])
         self.counters["commands_sent"] += 1
         return deferred
 

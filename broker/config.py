@@ -65,6 +65,23 @@ def positive(value: Any) -> None:
         raise ValueError("must be greater than 0")
 
 
+# The largest max_message_bytes a site may set: the router's ingress socket drops the
+# connection of a peer that sends a frame over its hard limit (broker.router.server
+# XSUB_MAXMSGSIZE, 64 MiB), silently for the peer; a body between max_message_bytes and that
+# limit is refused and reported on sys.router.bad instead. This bound keeps room between them.
+MAX_MESSAGE_BYTES_LIMIT: Final = 48 * 1024 * 1024
+# The default fits one 16 MiB binary field (a 4096 x 2048 16-bit frame, or a 1024 x 1024 frame
+# of 16-byte elements) plus the envelope's other fields.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024 + 64 * 1024
+
+
+def message_size(value: Any) -> None:
+    positive(value)
+    if value > MAX_MESSAGE_BYTES_LIMIT:
+        raise ValueError(f"must be at most {MAX_MESSAGE_BYTES_LIMIT} (48 MiB: the router's "
+                         "ingress drops a connection that sends a frame over 64 MiB)")
+
+
 def non_negative(value: Any) -> None:
     if value < 0:
         raise ValueError("must be 0 or more")
@@ -187,11 +204,11 @@ ROUTER_SETTINGS: Final = (
             check=zmq_endpoint),
     Setting("journal_path", str, "", "file that keeps the journal across restarts ('' = memory)"),
     Setting("journal_max_messages", int, 200_000, "journal bound by count", check=positive),
-    Setting("journal_max_bytes", int, 128 * 1024 * 1024, "journal bound by body bytes",
-            check=positive),
+    Setting("journal_max_bytes", int, 128 * 1024 * 1024, "journal bound by body bytes (the "
+            "default holds eight 16 MiB frames)", check=positive),
     Setting("journal_fsync", bool, False, "fsync the journal file after every batch"),
-    Setting("max_message_bytes", int, 1024 * 1024, "larger ingress bodies are refused as bad",
-            check=positive),
+    Setting("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, "larger ingress bodies are "
+            "refused as bad (default 16 MiB + 64 KiB, at most 48 MiB)", check=message_size),
     Setting("egress_hwm", int, 100_000, "messages queued per subscriber before ZeroMQ drops "
             "(subscribers then backfill from the journal)", check=positive),
     Setting("stats_interval", float, 1.0, "seconds between sys.router.stats", check=positive),

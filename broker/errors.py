@@ -5,6 +5,7 @@ The implementation lives in `broker.wire.errors`.
 
 from broker.wire.errors import (
     BusError,
+    BusFull,
     ConfigError,
     EnvelopeError,
     LocalProtocolError,
@@ -14,5 +15,5 @@ from broker.wire.errors import (
     TopicError,
 )
 
-__all__ = ["BusError", "ConfigError", "EnvelopeError", "LocalProtocolError",
+__all__ = ["BusError", "BusFull", "ConfigError", "EnvelopeError", "LocalProtocolError",
            "RemoteProtocolError", "RequestTimeout", "SctlError", "TopicError"]

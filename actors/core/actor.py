@@ -7,13 +7,16 @@ exactly-once execution, the device-link state machine with backoff, and the proc
 Lifecycle, in three phases like pykka's actor loop:
 
 1. setup: connect the Bus (a router that is not up yet is not an error: the outbox holds what we
-   publish), subscribe to ``cmd.<name>``, publish a ``starting`` heartbeat, run `on_start`, open
-   the device link if the class has one. An exception here is logged and `run` returns 1, so
-   supervisord restarts the process.
+   publish), subscribe to ``cmd.<name>``, claim the name (`actors.core.lease`: refused, the
+   actor logs where the other instance runs and `run` returns `EXIT_DUPLICATE`; no answer, it
+   carries on and runs no command until granted), publish a ``starting`` heartbeat, run
+   `on_start`, open the device link if the class has one. An exception here is logged and
+   `run` returns 1, so supervisord restarts the process.
 2. running: the loop (`actors.core.loop.Loop`) until `request_stop` (SIGTERM/SIGINT in `run_actor`).
 3. teardown: close the link (``evt.<name>.link`` down, reason "actor stopping"), run `on_stop`,
-   answer every command still running with "actor stopping", publish a ``stopping`` heartbeat and
-   flush the outbox for up to `STOP_FLUSH` seconds so the last events reach the router.
+   answer every command still running with "actor stopping", publish a ``stopping`` heartbeat,
+   flush the outbox for up to `STOP_FLUSH` seconds so the last events reach the router, and
+   release the name (a duplicate skips these three: its messages are fenced).
 
 Threads: every hook, command handler, timer and reader callback runs on the loop thread, which
 owns all state. Library threads (paho, c104) may only call `call_soon_threadsafe` (and
@@ -53,9 +56,11 @@ from actors.core.commands import (
     collect,
     command,
 )
+from actors.core.lease import TTL_HEARTBEATS, NameLease
 from actors.core.link import CONNECTING, DOWN, UP, Backoff, Link, LinkChange, LinkStateError
 from actors.core.loop import Loop, Pollable, TimerHandle
 from broker.client.bus import Bus, Delivery
+from broker.client.lease import holder_text
 from broker.client.outbox import DEFAULT_MAX_MESSAGES
 from broker.config import (
     ActorConfig,
@@ -81,6 +86,7 @@ EXIT_FAILED: Final = 1
 CONNECT_WAIT: Final = 2.0  # seconds setup waits for the router before carrying on without it
 STOP_FLUSH: Final = 2.0  # seconds teardown spends getting the outbox acked
 EXIT_CONFIG: Final = 2  # the site file does not describe a runnable actor
+EXIT_DUPLICATE: Final = 4  # another instance holds this actor's name (actors.core.lease)
 
 BASE_SETTINGS: Final = (
     Setting("heartbeat_interval", float, 1.0, "seconds between heartbeats on hb.<name>",
@@ -115,7 +121,7 @@ class Actor:
     # (address setting, port setting) of a TCP port the actor listens on, for `sctl check` to
     # find two programs of one host on the same port; None: it listens on none.
     listens: ClassVar[tuple[str, str] | None] = None
-    reconnect: ClassVar[bool] = True  # False: the library reconnects by itself (paho)
+    reconnect: ClassVar[bool] = True  # False: the device's library reconnects by itself
     commands: ClassVar[dict[str, CommandSpec]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -148,6 +154,8 @@ class Actor:
         self._link_timer: TimerHandle | None = None
         self.config_digest: dict[str, str] = {}  # see `config_digest`; set by from_config
         self.failure: str | None = None  # why start-up failed, for the last heartbeat
+        self._lease: NameLease | None = None  # this instance's hold on its name
+        self._paused_since: float | None = None  # device reads paused (congested bus) since
 
     @classmethod
     def declared_settings(cls) -> tuple[Setting, ...]:
@@ -251,9 +259,24 @@ class Actor:
         return type(self).open_link is not Actor.open_link
 
     def publish_event(self, event: str, data: dict[str, Any] | None = None) -> Envelope:
-        """Publish ``evt.<name>.<event>`` (kind event). Never blocks (outbox)."""
+        """Publish ``evt.<name>.<event>`` (kind event). Never blocks and never raises BusFull:
+        the actor's backpressure is `pause_device` (docs/backpressure.md), so an event made
+        from bytes already read goes into the outbox's headroom rather than being lost."""
         self.counters["events"] += 1
-        return self.bus.publish(topics.event(self.name, event), "event", data or {})
+        return self.bus.publish(topics.event(self.name, event), "event", data or {},
+                                headroom=True)
+
+    def pause_device(self) -> None:
+        """The Bus is congested (router connected, outbox at its high watermark): stop taking
+        data from the device. The default stops polling every reader registered with
+        `add_reader`, so TCP pushes back on the device; commands, replies, heartbeats and
+        timers keep going. Loop thread. Override (calling super) for a device read elsewhere."""
+        self._loop.pause_readers()
+
+    def resume_device(self) -> None:
+        """The outbox is back under its low watermark (or the router went away, when holding
+        back helps nobody): read the device again. Loop thread."""
+        self._loop.resume_readers()
 
     def subscribe(self, prefix: str, callback: Callable[[Delivery], object],
                   *, gapless: bool = True) -> None:
@@ -326,6 +349,8 @@ class Actor:
         """Setup, run until `request_stop`, teardown; returns the process exit code."""
         try:
             self._setup()
+        except DuplicateInstanceError:
+            self._stop_reason = self._stop_reason or "another instance holds the name"
         except Exception as exc:
             # one line with the reason: the watchdog and `sctl status` show a program's last
             # error line; the stopping heartbeat carries it too
@@ -352,12 +377,17 @@ class Actor:
         self._loop.pollables = bus.pollables
         self._loop.next_deadline = bus.next_deadline
         self._loop.on_events = self._on_events
-        self._loop.on_tick = bus.tick
+        self._loop.on_tick = self._on_tick
+        self._lease = NameLease(bus, TTL_HEARTBEATS * self.config["heartbeat_interval"],
+                                self._duplicate)
+        bus.on_fenced = self._lease.fenced
         if not bus.connect(wait=CONNECT_WAIT):
             log.warning("router not reachable at %s yet; carrying on, the outbox keeps events",
                         self.router.connect_url("ingress"))
-        else:
+        elif self._lease.claim_at_start():  # before the read-back: a duplicate reads nothing
             self._recover_commands()
+        if self._lease.refused is not None:
+            raise DuplicateInstanceError(self.failure or "another instance holds the name")
         self._heartbeat(schedule=False)
         self.on_start()
         self.state = RUNNING
@@ -378,8 +408,11 @@ class Actor:
             log.exception("on_stop of actor %s failed", self.name)
         self._commands.fail_running("actor stopping")
         if self._bus is not None:
-            self._heartbeat(schedule=False)
-            self._flush(STOP_FLUSH)
+            if self.exit_code != EXIT_DUPLICATE:  # a duplicate's messages are all fenced
+                self._heartbeat(schedule=False)
+                self._flush(STOP_FLUSH)
+                if self._lease is not None:
+                    self._lease.release()
             self._bus.close()
         self._loop.close()
 
@@ -396,6 +429,23 @@ class Actor:
 
     # --- dispatch ---------------------------------------------------------------------------
 
+    def _on_tick(self) -> None:
+        self.bus.tick()
+        congested, since = self.bus.congested, self._paused_since  # once a loop turn
+        if congested == (since is not None):
+            return
+        if since is None:
+            self._paused_since = time.time()
+            self.counters["device_pauses"] = self.counters.get("device_pauses", 0) + 1
+            log.info("actor %s: bus congested (%s), device reads paused", self.name,
+                     self.bus.outbox_status())
+            self.pause_device()
+        else:
+            log.info("actor %s: device reads resumed after %.1f s", self.name,
+                     time.time() - since)
+            self._paused_since = None
+            self.resume_device()
+
     def _on_events(self, events: dict[Any, int]) -> None:
         for delivery in self.bus.handle(events):
             try:
@@ -410,6 +460,12 @@ class Actor:
             except EnvelopeError as exc:
                 log.warning("actor %s: undecodable command (gseq %d): %s; body %s", self.name,
                             delivery.gseq, exc, delivery.body[:64].hex())
+                return
+            if self._lease is not None and not self._lease.ensure():
+                self.counters["commands_held"] = self.counters.get("commands_held", 0) + 1
+                log.info("actor %s: command %s from %s not run yet: the router has not granted "
+                         "this instance its name yet; the sender retries", self.name, env.id,
+                         env.src)
                 return
             if not self._recover_commands():
                 self.counters["commands_held"] = self.counters.get("commands_held", 0) + 1
@@ -441,7 +497,17 @@ class Actor:
         return None
 
     def _when_recorded(self, seq: int, go: Callable[[bool], object]) -> None:
-        self.bus.on_acked(seq, go)
+        lease = self._lease
+        self.bus.on_acked(seq, go if lease is None else lambda ok: lease.gate(ok, go))
+
+    def _duplicate(self, holder: dict[str, Any]) -> None:
+        """Another instance holds this name (claim refused, or our messages fenced): say where
+        it runs, run nothing more, exit EXIT_DUPLICATE."""
+        self.exit_code = EXIT_DUPLICATE
+        self.failure = (f"actor {self.name} already runs on {holder_text(holder)}; this "
+                        f"instance exits")
+        log.error("%s", self.failure)
+        self.request_stop("another instance holds the name")
 
     def _recover_commands(self) -> bool:
         """Read this actor's recent command records back (at most once a second); until that
@@ -517,6 +583,8 @@ class Actor:
     def _heartbeat(self, schedule: bool = True) -> None:
         if schedule and self._stop_reason is None:
             self.call_later(self.config["heartbeat_interval"], self._heartbeat)
+            if self._lease is not None:  # a router restart empties its table: claim again
+                self._lease.ensure()
         self.bus.publish(topics.heartbeat(self.name), "heartbeat", self._status())
 
     def _status(self) -> dict[str, Any]:
@@ -532,6 +600,11 @@ class Actor:
             "interval": self.config["heartbeat_interval"],  # lets readers judge staleness
             "config": self.config_digest,  # `sctl reload` restarts actors whose table changed
         }
+        if self._bus is not None:  # the outbox's fill, and since when the device waits for it
+            status["backpressure"] = {**self._bus.outbox_status(),
+                                      "paused_since": self._paused_since}
+        if self._lease is not None:
+            status["lease"] = self._lease.to_data()
         if self.failure is not None:
             status["error"] = self.failure
         return status
@@ -579,3 +652,7 @@ def _version() -> str:
 
 
 VERSION: Final = _version()
+
+
+class DuplicateInstanceError(Exception):
+    """Raised out of `Actor._setup` when the router refused this instance its name."""

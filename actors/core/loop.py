@@ -7,6 +7,11 @@ and (c) the read end of a self-pipe. It sleeps until the earliest timer or the o
 `next_deadline`, then: drains the callbacks handed over with `call_soon_threadsafe`, passes the
 poll events to `on_events`, runs ready readers and writers, runs due timers and calls `on_tick`.
 
+Readers can be paused as a set (`pause_readers`): they stay registered but are not polled,
+so a device socket is not read and TCP pushes back on the device, while the owner's sockets,
+writers, timers and hand-overs keep going. The actor pauses its device this way while the Bus
+is congested (docs/backpressure.md).
+
 `call_soon_threadsafe` (and `wake`) are the only methods other threads and signal handlers may
 call. Everything else, including every callback, runs on the loop thread. A callback that raises
 is logged with its traceback and counted in `errors`; the loop keeps going, as asyncio's does.
@@ -67,6 +72,7 @@ class Loop:
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
         self._closed = False
+        self.readers_paused = False
         self.pollables: Callable[[], list[tuple[Any, int]]] = list
         self.next_deadline: Callable[[], float] = lambda: time.monotonic() + MAX_SLEEP
         self.on_events: Callable[[Events], object] = lambda events: None
@@ -109,6 +115,14 @@ class Loop:
     def remove_reader(self, fd: Pollable) -> None:
         """Stop watching `fd`; harmless if not watched. Call it before closing `fd`."""
         self._readers.pop(_key(fd), None)
+
+    def pause_readers(self) -> None:
+        """Stop polling every reader (added before or after this call) until `resume_readers`;
+        what arrives on them meanwhile waits in the kernel's socket buffers."""
+        self.readers_paused = True
+
+    def resume_readers(self) -> None:
+        self.readers_paused = False
 
     def add_writer(self, fd: Pollable, callback: Callable[[], object]) -> None:
         """Call `callback()` whenever `fd` is writable (e.g. a non-blocking connect finished)."""
@@ -161,11 +175,14 @@ class Loop:
         poller.register(self._rfd, zmq.POLLIN)
         for sock, flags in self.pollables():
             poller.register(sock, flags)
-        for fd in self._readers:
-            poller.register(fd, zmq.POLLIN)
+        reading = not self.readers_paused
+        if reading:
+            for fd in self._readers:
+                poller.register(fd, zmq.POLLIN)
         for fd in self._writers:
             # register() replaces: an fd both read and written needs the flags combined.
-            poller.register(fd, zmq.POLLOUT | (zmq.POLLIN if fd in self._readers else 0))
+            poller.register(fd, zmq.POLLOUT | (zmq.POLLIN if reading and fd in self._readers
+                                               else 0))
         return dict(poller.poll(int(timeout * 1000 + 0.999)))
 
     def _drain_wake(self) -> None:
@@ -179,8 +196,9 @@ class Loop:
             self._guard(fn, *args)
 
     def _run_ready(self, events: Events) -> None:
+        reading = not self.readers_paused
         for fd, flags in events.items():
-            if flags & zmq.POLLIN and fd in self._readers:
+            if reading and flags & zmq.POLLIN and fd in self._readers:
                 self._guard(self._readers[fd])
             if flags & zmq.POLLOUT and fd in self._writers:
                 self._guard(self._writers[fd])

@@ -23,7 +23,9 @@ Commands (through the bus like any actor):
 Every command a reader receives is published as ``evt.<sim>.received``: ``{device, topic,
 payload (text), format (json|scrdr|None), decoded (the JSON object or the $SCCMD fields), error}``
 — a payload the reader cannot decode is reported there (and logged), not dropped. The link is up
-while every virtual reader is connected.
+while every virtual reader is connected; a reader lost or refused takes it down, and the base's
+backoff reconnects the readers not connected (the others keep their connection). paho's I/O runs
+on the simulator's loop (`MqttClient`), as in the actor.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any, ClassVar
 from actors.core.actor import STOPPING, Actor, CommandError, Deferred, Param, Setting, command
 from actors.protocols import springcore
 from actors.protocols import springcore_json as sj
-from actors.transports.mqtt import PahoBridge, broker_port, broker_settings
+from actors.transports.mqtt import MqttClient, broker_port, broker_settings
 from broker.config import positive
 from broker.wire.errors import LocalProtocolError, RemoteProtocolError
 
@@ -66,9 +68,11 @@ class VirtualReader:
         self.counter = 0
         prefix = sim.config["prefix"]
         self.status_topic = sj.topic(prefix, device, sj.STATUS_TOPIC)
-        self.bridge = PahoBridge(sim, f"sim-{sim.name}-{device}"[:64], self, sim.address)
-        self.bridge.client.will_set(self.status_topic, sj.encode_status(sj.DEAD_STATE),
-                                    qos=sim.config["qos"], retain=sim.config["retain"])
+        cmd = sj.topic(prefix, device, sj.CMD_TOPIC)
+        self.mqtt = MqttClient(sim, f"sim-{sim.name}-{device}"[:64], self, sim.address,
+                               subscriptions=[(cmd, sim.config["qos"])])
+        self.mqtt.client.will_set(self.status_topic, sj.encode_status(sj.DEAD_STATE),
+                                  qos=sim.config["qos"], retain=sim.config["retain"])
 
     def publish(self, kind: str, payload: bytes, result: dict[str, Any],
                 on_acked: Callable[[dict[str, Any]], object] | None = None) -> Deferred:
@@ -77,7 +81,7 @@ class VirtualReader:
                                f"{self.sim.address}")
         topic = sj.topic(self.sim.config["prefix"], self.device, kind)
         retain = self.sim.config["retain"] and kind in (sj.META_TOPIC, sj.STATUS_TOPIC)
-        return self.bridge.publish(topic, payload, dict(result, topic=topic),
+        return self.mqtt.publish(topic, payload, dict(result, topic=topic),
                                    self.sim.config["publish_timeout"], on_acked, retain=retain)
 
     def publish_status(self, state: str) -> Deferred:
@@ -86,41 +90,25 @@ class VirtualReader:
 
     # --- MqttHandler (loop thread) ------------------------------------------------------------
 
-    def mqtt_connected(self, failed: bool, reason: str) -> None:
-        if failed:
-            self.sim.reader_changed(f"broker refused reader {self.device}: {reason}", True)
-            return
-        self.bridge.client.subscribe(sj.topic(self.sim.config["prefix"], self.device,
-                                              sj.CMD_TOPIC), self.sim.config["qos"])
+    def mqtt_up(self, reason: str) -> None:
         self.connected = True
         meta = dict(META_TEMPLATE, SerialNumber=self.device, UniqueId=self.device)
         self.publish(sj.META_TOPIC, sj.encode_meta(meta), {"device": self.device})
         self.publish_status("online,ready")
-        self.sim.reader_changed(f"reader {self.device} connected", False)
+        self.sim.reader_changed(f"reader {self.device} {reason}", False)
 
-    def mqtt_connect_failed(self, reason: str) -> None:
-        self.sim.reader_changed(f"reader {self.device} cannot connect to broker "
-                                f"{self.sim.address}: {reason}", True)
-
-    def mqtt_disconnected(self, reason: str) -> None:
+    def mqtt_down(self, reason: str) -> None:
         self.connected = False
-        self.sim.reader_changed(f"reader {self.device} lost broker {self.sim.address}: "
-                                f"{reason}", True)
+        self.sim.reader_changed(f"reader {self.device}: {reason}", True)
 
     def mqtt_message(self, topic: str, payload: bytes, retained: bool) -> None:
         self.sim.received(self.device, topic, payload)
-
-    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None:
-        if refused:
-            log.error("sim reader %s: broker refused its command subscription: %s",
-                      self.device, ", ".join(refused))
 
 
 class SpringCoreMqttSim(Actor):
     """Virtual SpringCore readers on an MQTT broker (META, STATUS, Last Will, tags, commands)."""
 
     type_name: ClassVar[str] = "sim-springcore-mqtt"
-    reconnect: ClassVar[bool] = False  # paho reconnects by itself
     settings = (
         *broker_settings(Setting("prefix", str, sj.DEFAULT_PREFIX,
                                  "topic prefix of the readers (register 028E)",
@@ -150,22 +138,48 @@ class SpringCoreMqttSim(Actor):
         return f"1:{time.monotonic() - self._started:.3f}"
 
     def open_link(self) -> None:
-        """Called once: every reader connects in its own paho thread, reconnecting by itself."""
-        if self.readers:
+        """Connect every reader that is not connected (the base calls it again after a loss,
+        with backoff); each reader has its own MQTT connection."""
+        if not self.readers:
+            for device in self.config["devices"]:
+                self.readers[device] = VirtualReader(self, device)
+            self.call_later(self.config["status_interval"], self._status_tick)
+        for reader in self.readers.values():
+            if not reader.connected:
+                reader.mqtt.connect(self.config["broker"], broker_port(self.config),
+                                    self.config["keepalive"])
+
+    def close_link(self) -> None:
+        """Drop the readers that are not connected (their attempt failed or timed out); at
+        stop, every reader says goodbye."""
+        if self.state == STOPPING:
+            self._goodbye()
             return
-        for device in self.config["devices"]:
-            self.readers[device] = reader = VirtualReader(self, device)
-            reader.bridge.start(self.config["broker"], broker_port(self.config),
-                                self.config["keepalive"])
-        self.call_later(self.config["status_interval"], self._status_tick)
+        for reader in self.readers.values():
+            if not reader.connected:
+                reader.mqtt.close()
 
     def on_stop(self) -> None:
+        self._goodbye()  # the link may have been down: then close_link was not called
+
+    def _goodbye(self) -> None:
         """A clean goodbye, as a reader that is switched off properly: STATUS ``offline``
         (queued before the DISCONNECT, so it replaces a retained ``online``), then disconnect."""
         for reader in self.readers.values():
             if reader.connected:
                 reader.publish_status(sj.OFFLINE)
-            reader.bridge.stop("simulator stopping")
+                reader.connected = False
+            reader.mqtt.stop("simulator stopping")
+
+    def pause_device(self) -> None:
+        super().pause_device()
+        for reader in self.readers.values():
+            reader.mqtt.pause()
+
+    def resume_device(self) -> None:
+        super().resume_device()
+        for reader in self.readers.values():
+            reader.mqtt.resume()
 
     def reader_changed(self, reason: str, lost: bool) -> None:
         """Link up once every reader is connected; down when one is lost or refused."""

@@ -1,23 +1,49 @@
-"""The paho-mqtt bridge: an MQTT client whose callbacks hand over to the actor loop.
+"""MQTT for every device type and simulator: `MqttClient`, a paho-mqtt client driven by the
+actor's own loop, and the settings of a broker connection (`broker_settings`) with their checks.
 
-paho runs its own network thread (``loop_start``) and reconnects by itself with backoff. Every
-callback of a `PahoBridge` only hands its arguments to the actor loop with
-`Actor.call_soon_threadsafe`; the handler (`MqttHandler`) runs on the loop thread, where all
-actor state lives. Publishes at QoS 1 resolve a `Deferred` when the broker acknowledges them and
-are withdrawn from paho's queue when they time out, so nothing is delivered late after a
-reconnect.
+paho runs without its network thread; the actor loop does its I/O with paho's external-loop
+calls:
 
-Also here: the settings of a broker connection (`broker_settings`) and their checks, shared by
-every device type and simulator that talks MQTT.
+- the socket is a loop reader (`Actor.add_reader`: ``loop_read``, which reads every packet that
+  is there; an SSL socket's buffered bytes are read at once too) and, while paho has bytes to
+  write, a loop writer (`Actor.add_writer`: ``loop_write``; paho asks with its
+  ``on_socket_register_write`` callback);
+- a timer calls ``loop_misc`` every `MISC_EVERY` seconds (keepalive pings, a silent broker);
+- every paho callback (CONNACK, SUBACK, PUBACK, messages, the loss of the connection) runs on
+  the loop thread, inside those calls, so the `MqttHandler` may touch actor state directly. No
+  thread hand-over for each publish and acknowledgement, which at a thousand messages a second
+  would cost CPU and milliseconds of latency (docs/bench.md).
+
+Connecting blocks (name lookup, TCP connect, TLS handshake), so one short-lived thread runs
+paho's ``reconnect`` and hands the connected socket over (`Actor.call_soon_threadsafe`); the
+loop thread does not touch the client while that thread runs. Each `connect` is one attempt:
+the actor base's link state machine retries with its jittered backoff and ``connect_timeout``
+(``open_link`` calls `connect`, ``close_link`` calls `close`, or `stop` when the actor stops).
+After the CONNACK the client subscribes to its `subscriptions`; the handler hears `mqtt_up` once
+the broker granted every one (a refusal is an ERROR naming the topics and a `mqtt_down`). QoS 1
+and 2 messages not yet acknowledged stay in paho's session and go out again after a reconnect;
+`publish` withdraws the ones whose acknowledgement did not come in time, so a command is never
+delivered late.
+
+Backpressure (docs/backpressure.md). While the actor's Bus is congested the loop stops polling
+its readers, this socket included, and the actor calls `pause`: the broker keeps the messages
+(its queue for the session, ``max_queued_messages``), TCP pushes back. Two things keep the
+connection and the actor's own publishes alive meanwhile: the socket is still read, every
+`PAUSED_READ` seconds, while the client waits for an answer of the broker (a PINGRESP, the
+PUBACK of its own publish, a CONNACK or SUBACK); and QoS 1/2 messages read during the pause are
+acknowledged only at `resume` (paho's manual acknowledgement), so the broker's in-flight window
+(``max_inflight_messages``, 20 by default) bounds how many arrive during a pause of any length.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import ssl
-import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -30,10 +56,16 @@ from actors.core.commands import CommandError, Deferred
 from actors.core.loop import TimerHandle
 from broker.config import Setting, port_number, positive
 
+log = logging.getLogger(__name__)
+
 PLAIN_PORT: Final = 1883
 TLS_PORT: Final = 8883
 TLS_KEYS: Final = ("ca", "cert", "key")
 EXCERPT: Final = 64  # payload bytes shown in a warning
+MISC_EVERY: Final = 1.0  # seconds between paho's housekeeping calls
+PAUSED_READ: Final = 0.05  # seconds between reads of an awaited answer while paused
+PENDING_READS: Final = 64  # SSL records read after one readiness, at most
+PAHO_LOG: Final = logging.getLogger(f"{__name__}.paho")
 
 
 # --- settings checks (ValueError -> ConfigError naming actors.NAME.<key>) ------------------------
@@ -99,38 +131,21 @@ def connect_error_text(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
-# --- paho's thread → the actor loop -------------------------------------------------------------
-
-class _RetryNoise(logging.Filter):
-    """paho logs every failed reconnect attempt at ERROR ("Client is not connected ..."); the
-    link events (``evt.<name>.link``, one WARNING when it goes down) already say it, so these
-    go to DEBUG instead of flooding ``log.<name>`` during a broker outage. Everything else
-    paho reports (an exception in a callback, say) keeps its level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING and \
-                record.getMessage().startswith("Client is not connected"):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return PAHO_LOG.isEnabledFor(logging.DEBUG)
-        return True
-
-
-PAHO_LOG: Final = logging.getLogger(f"{__name__}.paho")
-PAHO_LOG.addFilter(_RetryNoise())
-
+# --- the client: paho driven by the actor loop ---------------------------------------------------
 
 class MqttHandler(Protocol):
-    """What a `PahoBridge` calls, on the actor loop thread."""
+    """What an `MqttClient` calls, on the loop thread."""
 
-    def mqtt_connected(self, failed: bool, reason: str) -> None: ...
+    def mqtt_up(self, reason: str) -> None:
+        """Connected (``reason``: "connected to broker HOST:PORT") and every subscription
+        granted."""
 
-    def mqtt_connect_failed(self, reason: str) -> None: ...
-
-    def mqtt_disconnected(self, reason: str) -> None: ...
+    def mqtt_down(self, reason: str) -> None:
+        """An attempt failed, the broker refused the connection or a subscription, or the
+        connection was lost; never after `MqttClient.stop`. Whoever retries calls `close`
+        (the actor's ``close_link``) and later `connect`."""
 
     def mqtt_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
-
-    def mqtt_subscribed(self, mid: int, refused: list[str]) -> None: ...
 
 
 @dataclass
@@ -141,58 +156,232 @@ class _Pending:
     on_acked: Callable[[dict[str, Any]], object] | None
 
 
-class PahoBridge:
-    """A paho client (API version 2) whose callbacks, on paho's network thread, only hand their
-    arguments to `handler` on the actor loop (`Actor.call_soon_threadsafe`); and the publishes
-    of that client still waiting for their acknowledgement (PUBACK for QoS 1). Message ids are
-    per client, so each bridge keeps its own table. Everything but the callbacks runs on the
-    loop thread."""
+class MqttClient:
+    """A paho client (API version 2) whose I/O runs on `actor`'s loop (module doc), subscribing
+    to `subscriptions` ((topic, qos) pairs) after every CONNACK. `handler` gets the
+    `MqttHandler` calls; the acknowledgement (error None) or refusal of a QoS 1/2 publish made
+    with `client.publish` rather than `publish` goes to `on_published(mid, error)`. The paho
+    client is `client` (``will_set`` before the first `connect`). Loop thread only."""
 
-    def __init__(self, actor: Actor, client_id: str, handler: MqttHandler,
-                 address: str, *, clean_session: bool = True) -> None:
+    def __init__(self, actor: Actor, client_id: str, handler: MqttHandler, address: str, *,
+                 subscriptions: Sequence[tuple[str, int]] = (), clean_session: bool = True,
+                 username: str = "", password: str = "",
+                 on_published: Callable[[int, str | None], object] | None = None) -> None:
         self.actor = actor
         self.handler = handler
         self.address = address
-        self._pending: dict[int, _Pending] = {}
+        self.subscriptions = list(subscriptions)
+        self.on_published = on_published
+        self.up = False  # connected and subscribed
+        self._pending: dict[int, _Pending] = {}  # publishes waiting for their acknowledgement
         self.client = client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                           clean_session=clean_session)
+                                           clean_session=clean_session, manual_ack=True)
         client.enable_logger(PAHO_LOG)
-        # A callback that raises would end paho's thread; ours only hand over, but be sure.
-        client.suppress_exceptions = True
-        client.max_inflight_messages_set(0)  # commands are few; see `_withdraw`
-        cfg = actor.config
-        client.reconnect_delay_set(max(1, round(cfg["backoff_min"])),
-                                   max(1, round(cfg["backoff_max"])))
+        client.suppress_exceptions = True  # a callback that raises is logged, paho goes on
+        client.max_inflight_messages_set(0)  # callers bound what they leave unacknowledged
+        client.connect_timeout = actor.config["connect_timeout"]
+        if username:
+            client.username_pw_set(username, password or None)
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+        client.on_socket_close = self._socket_closed
+        self._sock: Any = None  # the attached socket
+        self._misc: TimerHandle | None = None
+        self._subscribe_mid: int | None = None
+        self._paused = False
+        self._paused_read: TimerHandle | None = None
+        self._held: list[tuple[int, int]] = []  # (mid, qos) read while paused, not yet acked
+        self._generation = 0  # a connect thread's result for an older generation is stale
+        self._connecting: threading.Thread | None = None
+        self._configured = False
+        self._stopped = False
 
-    def start(self, host: str, port: int, keepalive: int) -> None:
-        """Connect in paho's thread, which retries until it works (never blocks the loop);
-        over TLS when the actor's ``tls`` setting is a table (paho checks the broker's
-        certificate and its name, `host`, against ``ca`` or the system CAs)."""
-        tls = self.actor.config.get("tls")
-        if tls is not None:
-            self.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
-                                keyfile=tls.get("key"))
-        self.client.connect_async(host, port, keepalive)
-        self.client.loop_start()
+    # --- connecting -----------------------------------------------------------------------
+
+    def connect(self, host: str, port: int, keepalive: int) -> None:
+        """Drop the connection (or attempt) there is and start one attempt, then return; the
+        outcome comes as `MqttHandler` calls. Over TLS when the actor's ``tls`` setting is a
+        table (paho checks the broker's certificate and its name, `host`, against ``ca`` or
+        the system CAs)."""
+        self.close()
+        if not self._configured:
+            tls = self.actor.config.get("tls")
+            if tls is not None:
+                self.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
+                                    keyfile=tls.get("key"))
+            self.client.connect_async(host, port, keepalive)
+            self._configured = True
+        self._attempt(self._generation)
+
+    def _attempt(self, generation: int) -> None:
+        if generation != self._generation or self._stopped:
+            return
+        if self._connecting is not None and self._connecting.is_alive():
+            # an attempt given up on is still inside paho: let it end (stale) first
+            self.actor.call_later(0.1, self._attempt, generation)
+            return
+        self._connecting = threading.Thread(target=self._connect_thread, args=(generation,),
+                                            daemon=True, name=f"mqtt-connect-{self.actor.name}")
+        self._connecting.start()
+
+    def _connect_thread(self, generation: int) -> None:
+        """Connect thread: paho's blocking reconnect, then hand the result to the loop."""
+        try:
+            rc = self.client.reconnect()
+        except Exception as exc:  # OSError, ssl.SSLError, a name that does not resolve
+            self.actor.call_soon_threadsafe(self._failed, generation, connect_error_text(exc))
+            return
+        self.actor.call_soon_threadsafe(self._attach, generation, rc)
+
+    def _attach(self, generation: int, rc: MQTTErrorCode) -> None:
+        sock: Any = self.client.socket()
+        if generation != self._generation or self._stopped:
+            if sock is not None:  # given up on meanwhile (connect timeout, stop)
+                self.client._sock_close()  # paho has no public close without a DISCONNECT
+            return
+        if sock is None or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._failed(generation, reason_text(rc))
+            return
+        self._sock = sock
+        # small publishes go out at once, not after the previous one's ACK (Nagle); a unix
+        # socket has no such option
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.actor.add_reader(sock, self._readable)
+        if self.client.want_write():
+            self.actor.add_writer(sock, self._writable)
+        self._misc = self.actor.call_later(MISC_EVERY, self._housekeeping)
+        if self._paused:  # the CONNACK is awaited: read it
+            self._schedule_paused_read()
+
+    def _failed(self, generation: int, reason: str) -> None:
+        if generation == self._generation:
+            self._down(f"cannot connect to broker {self.address}: {reason}")
+
+    def close(self) -> None:
+        """Drop the connection (or the attempt under way) without a DISCONNECT; idempotent.
+        Unacknowledged QoS 1/2 publishes stay in paho's session for the next connection."""
+        self._generation += 1
+        if self._sock is not None:
+            self.client._sock_close()  # calls _socket_closed, which detaches
+        self._detach()
 
     def stop(self, reason: str) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        """The messages read during a pause acknowledged, a clean DISCONNECT (after what is
+        queued: a last publish goes out first), then close; for good. Publishes still waiting
+        for their acknowledgement fail with `reason`."""
+        self._stopped = True
+        if self._sock is not None:
+            self._ack_held()
+            self.client.disconnect()
+            self.client.loop_write()  # the DISCONNECT goes out; paho closes after it
+        self.close()
         for mid in list(self._pending):
             self.settle(mid, reason)
+
+    # --- the loop's side of paho's I/O ----------------------------------------------------
+
+    def _readable(self) -> None:
+        self.client.loop_read()
+        for _ in range(PENDING_READS):  # SSL: bytes decrypted already wait in the socket
+            sock = self.client.socket()
+            if sock is None or not hasattr(sock, "pending") or not sock.pending():
+                break
+            self.client.loop_read()
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    def _housekeeping(self) -> None:
+        self._misc = None
+        if self._sock is None:
+            return
+        self.client.loop_misc()
+        if self._sock is not None:
+            self._misc = self.actor.call_later(MISC_EVERY, self._housekeeping)
+
+    def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if sock is self._sock:  # else: the connect thread's CONNECT; `_attach` sees it
+            self.actor.add_writer(sock, self._writable)
+
+    def _unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if sock is self._sock:
+            self.actor.remove_writer(sock)
+
+    def _socket_closed(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if sock is self._sock:  # before paho closes it: a closed fd must not stay polled
+            self._detach()
+
+    def _detach(self) -> None:
+        self.up = False
+        self._subscribe_mid = None
+        self._held.clear()  # not acknowledged: the broker sends them again (its session)
+        if self._sock is not None:
+            self.actor.remove_reader(self._sock)
+            self.actor.remove_writer(self._sock)
+            self._sock = None
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+
+    # --- backpressure -----------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """The actor's Bus is congested and its loop no longer polls this socket (the actor's
+        ``pause_device``): the broker keeps the messages. Read only an awaited answer of the
+        broker meanwhile; hold back the acknowledgement of QoS 1/2 messages read (module
+        doc)."""
+        self._paused = True
+        self._schedule_paused_read()
+
+    def resume(self) -> None:
+        """Reads resume (the loop polls the socket again); the held messages are
+        acknowledged, in the order they came."""
+        self._paused = False
+        if self._paused_read is not None:
+            self._paused_read.cancel()
+            self._paused_read = None
+        self._ack_held()
+
+    @property
+    def awaiting(self) -> bool:
+        """Whether the broker owes this client an answer: a CONNACK or SUBACK, a PINGRESP
+        (keepalive), the acknowledgement of a publish. paho keeps the last two to itself:
+        ``_ping_t`` is the time of the unanswered PINGREQ (0: none), ``_out_messages`` the
+        publishes not yet acknowledged."""
+        return not self.up or bool(self.client._ping_t) or bool(self.client._out_messages)
+
+    def _schedule_paused_read(self) -> None:
+        if self._paused_read is None and self._sock is not None:
+            self._paused_read = self.actor.call_later(PAUSED_READ, self._read_while_paused)
+
+    def _read_while_paused(self) -> None:
+        self._paused_read = None
+        if not self._paused or self._sock is None:
+            return
+        if self.awaiting:  # non-blocking socket: nothing there is no error
+            self._readable()
+        self._schedule_paused_read()
+
+    def _ack_held(self) -> None:
+        held, self._held = self._held, []
+        if self._sock is not None:
+            for mid, qos in held:
+                self.client.ack(mid, qos)
+
+    # --- publishing -------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, result: dict[str, Any], timeout: float,
                 on_acked: Callable[[dict[str, Any]], object] | None = None, *,
                 retain: bool = False) -> Deferred:
         """Publish at the actor's `qos`; the Deferred resolves to `result` once the broker
-        acknowledged it, or fails after `timeout` seconds, when the message is withdrawn so
-        that paho does not deliver it late after a reconnect."""
+        acknowledged it (after `on_acked(result)`), or fails after `timeout` seconds, when the
+        message is withdrawn so that it is not delivered late after a reconnect."""
         info = self.client.publish(topic, payload, qos=self.actor.config["qos"], retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._withdraw(info.mid)
@@ -230,36 +419,70 @@ class PahoBridge:
         with self.client._out_message_mutex:
             self.client._out_messages.pop(mid, None)
 
-    def _handover(self, fn: Callable[..., object], *args: Any) -> None:
-        self.actor.call_soon_threadsafe(fn, *args)
+    # --- paho's callbacks: on the loop thread, inside loop_read / loop_write / loop_misc ---
+
+    def _up(self) -> None:
+        self.up = True
+        self.handler.mqtt_up(f"connected to broker {self.address}")
+
+    def _down(self, reason: str) -> None:
+        self.up = False
+        if not self._stopped:
+            self.handler.mqtt_down(reason)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
                     props: Any) -> None:
-        self._handover(self.handler.mqtt_connected, rc.is_failure, reason_text(rc))
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        # paho calls this from inside its ``except OSError`` around the connect attempt and
-        # passes no error: the exception being handled is the only account of why (a refused
-        # port, an unreachable host, a TLS certificate the broker or we did not accept).
-        self._handover(self.handler.mqtt_connect_failed, connect_error_text(sys.exc_info()[1]))
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
-                       props: Any) -> None:
-        self._handover(self.handler.mqtt_disconnected, reason_text(rc))
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._handover(self.handler.mqtt_message, msg.topic, bytes(msg.payload), msg.retain)
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
-                    props: Any) -> None:
-        self._handover(self.settle, mid, f"broker {self.address} refused it: "
-                       f"{reason_text(rc)}" if rc.is_failure else None)
+        if rc.is_failure:
+            self._down(f"broker {self.address} refused the connection: {reason_text(rc)}")
+            return
+        if not self.subscriptions:
+            self._up()
+            return
+        result, mid = client.subscribe(self.subscriptions)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._down(f"subscribe on {self.address} failed: {reason_text(result)}")
+            return
+        self._subscribe_mid = mid
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       codes: list[ReasonCode], props: Any) -> None:
-        self._handover(self.handler.mqtt_subscribed, mid,
-                      [reason_text(c) for c in codes if c.is_failure])
+        if mid != self._subscribe_mid:
+            return
+        self._subscribe_mid = None
+        refused = [(topic, reason_text(code))
+                   for (topic, _), code in zip(self.subscriptions, codes, strict=False)
+                   if code.is_failure]
+        if refused:
+            log.error("actor %s: broker %s refused the subscription to %s: nothing published "
+                      "there will arrive; check the broker's ACL for this client",
+                      self.actor.name, self.address,
+                      ", ".join(f"{topic} ({why})" for topic, why in refused))
+            self._down(f"broker {self.address} refused subscriptions: {refused[0][1]}")
+            return
+        self._up()
 
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
+                       props: Any) -> None:
+        self._down(f"connection to broker {self.address} lost: {reason_text(rc)}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.handler.mqtt_message(msg.topic, bytes(msg.payload), msg.retain)
+        finally:  # acknowledged once handled (paho's manual_ack), or held while paused
+            if msg.qos:
+                if self._paused:
+                    self._held.append((msg.mid, msg.qos))
+                else:
+                    client.ack(msg.mid, msg.qos)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
+                    props: Any) -> None:
+        error = f"broker {self.address} refused it: {reason_text(rc)}" if rc.is_failure \
+            else None
+        if mid in self._pending:
+            self.settle(mid, error)
+        elif self.on_published is not None:
+            self.on_published(mid, error)
 
 def excerpt(payload: bytes) -> str:
     """A payload for a log line: text if printable, else hex; bounded."""

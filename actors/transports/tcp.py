@@ -8,7 +8,9 @@ by the owner does not call it. `TcpClient` adds a non-blocking connect (`on_conn
 `on_closed` with the reason) and TCP keepalive so a half-open connection is noticed.
 `TcpListener` accepts connections and hands each one to `on_accept(sock, (host, port))`.
 
-Every callback runs on the actor's loop thread; nothing here raises into the loop.
+Every callback runs on the actor's loop thread; nothing here raises into the loop. Readers go
+through the owner's `add_reader`, so an actor that pauses its device (a congested bus,
+docs/backpressure.md) stops every stream's reads at once and TCP pushes back on the peer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from typing import Any, Final, Protocol
 log = logging.getLogger(__name__)
 
 RECV_SIZE: Final = 65536
+# Chunks read per readiness: the loop gets a turn at least every READS_PER_TURN * RECV_SIZE
+# bytes of a fast device, so heartbeats, commands and a pause (a congested bus stops polling
+# the device, docs/backpressure.md) are not held up behind a flood.
+READS_PER_TURN: Final = 16
 MAX_PENDING: Final = 1 << 20  # bytes queued for sending before the stream gives up
 
 
@@ -115,7 +121,9 @@ class TcpStream:
         self.on_closed(reason)
 
     def _on_readable(self) -> None:
-        while self.sock is not None:
+        for _ in range(READS_PER_TURN):  # level-triggered: the next turn reads the rest
+            if self.sock is None:
+                return
             try:
                 chunk = self.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):

@@ -6,7 +6,8 @@ DEALER to the query socket. It gives:
 
 - **at-least-once ingress**: `publish` numbers envelopes per (name, epoch) and keeps them in the
   `Outbox` until acked; unacked envelopes are resent after ``resend_after`` seconds without ack
-  progress and after a router restart. Nothing is transmitted before the sync handshake.
+  progress (doubling, up to `RESEND_MAX`, while resends bring no ack) and after a router
+  restart. Nothing is transmitted before the sync handshake.
 - **no slow joiner**: `connect` sends ``ctl.sync`` probes until the router's answer comes back on
   the SUB socket, so both paths are live before the first envelope is sent or awaited.
 - **gap-free egress**: gapless subscriptions receive the whole feed (ZeroMQ prefix filtering would
@@ -50,10 +51,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import zmq
+from zmq.utils import monitor as zmq_monitor
 
 from broker import security
 from broker.client import delivery
-from broker.client.delivery import Delivery, parse_reply
+from broker.client.delivery import ZERO_COPY_MIN, Delivery, parse_reply
 from broker.client.egress import Egress
 from broker.client.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Outbox
 from broker.client.publisher import Publisher
@@ -62,7 +64,7 @@ from broker.config import RouterConfig
 from broker.wire import envelope as envmod
 from broker.wire import protocol, topics
 from broker.wire.envelope import Envelope
-from broker.wire.errors import BusError, EnvelopeError, RequestTimeout
+from broker.wire.errors import BusError, BusFull, EnvelopeError, RequestTimeout
 
 __all__ = ["Bus", "Delivery", "Request", "client_name", "new_epoch", "parse_reply"]
 
@@ -70,6 +72,10 @@ log = logging.getLogger(__name__)
 
 SYNC_FIRST: Final = 0.02  # first probe interval; doubles up to SYNC_MAX while unanswered
 SYNC_MAX: Final = 0.5
+# Each resend that brings no ack doubles the wait before the next one, up to RESEND_MAX: a
+# router that reads but cannot acknowledge (stopped, its journal blocked) must not receive the
+# whole outbox again every `resend_after` seconds.
+RESEND_MAX: Final = 8.0
 # pyzmq's C-level recv: its Python-level wrapper is a noticeable share of the cost of a frame.
 # Frames are taken with copy=False for their `more` flag, which is cheaper than
 # getsockopt(RCVMORE).
@@ -78,8 +84,17 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 # Plain ints: `revents & zmq.POLLIN` runs IntFlag.__rand__ in Python, three times a turn.
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
+_ACK_PREFIX: Final = topics.ACK + "."  # acks are plumbing: never delivered, whoever they are for
 # A live message's stamp; struct.error if it is not 16 bytes (`envelope.unpack_stamp` says why).
 _unpack_stamp = envmod.STAMP.unpack
+# PUB socket events: a finished handshake means connected, the others that it is lost
+_MONITOR_LOST: Final = frozenset({
+    zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH})
+_MONITOR_EVENTS: Final = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                             | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                             | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 HEARTBEAT_IVL_MS: Final = 1000  # ZMTP heartbeats: a dead peer or half-open TCP is noticed
 HEARTBEAT_TIMEOUT_MS: Final = 4000
 RECV_BATCH: Final = 2000  # messages drained per socket per handle(), for fairness
@@ -141,7 +156,10 @@ class Bus:
         self.epoch = new_epoch()
         self.router = router
         self.resend_after = resend_after
+        self._resend_wait = resend_after  # grows while resends bring no ack (RESEND_MAX)
+        self._acked_mark = 0  # counters["acked"] at the last resend
         self._ctx = context or zmq.Context.instance()
+        self._plain_ctx = self._ctx  # for the inproc monitor socket, which takes no CURVE
         self.identity: str | None = None
         sec = security.security_of(router.security)
         if sec is not None:
@@ -156,7 +174,7 @@ class Bus:
             "published", "sent", "resent", "acked", "outbox_dropped", "alarms", "sync_probes",
             "router_restarts", "delivered", "gaps", "gap_filled", "lost", "duplicates",
             "bad_frames", "requests", "request_retries", "request_timeouts", "resets",
-            "held_dropped", "denied",
+            "held_dropped", "denied", "fenced",
         ), 0)
         self._outbox = Outbox(outbox_max_messages, outbox_max_bytes)
         self._publisher = Publisher(self.name, self.epoch, router.max_message_bytes,
@@ -178,6 +196,10 @@ class Bus:
         self._sync_interval = SYNC_FIRST
         self._next_sync = 0.0
         self._stash: list[Delivery] = []  # deliveries that arrived inside blocking calls
+        # Called (loop thread) when the router fences us: another instance holds our name
+        # (broker.client.lease); the ack's data, with the holder, is the argument.
+        self.on_fenced: Callable[[dict[str, Any]], object] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # the PUB socket's events: `connected`
 
     # ---------------------------------------------------------------- connection
 
@@ -190,7 +212,7 @@ class Bus:
         if self._pub is not None:
             raise BusError("connect() called twice")
         r = self.router
-        self._pub = self._socket(zmq.PUB, r.connect_url("ingress"))
+        self._pub = self._socket(zmq.PUB, r.connect_url("ingress"), watch=True)
         self._pub.setsockopt(zmq.XPUB_NODROP, 1)
         self._pub.setsockopt(zmq.SNDHWM, 50_000)
         self._sub = self._ctx.socket(zmq.SUB)
@@ -219,9 +241,36 @@ class Bus:
         finally:
             self._stash = earlier + self._stash + got
 
-    def _socket(self, kind: int, url: str) -> zmq.Socket[bytes]:
+    def _watch(self, pub: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
+        """A monitor on the PUB socket: its handshakes and disconnects tell `connected`."""
+        url = f"inproc://sctl-bus-monitor-{id(self):x}-{self.epoch}"
+        pub.monitor(url, _MONITOR_EVENTS)
+        monitor: zmq.Socket[bytes] = self._plain_ctx.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(url)
+        return monitor
+
+    def _on_monitor(self) -> None:
+        assert self._monitor is not None
+        while True:
+            try:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = zmq_monitor.parse_monitor_message(frames)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._publisher.set_connected(True)
+            elif event in _MONITOR_LOST:
+                if self._outbox.connected:
+                    log.info("%s: lost the connection to the router's ingress", self.name)
+                self._publisher.set_connected(False)
+
+    def _socket(self, kind: int, url: str, watch: bool = False) -> zmq.Socket[bytes]:
+        """`watch`: monitor it (`_watch`) from before it connects, so no event is missed."""
         s: zmq.Socket[bytes] = self._ctx.socket(kind)
         _liveness(s)
+        if watch:
+            self._monitor = self._watch(s)
         s.connect(url)
         return s
 
@@ -229,9 +278,13 @@ class Bus:
         """Wait up to `linger` seconds for the outbox to be acked, then close; True if empty."""
         flushed = self.flush(linger) if linger > 0 else len(self._outbox) == 0
         self._publisher.close()
-        for s in (self._pub, self._sub, self._egress.dealer):
+        if self._monitor is not None and self._pub is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._pub.disable_monitor()
+        for s in (self._pub, self._sub, self._egress.dealer, self._monitor):
             if s is not None:
                 s.close(0)
+        self._monitor = None
         self._pub = self._sub = self._egress.dealer = None
         return flushed
 
@@ -245,17 +298,90 @@ class Bus:
 
     # ---------------------------------------------------------------- publishing
 
-    def publish(self, topic: str, kind: str, data: dict[str, Any] | None = None,
-                **extra: Any) -> Envelope:
+    def publish(self, topic: str, kind: str, data: dict[str, Any] | None = None, *,
+                headroom: bool = False, **extra: Any) -> Envelope:
         """Queue one envelope for the router; never blocks.
 
         Raises EnvelopeError/TopicError for anything the router would refuse (bad topic, kind
         not allowed on it, reserved topic, body over max_message_bytes) before a seq is used:
         a refused envelope must not leave a hole in this sender's stream.
+
+        Backpressure (docs/backpressure.md): an ``event`` that does not fit in the outbox while
+        the router is connected raises BusFull, also before a seq is used; `publish_wait` waits
+        for room instead. Other kinds (heartbeats, replies, alarms, logs, commands) and events
+        published with `headroom` (an actor that already paused its device) may use the
+        outbox's headroom beyond its bounds. With the router unreachable nothing is refused:
+        the outbox drops its oldest at the bound, counted and alarmed.
         """
-        if extra:  # unpacking even an empty **extra has a cost on every publish
+        try:
+            if headroom:
+                return self._publisher.publish(topic, kind, data, headroom=True, **extra)
+            if extra:  # unpacking even an empty **extra has a cost on every publish
+                return self._publisher.publish(topic, kind, data, **extra)
+            return self._publisher.publish(topic, kind, data)
+        except BusFull:
+            # a router that died since the last poll: unreachable, so no backpressure
+            if self._monitor is not None:
+                self._on_monitor()
+            if self._outbox.connected:
+                raise
             return self._publisher.publish(topic, kind, data, **extra)
-        return self._publisher.publish(topic, kind, data)
+
+    def publish_wait(self, topic: str, kind: str, data: dict[str, Any] | None = None, *,
+                     timeout: float, **extra: Any) -> Envelope:
+        """`publish`, pumping the Bus while the outbox is full (deliveries that arrive wait
+        for the next poll()/handle(), as in `flush`) until the envelope fits; BusFull when it
+        still does not after `timeout` seconds. For producers that may block; an event loop
+        uses `congested` to stop reading its source instead."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.publish(topic, kind, data, **extra)
+            except BusFull as exc:
+                if not self._wait_room(exc.size, deadline):
+                    raise BusFull(f"{exc} (waited {timeout:g} s)", size=exc.size,
+                                  held=exc.held, held_bytes=exc.held_bytes,
+                                  max_messages=exc.max_messages,
+                                  max_bytes=exc.max_bytes) from None
+
+    def _wait_room(self, size: int, deadline: float) -> bool:
+        """Pump until the outbox is under its low watermark with room for `size` bytes (each
+        retry encodes the envelope again, so not after every single ack); False at `deadline`."""
+        outbox = self._outbox
+        with self._stashing() as got:
+            while outbox.connected and (outbox.congested or not outbox.has_room(size)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                got.extend(self._poll_once(min(0.05, left)))
+        return True
+
+    @property
+    def connected(self) -> bool:
+        """The PUB socket has a live connection to the router's ingress (ZMTP handshake done,
+        not lost since; ZMTP heartbeats notice a dead peer within HEARTBEAT_TIMEOUT_MS)."""
+        return self._outbox.connected
+
+    @property
+    def congested(self) -> bool:
+        """The router is connected and the outbox reached its high watermark (75 % of a
+        bound), until it is back under the low one (50 % of both). Actors pause their device
+        reads while it holds; cheap enough to read every loop turn."""
+        outbox = self._outbox
+        return outbox.congested and outbox.connected
+
+    @property
+    def room(self) -> int:
+        """Bytes an event may still take before the outbox's byte bound (0: full)."""
+        return max(0, self._outbox.max_bytes - self._outbox.bytes)
+
+    def outbox_status(self) -> dict[str, Any]:
+        """The outbox's fill for heartbeats and `sctl top`."""
+        o, p = self._outbox, self._publisher
+        return {"messages": o.held, "bytes": o.bytes, "max_messages": o.max_messages,
+                "max_bytes": o.max_bytes, "fill": round(o.fill, 3),
+                "congested": self.congested, "connected": o.connected,
+                "unreachable_since": p.unreachable_since}
 
     def reply_to(self, command: Envelope, status: str, result: Any = None,
                  error: str = "") -> Envelope | None:
@@ -375,6 +501,8 @@ class Bus:
             out.append((self._egress.dealer, zmq.POLLIN))
         if self._pub is not None:
             out.append((self._pub, zmq.POLLOUT if self._blocked else 0))
+        if self._monitor is not None:
+            out.append((self._monitor, zmq.POLLIN))
         return out
 
     def handle(self, events: dict[Any, int]) -> list[Delivery]:
@@ -389,6 +517,8 @@ class Bus:
         dealer = self._egress.dealer
         if dealer is not None and events.get(dealer, 0) & _POLLIN:
             self._egress.drain(out, RECV_BATCH)
+        if self._monitor is not None and events.get(self._monitor, 0) & _POLLIN:
+            self._on_monitor()
         if time.monotonic() >= self.next_deadline():
             self.tick()
         return out
@@ -416,7 +546,7 @@ class Bus:
         if not self.synced or self._egress.awaiting_start:
             t = min(t, self._next_sync)
         elif self._outbox.inflight:
-            t = min(t, self._publisher.last_progress + self.resend_after)
+            t = min(t, self._publisher.last_progress + self._resend_wait_now())
         if self._requests:  # runs twice a loop turn: no scan of an empty set
             t = min(t, self._requests.next_retry())
         return min(t, self._egress.next_deadline())
@@ -429,11 +559,22 @@ class Bus:
         if not self.synced or self._egress.awaiting_start:
             if now >= self._next_sync:
                 self._probe(now)
-        elif self._outbox.inflight and now - self._publisher.last_progress >= self.resend_after:
+        elif self._outbox.inflight and \
+                now - self._publisher.last_progress >= self._resend_wait_now():
             self._unsync(f"no ack for {now - self._publisher.last_progress:.1f} s")
             self._probe(now)
+            self._resend_wait = min(RESEND_MAX, self._resend_wait * 2)
         self._requests.tick(now, self.synced)
         self._egress.tick(now)
+
+    def _resend_wait_now(self) -> float:
+        """Seconds without ack before the next resend: `resend_after` again once acks flowed
+        since the last resend, else the doubled wait."""
+        acked = self.counters["acked"]
+        if acked != self._acked_mark:
+            self._acked_mark = acked
+            self._resend_wait = self.resend_after
+        return self._resend_wait
 
     # ---------------------------------------------------------------- receiving
 
@@ -480,7 +621,9 @@ class Bus:
                                 cursor += 1
                                 if wants(topic):
                                     delivered += 1
-                                    out.append(Delivery(topic, body_f.bytes, router_epoch, gseq))
+                                    out.append(Delivery(topic, body_f.bytes if len(body_f)
+                                                        < ZERO_COPY_MIN else body_f.buffer,
+                                                        router_epoch, gseq))
                                 continue
             egress.took(cursor, delivered)
             delivered = 0
@@ -502,9 +645,11 @@ class Bus:
         if router_epoch != self.router_epoch:
             self._on_router_epoch(router_epoch)
         d = Delivery(topic, body, router_epoch, gseq)
-        if gseq == 0:
+        if gseq == 0:  # transient (never journaled): outside the gap-free order, never replayed
             if topic == self._ack_topic:
                 self._on_ack(d)
+            elif not topic.startswith(_ACK_PREFIX) and self._egress.wants(topic):
+                out.append(d)  # the router's alarm while it cannot write its journal
             return
         self._egress.on_live(d, out, self.synced)
 
@@ -526,6 +671,9 @@ class Bus:
         if data.get("epoch") == self.epoch and data.get("resync"):
             self._unsync("the router does not know this sender (restarted without journal?)")
             return
+        if data.get("epoch") == self.epoch and isinstance(data.get("fenced"), int):
+            self._on_fenced(data)
+            return
         if data.get("epoch") == self.epoch and isinstance(data.get("denied"), int):
             # [router.security] refused one of ours: loud, never mistaken for delivery
             self.counters["denied"] += 1
@@ -535,6 +683,21 @@ class Bus:
             self._publisher.ack(data["seq"])
         if data.get("sync") == self._sync_token:
             self._on_synced(data)
+
+    def _on_fenced(self, data: dict[str, Any]) -> None:
+        """Another instance holds our name: nothing of ours will be journaled (the router
+        keeps the seqs unused), so every ack waiter fails now, and a command whose started
+        record waits never runs. Told first loudly, then once a second or less."""
+        self.counters["fenced"] += 1
+        if self.counters["fenced"] == 1:
+            holder = data.get("holder")
+            holder = holder if isinstance(holder, dict) else {}
+            log.error("%s: the router fenced our seq %s: %s is held by host %s (pid %s), "
+                      "epoch %s; this instance must not run", self.name, data["fenced"],
+                      self.name, holder.get("host"), holder.get("pid"), holder.get("epoch"))
+        self._publisher.fenced()
+        if self.on_fenced is not None:
+            self.on_fenced(data)
 
     # ---------------------------------------------------------------- queries
 

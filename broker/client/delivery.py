@@ -11,7 +11,7 @@ call: the Bus's DEALER carries the replay requests, whose answers must not be mi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
@@ -20,13 +20,24 @@ from broker.wire import protocol
 from broker.wire.envelope import Envelope
 from broker.wire.errors import BusError, EnvelopeError
 
+# Live bodies from this size are delivered as a memoryview of the ZeroMQ frame they arrived in
+# rather than copied into bytes (below it a copy is cheaper than the view).
+ZERO_COPY_MIN: Final = 64 * 1024
+
 
 class Delivery:
-    """One message from the router. The envelope is decoded on first access."""
+    """One message from the router. The envelope is decoded on first access.
+
+    `body` is the envelope's msgpack bytes; a live body of `ZERO_COPY_MIN` bytes or more is a
+    memoryview of the received frame instead (no copy: a 4 MiB image is not copied on its
+    way to `envelope`). Both are bytes-like: msgpack, hashing aside, slicing and ``bytes()``
+    treat them alike.
+    """
 
     __slots__ = ("_env", "body", "gseq", "router_epoch", "topic")
 
-    def __init__(self, topic: str, body: bytes, router_epoch: int, gseq: int) -> None:
+    def __init__(self, topic: str, body: bytes | memoryview, router_epoch: int,
+                 gseq: int) -> None:
         self.topic = topic
         self.body = body
         self.router_epoch = router_epoch

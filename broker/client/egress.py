@@ -25,11 +25,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import zmq
 
-from broker.client.delivery import Delivery, parse_reply
+from broker.client.delivery import ZERO_COPY_MIN, Delivery, parse_reply
 from broker.client.requests import Requests
 from broker.client.stream import Stream
 from broker.wire import protocol, topics
@@ -216,9 +216,12 @@ class Egress:
         assert self.dealer is not None
         for _ in range(batch):
             try:
-                frames = self.dealer.recv_multipart(flags=zmq.NOBLOCK)
+                got = self.dealer.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            # As on the live path, a big body stays a view of its frame (`ZERO_COPY_MIN`); only
+            # topics, stamps and headers, all small, are read as bytes.
+            frames = [f.bytes if len(f) < ZERO_COPY_MIN else cast(bytes, f.buffer) for f in got]
             if len(frames) < 2 or not frames[0].startswith(b"r"):
                 continue  # not an answer to a replay of ours
             current = frames[0] == self._replay_token

@@ -6,9 +6,22 @@ ones come first, then the ones not yet handed to ZeroMQ. A resend (after a timeo
 router restart) moves every unacked entry back to unsent: the router journals only in seq order
 and drops duplicates, so resending everything unacked is both correct and simple.
 
-The outbox is bounded by count and bytes. Overflow drops the oldest entry and counts it; the Bus
-raises one ``sys.alarm`` per overflow episode (an episode ends when the outbox is back under half
-of its bounds).
+Bounds (docs/backpressure.md). The outbox is bounded by count and bytes, and what happens at the
+bound depends on whether the router is connected (`connected`, set by the Bus from its PUB
+socket's monitor):
+
+- connected: the bound is backpressure. `has_room` says whether an event of a given size still
+  fits; the Publisher refuses device events that do not (`BusFull`) before they take a seq.
+  Framework traffic (heartbeats, replies, alarms, logs, commands, and events an actor publishes
+  after it paused its device) may use a headroom of `HEADROOM` of each bound beyond it. Only
+  past bound + headroom, a router connected but acknowledging nothing for that long, does the
+  outbox drop its oldest.
+- unreachable: overflow drops the oldest entry at the bound and counts it.
+
+Either way the Bus raises one ``sys.alarm`` per overflow episode (an episode ends when the outbox
+is back under half of its bounds). `congested` has hysteresis: set when the outbox reaches
+`HIGH_WATER` of a bound, cleared when it is back to `LOW_WATER` of both; actors pause their
+device reads while it is set and the router connected.
 """
 
 from __future__ import annotations
@@ -20,7 +33,13 @@ from dataclasses import dataclass
 from typing import Final
 
 DEFAULT_MAX_MESSAGES: Final = 100_000
-DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+# Eight 16 MiB frames (max_message_bytes' default is 16 MiB + 64 KiB): a detector streaming
+# frames keeps several in flight while the router journals the first. A bound, not a
+# reservation: an outbox holds this much only while its producer outruns the router.
+DEFAULT_MAX_BYTES: Final = 128 * 1024 * 1024
+HEADROOM: Final = 0.25  # share of each bound that framework traffic may use beyond it
+HIGH_WATER: Final = 0.75  # `congested` from this share of a bound ...
+LOW_WATER: Final = 0.5  # ... until back to this share of both
 
 # (seq, topic, body, end): `end` is the outbox's running total of bytes added, this entry's
 # included. Entries leave oldest first (acks, overflow), so the bytes still held are always
@@ -39,6 +58,7 @@ class Overflow:
     first_seq: int
     last_seq: int
     new_episode: bool
+    connected: bool  # the router was connected: the headroom was exhausted too
 
 
 class Outbox:
@@ -63,6 +83,32 @@ class Outbox:
         self.acked = 0  # highest seq the router acknowledged
         self.dropped_total = 0
         self._in_episode = False
+        self.headroom_messages = max(1, int(max_messages * HEADROOM))
+        self.headroom_bytes = max(1, int(max_bytes * HEADROOM))
+        self._high = (max(1, int(max_messages * HIGH_WATER)), max(1, int(max_bytes * HIGH_WATER)))
+        self._low = (int(max_messages * LOW_WATER), int(max_bytes * LOW_WATER))
+        self.congested = False  # see the module doc: hysteresis between the watermarks
+        self.connected = False
+        # where `add` drops the oldest: the bounds, plus the headroom while connected
+        self._limit = (max_messages, max_bytes)
+
+    def set_connected(self, connected: bool) -> None:
+        """The Bus's PUB socket has (or lost) its connection to the router's ingress."""
+        self.connected = connected
+        self._limit = ((self.max_messages + self.headroom_messages,
+                        self.max_bytes + self.headroom_bytes) if connected
+                       else (self.max_messages, self.max_bytes))
+
+    def has_room(self, size: int) -> bool:
+        """Whether one more envelope of `size` bytes stays within the bounds (an empty outbox
+        always takes one, whatever its size)."""
+        return not self.held or (self.held < self.max_messages
+                                 and self._added - self._gone + size <= self.max_bytes)
+
+    @property
+    def fill(self) -> float:
+        """The fuller of the two bounds' shares in use, 0.0 .. 1.0 + HEADROOM."""
+        return max(self.held / self.max_messages, (self._added - self._gone) / self.max_bytes)
 
     def __len__(self) -> int:
         return self.held
@@ -76,19 +122,23 @@ class Outbox:
         self._added += len(topic) + len(body)
         self._waiting.append((seq, topic, body, self._added))
         self.held += 1
-        if self.held <= self.max_messages and self._added - self._gone <= self.max_bytes:
+        if not self.congested and (self.held >= self._high[0]
+                                   or self._added - self._gone >= self._high[1]):
+            self.congested = True
+        max_messages, max_bytes = self._limit
+        if self.held <= max_messages and self._added - self._gone <= max_bytes:
             return None
         first = (self._inflight or self._waiting)[0][0]
         dropped = 0
-        while self.held > 1 and (self.held > self.max_messages
-                                 or self._added - self._gone > self.max_bytes):
+        while self.held > 1 and (self.held > max_messages
+                                 or self._added - self._gone > max_bytes):
             self._gone = (self._inflight or self._waiting).popleft()[3]
             self.held -= 1
             dropped += 1
         self.dropped_total += dropped
         new_episode = not self._in_episode
         self._in_episode = True
-        return Overflow(dropped, first, first + dropped - 1, new_episode)
+        return Overflow(dropped, first, first + dropped - 1, new_episode, self.connected)
 
     def ack(self, seq: int) -> int:
         """Forget entries up to `seq`; return how many were released."""
@@ -109,6 +159,9 @@ class Outbox:
                 released += 1
             break  # this queue keeps an entry past seq, and the next one holds later seqs
         self.held -= released
+        if self.congested and self.held <= self._low[0] \
+                and self._added - self._gone <= self._low[1]:
+            self.congested = False
         if self._in_episode and self.held <= self.max_messages // 2 \
                 and self._added - self._gone <= self.max_bytes // 2:
             self._in_episode = False

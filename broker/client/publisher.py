@@ -27,7 +27,7 @@ from broker.client.outbox import Outbox, Overflow
 from broker.wire import envelope as envmod
 from broker.wire import rules, topics
 from broker.wire.envelope import Envelope
-from broker.wire.errors import EnvelopeError, TopicError
+from broker.wire.errors import BusFull, EnvelopeError, TopicError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,11 @@ RULE_CACHE: Final = 4096  # topics whose ingress rule is remembered
 _send = zmq.backend.Socket.send
 _MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST: Final = int(zmq.NOBLOCK)
+ZERO_COPY_MIN: Final = 64 * 1024  # bodies from this size go zero-copy (a copy is cheaper below)
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
 
 
 def _call(callback: Callable[[bool], object], ok: bool) -> None:
@@ -60,10 +65,13 @@ class Publisher:
         self._rules: dict[str, tuple[bytes, frozenset[str]]] = {}  # see `_learn`
         self._alarm: dict[str, Any] | None = None  # outbox overflow not yet reported
         self._ack_waiters: dict[int, list[Callable[[bool], object]]] = {}
+        self.unreachable_since: float | None = time.time()  # wall clock; None: connected
+        self.acked_at = time.time()  # wall clock of the last ack that released something
 
-    def publish(self, topic: str, kind: str, data: dict[str, Any] | None,
-                **extra: Any) -> Envelope:
-        """`Bus.publish`: raises before a seq is used for what the router would refuse.
+    def publish(self, topic: str, kind: str, data: dict[str, Any] | None, *,
+                headroom: bool = False, **extra: Any) -> Envelope:
+        """`Bus.publish`: raises before a seq is used for what the router would refuse, and
+        BusFull for an event (unless `headroom`) that does not fit while the router is connected.
 
         Per-publish hot path: the topic's frame and the kinds the router lets through on it
         are cached per topic str (one dict look-up, no encode, no rule unpacking).
@@ -81,9 +89,12 @@ class Publisher:
         if len(body) > self.max_message_bytes:
             raise EnvelopeError(f"{topic}: envelope of {len(body)} bytes is over the router's "
                                 f"max_message_bytes ({self.max_message_bytes})")
+        outbox = self.outbox
+        if outbox.connected and kind == "event" and not headroom \
+                and not outbox.has_room(len(body)):
+            raise self._full(topic, len(body))
         self.seq = seq
         self._counters["published"] += 1
-        outbox = self.outbox
         if not outbox.held:
             self.last_progress = time.monotonic()
         overflow = outbox.add(seq, tframe, body)
@@ -105,7 +116,10 @@ class Publisher:
                     _send(pub, topic, _MORE)
                 except zmq.Again:
                     return False
-                _send(pub, body, _LAST)
+                if len(body) < ZERO_COPY_MIN:
+                    _send(pub, body, _LAST)
+                else:  # ZeroMQ sends the outbox's own bytes (it holds a reference), no copy
+                    _send(pub, body, _LAST, False)
                 sent += 1
             return True
         finally:
@@ -151,14 +165,40 @@ class Publisher:
             self._settle_waiters(overflow.last_seq, False)
         if overflow.new_episode:
             self._counters["alarms"] += 1
-            log.warning("%s: outbox full (%d messages / %d bytes): router unreachable or too "
-                        "slow; dropping the oldest unacknowledged envelopes from seq %d",
-                        self.name, self.outbox.max_messages, self.outbox.max_bytes, first_seq)
-            self._alarm = {"alarm": "outbox_overflow", "source": self.name,
-                           "first_seq": first_seq, "dropped": 0}
+            reason = self._overflow_reason(overflow.connected)
+            log.warning("%s: outbox full (%d messages / %d bytes): %s; dropping the oldest "
+                        "unacknowledged envelopes from seq %d", self.name,
+                        self.outbox.max_messages, self.outbox.max_bytes, reason, first_seq)
+            self._alarm = {"alarm": "outbox_overflow", "source": self.name, "reason": reason,
+                           "connected": overflow.connected, "first_seq": first_seq,
+                           "dropped": 0}
         if self._alarm is not None:
             self._alarm["dropped"] += dropped
             self._alarm["last_seq"] = overflow.last_seq
+
+    def _overflow_reason(self, connected: bool) -> str:
+        if not connected:
+            since = self.unreachable_since or time.time()
+            return f"router unreachable since {_clock(since)}"
+        return (f"router connected but nothing acknowledged since {_clock(self.acked_at)}, "
+                f"headroom of {self.outbox.headroom_messages} messages / "
+                f"{self.outbox.headroom_bytes} bytes used up (is its journal writable?)")
+
+    def _full(self, topic: str, size: int) -> BusFull:
+        o = self.outbox
+        return BusFull(
+            f"{self.name}: outbox full ({o.held} of {o.max_messages} messages, {o.bytes} of "
+            f"{o.max_bytes} bytes; {topic} needs {size} more) while the router is connected "
+            "and journaling the backlog: publish it again when there is room "
+            "(Bus.publish_wait waits)", size=size, held=o.held, held_bytes=o.bytes,
+            max_messages=o.max_messages, max_bytes=o.max_bytes)
+
+    def set_connected(self, connected: bool) -> None:
+        """The Bus's PUB socket connected to (or lost) the router's ingress."""
+        if connected == self.outbox.connected:
+            return
+        self.outbox.set_connected(connected)
+        self.unreachable_since = None if connected else time.time()
 
     def _raise_alarm(self) -> None:
         alarm, self._alarm = self._alarm, None
@@ -166,7 +206,8 @@ class Publisher:
             return
         alarm["dropped_total"] = self.outbox.dropped_total
         alarm["message"] = (f"{self.name}: outbox overflow dropped {alarm['dropped']} "
-                            f"envelope(s), seq {alarm['first_seq']}..{alarm['last_seq']}")
+                            f"envelope(s), seq {alarm['first_seq']}..{alarm['last_seq']}: "
+                            f"{alarm['reason']}")
         self.publish(topics.ALARM, "system", alarm)
 
     def ack(self, seq: int) -> None:
@@ -175,6 +216,7 @@ class Publisher:
         if released:
             self._counters["acked"] += released
             self.last_progress = time.monotonic()
+            self.acked_at = time.time()
             if self._alarm is not None:
                 self._raise_alarm()
             self._settle_waiters(self.outbox.acked, True)
@@ -195,6 +237,11 @@ class Publisher:
 
     def close(self) -> None:
         """Nothing unacked can be acked any more."""
+        self._settle_waiters(self.seq, False)
+
+    def fenced(self) -> None:
+        """The router fences this epoch (another instance holds the name): nothing unacked
+        will be journaled while it does, so no waiter may go on as if it would."""
         self._settle_waiters(self.seq, False)
 
     def _settle_waiters(self, upto: int, ok: bool) -> None:

@@ -23,16 +23,27 @@ With a path, every entry is also queued for `broker.router.journal_file.JournalF
 file rebuilds entries, next gseq and the source table (the file's snapshot plus every entry
 and advance record after it). Without both kinds of record a restart would take a pair back to
 its last entry, and the sender's next seq would open a gap that ends as a loss never suffered.
+
+Storage faults. A flush that cannot write the file (disk full, I/O error, read-only filesystem:
+`JournalWriteError`) leaves the journal *blocked* (`fault`, a `JournalFault`) until a flush
+succeeds: the records stay queued, the entries stay in memory, and `last` stays at the newest
+gseq on disk, so a query never serves an entry a router restart could give to another message.
+The caller retries (`retry`, backoff in `JournalFault.next_try`); `open` on a full or
+read-only disk loads what is there and comes up blocked instead of failing.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from broker.router.journal_file import COMPACT_MIN_BYTES, JournalFile, Snapshot
+from broker.router.journal_file import COMPACT_MIN_BYTES, JournalFile, JournalWriteError, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,67 @@ _UNTRACKED_SRC: Final = "router"
 _MIN_LAST_PRUNE: Final = 4096
 
 SourceKey = tuple[str, int]
+
+RETRY_FIRST: Final = 0.1  # seconds before the first retry of a blocked journal; doubles
+RETRY_MAX: Final = 5.0
+# Failures of the disk, not of the configuration: a router starting on one comes up blocked.
+# Others at start (permission denied, a path through a file) stop the start with the error.
+STORAGE_FAULTS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS,
+                                   errno.EFBIG, errno.ENOMEM})
+ALARM_NAME: Final = "journal_write_failed"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem of `path`'s folder."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+@dataclass
+class JournalFault:
+    """A journal that cannot be written: the last error, since when, how often retried."""
+
+    error: JournalWriteError
+    since: float = field(default_factory=time.time)  # wall time of the first failure
+    started: float = field(default_factory=time.monotonic)
+    retries: int = 0
+    delay: float = RETRY_FIRST
+    next_try: float = 0.0  # monotonic time of the next retry
+    held: int = 0  # entries written by the flush that ended the fault
+    free_bytes: int | None = None  # at the first failure
+
+    def __post_init__(self) -> None:
+        self.next_try = self.started + self.delay
+
+    def failed_again(self, error: JournalWriteError, now: float) -> None:
+        self.error = error
+        self.delay = min(self.delay * 2, RETRY_MAX)
+        self.next_try = now + self.delay
+
+    def alarm(self) -> dict[str, Any]:
+        """The data of the ``sys.alarm`` that opens the episode."""
+        e = self.error
+        free = "unknown" if self.free_bytes is None else f"{self.free_bytes} bytes"
+        return {"alarm": ALARM_NAME, "source": "router", "reason": e.strerror,
+                "errno": e.errno_name, "op": e.op, "path": str(e.path),
+                "free_bytes": self.free_bytes, "since": self.since,
+                "message": f"router: journal {e.path} cannot be written ({e.op}: {e.strerror}, "
+                           f"{free} free); publishers keep their messages until it can, "
+                           f"retrying every {RETRY_MAX:g} s at most"}
+
+    def resolved(self, now: float) -> dict[str, Any]:
+        """The data of the journaled ``sys.alarm`` that ends the episode."""
+        e = self.error
+        duration = round(now - self.started, 3)
+        return {"alarm": ALARM_NAME, "source": "router", "state": "resolved",
+                "reason": e.strerror, "errno": e.errno_name, "path": str(e.path),
+                "since": self.since, "duration": duration, "held": self.held,
+                "retries": self.retries,
+                "message": f"router: journal {e.path} takes writes again after {duration:g} s "
+                           f"of \"{e.strerror}\"; {self.held} held message(s) journaled"}
 
 
 class SourceTable:
@@ -119,6 +191,8 @@ class Journal:
         self._last_prune_at = _MIN_LAST_PRUNE
         self._file = None if path is None else JournalFile(path, fsync, compact_min_bytes)
         self._advanced: dict[SourceKey, None] = {}  # pairs advanced since the last flush
+        self.fault: JournalFault | None = None  # set while the file cannot be written
+        self._flushed = 0  # newest gseq in the file
 
     @property
     def persistent(self) -> bool:
@@ -126,8 +200,12 @@ class Journal:
 
     @property
     def last(self) -> int:
-        """Newest gseq journaled (first - 1 when empty)."""
-        return self.next_gseq - 1
+        """Newest gseq journaled (first - 1 when empty); while blocked, the newest on disk."""
+        return self.next_gseq - 1 if self.fault is None else self._flushed
+
+    @property
+    def blocked(self) -> bool:
+        return self.fault is not None
 
     def __len__(self) -> int:
         return len(self._topics) - self._head
@@ -170,20 +248,97 @@ class Journal:
             self.sources.touch(key)
         log.info("journal %s loaded: gseq %d..%d, %d sources", self.path, self.first,
                  self.last, len(self.sources))
+        self._flushed = self.next_gseq - 1
+        try:
+            self._file.open_for_writing()
+        except JournalWriteError as exc:
+            if exc.errno not in STORAGE_FAULTS:
+                raise
+            self._failed(exc)
 
     def flush(self) -> None:
-        """Write queued records (fsync if configured); compact the file when it is too big."""
+        """Write queued records (fsync if configured); compact the file when it is too big.
+
+        Raises JournalWriteError when the file cannot be written: the journal is then blocked
+        (`fault`) until a flush succeeds; nothing queued is dropped."""
+        if self._file is None:
+            return
+        file = self._file
+        self._queue_advances(file)
+        try:
+            try:
+                file.flush()
+            except JournalWriteError:
+                # A full disk may still take the live part alone: what memory evicted already
+                # (a batch bigger than the bound) need not be written at all.
+                if not (len(self) and file.can_shrink(self.first)
+                        and file.compact(self._snapshot(), fallback=True)):
+                    raise
+        except JournalWriteError as exc:
+            self._failed(exc)
+            raise
+        if self.fault is not None:
+            self.fault.held = self.next_gseq - 1 - self._flushed
+            self.fault = None
+        self._flushed = self.next_gseq - 1
+        # Compaction runs in a thread; the loop only starts it and, once it is done, adds the
+        # records appended meanwhile and renames the new file into place.
+        file.compact_poll()
+        if not len(self):
+            return
+        if file.overgrown(self.first):  # the background falls behind a flood, or failed
+            file.compact(self._snapshot())
+        elif file.should_compact(self.first):
+            file.compact_start(self._snapshot())
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(self.first, self.sources.snapshot(), self.origin)
+
+    def retry(self) -> JournalFault | None:
+        """Flush a blocked journal once more: the fault it ended, or None while it lasts (the
+        next try is backed off: `RETRY_FIRST` doubling to `RETRY_MAX`)."""
+        fault = self.fault
+        if fault is None:
+            return None
+        fault.retries += 1
+        try:
+            self.flush()
+        except JournalWriteError:
+            return None
+        return fault
+
+    def _failed(self, exc: JournalWriteError) -> None:
+        if self.fault is None:
+            self.fault = JournalFault(exc, free_bytes=free_bytes(exc.path))
+        else:
+            self.fault.failed_again(exc, time.monotonic())
+            log.debug("journal %s still blocked: %s (retry %d, next in %g s)", self.path, exc,
+                      self.fault.retries, self.fault.delay)
+
+    def fault_info(self) -> dict[str, Any]:
+        """The storage part of the router's state: blocked or not, why, the free space."""
+        f = self.fault
+        return {"blocked": f is not None, "since": None if f is None else f.since,
+                "reason": None if f is None else f.error.strerror,
+                "errno": None if f is None else f.error.errno_name,
+                "free_bytes": None if self.path is None else free_bytes(self.path),
+                "retries": 0 if f is None else f.retries,
+                "held": 0 if f is None else self.next_gseq - 1 - self._flushed,
+                "compaction_failures": 0 if self._file is None else self._file.compact_failures}
+
+    def close(self) -> None:
+        """Write what is queued and close the file. A write failure is logged, not raised:
+        what could not be written was never acknowledged, its senders still hold it."""
         if self._file is None:
             return
         self._queue_advances(self._file)
-        self._file.flush()
-        if len(self) and self._file.should_compact(self.first):
-            self._file.compact(Snapshot(self.first, self.sources.snapshot(), self.origin))
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._queue_advances(self._file)
+        unwritten = self.next_gseq - 1 - self._flushed
+        try:
             self._file.close()
+        except JournalWriteError as exc:
+            log.error("%s; closed with %d entries and %d bytes unwritten (never acknowledged: "
+                      "their senders resend them to the next router)", exc, unwritten,
+                      self._file.queued)
 
     def _queue_advances(self, file: JournalFile) -> None:
         """One advance record per pair advanced since the last flush, with its current hc."""
@@ -250,7 +405,7 @@ class Journal:
 
     def entry(self, gseq: int) -> tuple[str, bytes]:
         """(topic, body) of a retained gseq; IndexError when evicted or not yet journaled."""
-        if not self.first <= gseq < self.next_gseq:
+        if not self.first <= gseq <= self.last:
             raise IndexError(f"gseq {gseq} is not in the journal ({self.first}..{self.last})")
         i = self._head + gseq - self.first
         return self._topics[i], self._bodies[i]
@@ -258,13 +413,14 @@ class Journal:
     def scan(self, start: int, stop: int) -> Iterator[tuple[int, str, bytes]]:
         """(gseq, topic, body) for retained gseqs in [start, stop), oldest first."""
         start = max(start, self.first)
-        stop = min(stop, self.next_gseq)
+        stop = min(stop, self.last + 1)
         base = self._head - self.first
         topics, bodies = self._topics, self._bodies
         for gseq in range(start, stop):
             yield gseq, topics[base + gseq], bodies[base + gseq]
 
     def latest(self) -> Iterator[tuple[str, int]]:
-        """(topic, newest gseq) of every topic with an entry still retained."""
-        first = self.first
-        return ((t, g) for t, g in self._last.items() if g >= first)
+        """(topic, newest gseq) of every topic with an entry still retained (and, while
+        blocked, on disk)."""
+        first, last = self.first, self.last
+        return ((t, g) for t, g in self._last.items() if first <= g <= last)

@@ -11,6 +11,9 @@ router
    src/epoch/seq are read from a body that is too large or invalid) and raises hc through
    `Journal.advance`, which the journal file keeps too;
 2. flushes the journal file (fsync if configured), so nothing below is ever ahead of the disk;
+   when the file cannot be written the batch is held and the router is *blocked*: it reads no
+   ingress, raises one transient ``sys.alarm``, keeps answering queries and retries with
+   backoff until a write succeeds (`_journal_blocked`, docs/storage-faults.md);
 3. publishes the batch's accepted envelopes, then one ``ack.<src>`` per pair it touched.
 
 The decisions live in I/O-free parts, and this module carries them out: `broker.router.sequencer`
@@ -32,6 +35,13 @@ endpoints it actually got (ZeroMQ's LAST_ENDPOINT, also in `Router.endpoints`)::
 this line, reads the three endpoints from it and gives them to its clients; a restart on those
 same endpoints binds the same ports again. Explicit ports are bound as given.
 
+Leases (`broker.router.leases`, docs/leases.md): the query ops ``claim``/``release`` grant a
+bus name to one epoch; a sequenced message whose src is held by another epoch is fenced in
+`_ingest` before sequencing (not journaled, not forwarded, its seq not used up, the sender told
+on ``ack.<src>``, reported on ``sys.router.denied``); each batch renews the leases of the pairs
+it touched and expires the rest (`_keep_leases`), and every change is journaled on
+``sys.router.lease``.
+
 With ``[router.security] curve = true`` (`broker.security`) every socket is a CURVE server,
 the router answers ZAP on its own loop (one more socket), and each ingress message is checked
 against the key it came with (the ZAP User-Id libzmq attaches to it, read from the first frame)
@@ -43,13 +53,14 @@ three sockets log failed handshakes with the peer address.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
 import threading
 import time
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -59,7 +70,9 @@ from broker.config import RouterConfig
 from broker.router import ingress
 from broker.router.bad_input import BadInput
 from broker.router.journal import Journal, SourceKey
-from broker.router.query import QueryHandler
+from broker.router.journal_file import JournalWriteError
+from broker.router.leases import LeaseEvent, LeaseTable
+from broker.router.query import LeaseOps, QueryHandler
 from broker.router.sequencer import GapEvent, GapState, Sequencer, Verdict
 from broker.router.stats import COUNTS, Rates, state_map
 from broker.wire import envelope, rules, topics
@@ -73,9 +86,14 @@ INGRESS_BATCH: Final = 1000
 QUERY_BATCH: Final = 100
 MAX_POLL_S: Final = 0.25  # stop() is also a flag: bound how long a missed wake-up can delay it
 XSUB_MAXMSGSIZE: Final = 64 * 1024 * 1024  # hard memory guard; max_message_bytes is the policy
+# Ingress bodies from this size stay in their ZeroMQ Frame (a memoryview of it): journaled,
+# checked (`ingress.lean_fields`) and forwarded without a copy. Smaller ones are taken as bytes,
+# which is cheaper than a Frame's buffer at that size (ZeroMQ copies them anyway).
+ZERO_COPY_MIN: Final = 64 * 1024
 INGRESS_HWM: Final = 10_000
 TOPIC_CACHE_MAX: Final = 10_000
-DENIED_TOPIC: Final = "sys.router.denied"
+DENIED_TOPIC: Final = topics.ROUTER_DENIED
+FENCE_ACK_EVERY: Final = 0.2  # seconds between fenced acks to one (src, epoch)
 
 _GAP_COUNTS: Final[dict[GapState, str]] = {
     "open": "gaps_opened", "filled": "gaps_filled", "lost": "gaps_lost"}
@@ -122,6 +140,11 @@ class Router:
         self._user: str | None = None  # ZAP User-Id of the ingress message being handled
         self._denials = security.Denials()
         self._watches: dict[zmq.Socket[bytes], security.HandshakeWatch] = {}
+        self._leases = LeaseTable()  # one live instance per name: see broker.router.leases
+        self._held = self._leases.held  # hot path: name -> holder epoch
+        self._lease_ops = self._queries.leases = LeaseOps(
+            self._leases, self._lease_event, blind=lambda: self.journal.fault is not None)
+        self._fence_acks: dict[SourceKey, float] = {}  # when each fenced pair was last told
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -149,11 +172,15 @@ class Router:
         if curve:
             self._watch_handshakes()
         self._opened = True
+        fault = self.journal.fault  # a full or read-only disk: up, but blocked (_journal_blocked)
         log.info("router epoch %d up: ingress %s, egress %s, query %s, journal %s (gseq %d..%d)"
-                 "%s", self.router_epoch, self.endpoints["ingress"], self.endpoints["egress"],
+                 "%s%s", self.router_epoch, self.endpoints["ingress"], self.endpoints["egress"],
                  self.endpoints["query"], self.journal.path or "in memory",
                  self.journal.first, self.journal.last,
-                 f", CURVE with keys in {self._security.keys_dir}" if self._security else "")
+                 f", CURVE with keys in {self._security.keys_dir}" if self._security else "",
+                 f", journal blocked: {fault.error}" if fault else "")
+        if fault is not None:
+            self._journal_blocked()
 
     def _open_security(self) -> dict[int, int | bytes]:
         """With CURVE: load the keys, bind the ZAP handler (before any server socket, or
@@ -163,6 +190,7 @@ class Router:
         try:
             _, secret = security.server_secret(self._security)
             self._keys = security.KeyRing(self._security)
+            self._lease_ops.may_use = self._key_may_use
         except (ConfigError, OSError) as exc:
             raise BusError(f"router.security: {exc}") from exc
         self._zap: zmq.Socket[bytes] = self._ctx.socket(zmq.REP)
@@ -250,6 +278,9 @@ class Router:
 
     def _step(self) -> None:
         wait = min(max(self._next_stats - time.monotonic(), 0.0), MAX_POLL_S)
+        fault = self.journal.fault
+        if fault is not None:  # blocked: the next write attempt is due then
+            wait = min(wait, max(fault.next_try - time.monotonic(), 0.0))
         # rounded up: a wait under 1 ms rounded down to 0 would spin until the stats are due
         events = dict(self._poller.poll(math.ceil(wait * 1000)))
         if self._xsub in events:
@@ -265,9 +296,14 @@ class Router:
         if self._wake in events:
             while self._wake.poll(0):
                 self._wake.recv()
+        if fault is not None and time.monotonic() >= fault.next_try:
+            self._retry_journal()
         if time.monotonic() >= self._next_stats:
-            self._publish_stats()
-            self._finish_batch()
+            if self.journal.fault is None:
+                self._publish_stats()
+                self._finish_batch()
+            else:  # stats are journaled: none while blocked (`state` queries still answer)
+                self._next_stats = time.monotonic() + self.config.stats_interval
 
     def _drain_ingress(self) -> None:
         sock = self._xsub
@@ -285,7 +321,11 @@ class Router:
             frames = [frame.bytes]
             while frame.more:
                 frame = _recv(sock, _LAST, False)
-                frames.append(frame.bytes)
+                # A big body stays in its Frame: journaled and forwarded without a copy. It is
+                # typed as bytes for the code below, which reads it only as a buffer (len,
+                # slices, msgpack, crc32, file writes, sends).
+                frames.append(frame.bytes if len(frame) < ZERO_COPY_MIN
+                              else cast(bytes, frame.buffer))
             n += 1
             try:
                 self._ingest(frames)
@@ -297,7 +337,15 @@ class Router:
 
     def _finish_batch(self) -> None:
         """Flush the journal, then publish the batch and acks: the disk is never behind."""
-        self.journal.flush()
+        if self.journal.fault is not None:
+            return  # blocked: the batch is held until a retry writes it (_retry_journal)
+        if self._leases:  # before the flush: the lease events it journals go out with the batch
+            self._keep_leases()
+        try:
+            self.journal.flush()
+        except JournalWriteError:
+            self._journal_blocked()
+            return
         sources = self.journal.sources
         for key in self._touched:
             hc = sources.get(key)
@@ -341,6 +389,8 @@ class Router:
             return
         src, epoch, seq = f[0], f[1], f[2]
         if self._keys is not None and self._denied(rule[0], f, frames):
+            return
+        if self._held and seq and self._held.get(src, epoch) != epoch and self._fenced(f, frames):
             return
         if f[3] in passing and seq and src != SRC:  # rules.refusal would say None
             key = (src, epoch)
@@ -420,7 +470,12 @@ class Router:
     def _accept(self, key: SourceKey, tframe: bytes, topic: str, body: bytes, seq: int) -> None:
         self.journal.sources.put(key, seq)
         gseq = self.journal.append(topic, body, key[0], key[1], seq)
-        self._pending.append((tframe, body, STAMP.pack(self.router_epoch, gseq)))
+        # A big body is a memoryview of the Frame it came in (`_drain_ingress`): sending that
+        # Frame again hands ZeroMQ the same message buffer (a reference count, not a copy).
+        out: Any = body
+        if type(out) is memoryview:
+            out = out.obj
+        self._pending.append((tframe, out, STAMP.pack(self.router_epoch, gseq)))
         self.counts["journaled"] += 1
 
     def _report_gap(self, gap: GapEvent) -> None:
@@ -548,6 +603,66 @@ class Router:
                                          "suppressed": suppressed})
         self._finish_batch()
 
+    # -- leases (broker.router.leases) -------------------------------------------------------
+
+    def _fenced(self, f: rules.Fields, frames: list[bytes]) -> bool:
+        """A message of a src whose name another epoch holds: refused before sequencing (its
+        seq stays unused, so the sender's outbox keeps it), counted, reported, and the sender
+        told on ack.<src>. False when the holder's lease has expired (nothing fenced)."""
+        src, epoch, seq = f[0], f[1], f[2]
+        now = time.monotonic()
+        lease = self._leases.holder(src, now)
+        if lease is None:
+            return False
+        self.counts["fenced"] += 1
+        holder = lease.holder()
+        reason = (f"fenced: {src} is held by epoch {lease.epoch} on {lease.host} pid "
+                  f"{lease.pid} since {_clock(lease.since)}; this instance (epoch {epoch}) "
+                  f"must not run")
+        key = (src, epoch)
+        if now - self._fence_acks.get(key, -1.0) >= FENCE_ACK_EVERY:
+            if len(self._fence_acks) >= TOPIC_CACHE_MAX:
+                self._fence_acks.clear()
+            self._fence_acks[key] = now
+            self._transient(f"ack.{src}", {"epoch": epoch, "fenced": seq, "holder": holder,
+                                           "reason": reason})
+        suppressed = self._denials.report(f"fenced:{src}", now)
+        if suppressed is not None:
+            log.warning("%s (seq %d on %s; %d similar reports suppressed before this one)",
+                        reason, seq, frames[0].decode(errors="replace"), suppressed)
+            self._publish_own(DENIED_TOPIC, {
+                "key": None, "src": src, "epoch": epoch, "seq": seq, "reason": reason,
+                "fenced": True, "holder": holder, "topic": frames[0].decode(errors="replace"),
+                "size": len(frames[-1]), "count": self.counts["fenced"],
+                "suppressed": suppressed})
+        return True
+
+    def _keep_leases(self) -> None:
+        """Traffic renews: every pair this batch touched extends its lease; then expiry."""
+        now = time.monotonic()
+        renew = self._leases.renew
+        for key in self._touched:
+            event = renew(key, now)
+            if event is not None:
+                self._lease_event(event, flush=False)
+        for event in self._leases.expire(now):
+            self._lease_event(event, flush=False)
+
+    def _lease_event(self, event: LeaseEvent, flush: bool = True) -> None:
+        """Log and journal one lease change on sys.router.lease; a query's event goes out at
+        once (`flush`), a batch's with its batch."""
+        level = logging.WARNING if event.event in ("refused", "expired") else logging.INFO
+        log.log(level, "%s", event.text())
+        self._publish_own(topics.ROUTER_LEASE, event.data())
+        if flush:
+            self._finish_batch()
+
+    def _key_may_use(self, user: str | None, name: str) -> bool:
+        """CURVE: whether the key with ZAP User-Id `user` may claim or release `name`."""
+        assert self._keys is not None
+        key = self._keys.by_name.get(user or "")
+        return key is not None and self._keys.may_use_src(key, name)
+
     # -- the router's own messages -----------------------------------------------------------
 
     def _publish_own(self, topic: str, data: dict[str, Any]) -> None:
@@ -561,6 +676,38 @@ class Router:
         """An unjournaled router envelope: seq 0, stamp gseq 0 (acks, sync replies)."""
         _, body = self._encoder.build(0, "system", data)
         self._pending.append((topic.encode(), body, STAMP.pack(self.router_epoch, 0)))
+
+    # -- storage faults (docs/storage-faults.md) ---------------------------------------------
+
+    def _journal_blocked(self) -> None:
+        """The journal cannot be written: hold the batch (not published, not acked), stop
+        reading ingress (ZeroMQ's HWMs push back, publishers keep everything in their
+        outboxes) and say so once, on sys.alarm, as a transient: the disk cannot take it."""
+        fault = self.journal.fault
+        assert fault is not None
+        with contextlib.suppress(KeyError):
+            self._poller.unregister(self._xsub)
+        alarm = fault.alarm()
+        log.error("%s; holding %d message(s), ingress paused until a write succeeds",
+                  alarm["message"], len(self._pending))
+        _, body = self._encoder.build(0, "system", alarm)
+        _send(self._xpub, topics.ALARM.encode(), _MORE)
+        _send(self._xpub, body, _MORE)
+        _send(self._xpub, STAMP.pack(self.router_epoch, 0), _LAST)
+
+    def _retry_journal(self) -> None:
+        """One write attempt while blocked; on success journal the episode's end, publish
+        the held batch and its acks, and read ingress again."""
+        ended = self.journal.retry()
+        if ended is None:
+            return
+        resolved = ended.resolved(time.monotonic())
+        log.warning("%s after %d retries; ingress resumes", resolved["message"], ended.retries)
+        self._publish_own(topics.ALARM, resolved)
+        if self._leases:  # no ingress was read: the holders' silence was ours, not theirs
+            self._leases.hold_all(time.monotonic())
+        self._poller.register(self._xsub, zmq.POLLIN)
+        self._finish_batch()
 
     # -- egress, query, stats ----------------------------------------------------------------
 
@@ -593,6 +740,8 @@ class Router:
                           self._sequencer.open_gaps, self._queries.counters, self._rates.current)
         if self._keys is not None:
             state["denied"] = self._denials.counts()
+        state["leases"] = self._leases.table(time.monotonic())
+        state["journal"] = {**state["journal"], **self.journal.fault_info()}
         return state
 
     def _publish_stats(self) -> None:
@@ -603,6 +752,10 @@ class Router:
             self._keys.refresh()  # a revocation takes effect on open connections too
         self._publish_own(topics.ROUTER_STATS, self.state())
         self._next_stats = now + self.config.stats_interval
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
 
 
 def _user_id(frame: zmq.Frame) -> str | None:

@@ -19,7 +19,7 @@ from broker.router.query import QueryCounters
 
 COUNTS: Final = ("received", "journaled", "duplicates", "out_of_order", "gaps_opened",
                  "gaps_lost", "gaps_filled", "syncs", "sent", "subscriptions", "unsubscriptions",
-                 "subscribers", "replies_dropped", "unknown_source")
+                 "subscribers", "replies_dropped", "unknown_source", "fenced")
 
 
 class Rates:
@@ -62,6 +62,7 @@ def state_map(router_epoch: int, journal: Journal, counts: dict[str, int], bad: 
             "replies_dropped": c["replies_dropped"],
             "egress_gaps": q.egress_gaps, "egress_missed": q.egress_missed,
             "subscriptions": c["subscriptions"], "unsubscriptions": c["unsubscriptions"],
+            "fenced": c["fenced"],
         },
         "subscribers": c["subscribers"],
         "sources": len(j.sources),

@@ -276,33 +276,38 @@ def _refuse_ext(code: int, payload: bytes) -> Any:
     raise EnvelopeError(f"msgpack extension type {code} is not allowed in an envelope")
 
 
-def decode(raw: bytes) -> Envelope:
-    """Parse and validate one envelope; raises only EnvelopeError."""
+def decode(raw: bytes | memoryview) -> Envelope:
+    """Parse and validate one envelope; raises only EnvelopeError.
+
+    `raw` may be any bytes-like buffer (a memoryview of a received frame): msgpack reads it
+    in place, and an error keeps only its first bytes, not the buffer.
+    """
+    shown = raw if type(raw) is bytes else bytes(raw[:64])
     try:
         # timestamp=3 turns the spec's timestamp ext into datetime, which _check_plain refuses:
         # msgpack never passes that type to ext_hook.
         obj = msgpack.unpackb(raw, raw=False, ext_hook=_refuse_ext, strict_map_key=False,
                               timestamp=3)
     except EnvelopeError as exc:
-        raise EnvelopeError(str(exc), raw) from None
+        raise EnvelopeError(str(exc), shown) from None
     except Exception as exc:  # msgpack raises many types on garbage; all mean "not an envelope"
-        raise EnvelopeError(f"not valid msgpack ({type(exc).__name__}: {exc})", raw) from None
+        raise EnvelopeError(f"not valid msgpack ({type(exc).__name__}: {exc})", shown) from None
     if not isinstance(obj, dict):
-        raise EnvelopeError(f"body is a msgpack {type(obj).__name__}, not a map", raw)
+        raise EnvelopeError(f"body is a msgpack {type(obj).__name__}, not a map", shown)
     if obj.keys() == _REQUIRED.keys():
-        plain = _decode_plain(obj, raw)
+        plain = _decode_plain(obj, shown)
         if plain is not None:
             return plain
     for key, typ in _REQUIRED.items():
         if key not in obj:
-            raise EnvelopeError(f"missing key {key!r}", raw)
-        _check_type(obj, key, typ, raw)
+            raise EnvelopeError(f"missing key {key!r}", shown)
+        _check_type(obj, key, typ, shown)
     for key, typ in _OPTIONAL.items():
         if key in obj and obj[key] is not None:
-            _check_type(obj, key, typ, raw)
+            _check_type(obj, key, typ, shown)
     unknown = set(obj) - _REQUIRED.keys() - _OPTIONAL.keys()
     if unknown:
-        raise EnvelopeError(f"unknown keys {sorted(map(str, unknown))}", raw)
+        raise EnvelopeError(f"unknown keys {sorted(map(str, unknown))}", shown)
     try:
         return Envelope(
             id=obj["id"],
@@ -318,10 +323,10 @@ def decode(raw: bytes) -> Envelope:
             v=obj["v"],
         )
     except EnvelopeError as exc:
-        raise EnvelopeError(str(exc), raw) from None
+        raise EnvelopeError(str(exc), shown) from None
 
 
-def _decode_plain(obj: dict[str, Any], raw: bytes) -> Envelope | None:
+def _decode_plain(obj: dict[str, Any], shown: bytes) -> Envelope | None:
     """`decode`'s fast path for the common map: exactly the required keys, each of the exact
     type `_check_type` wants (so no bool, no subclass). The same checks as the general path
     in one pass; None sends anything else down the general path."""
@@ -336,7 +341,7 @@ def _decode_plain(obj: dict[str, Any], raw: bytes) -> Envelope | None:
     try:
         _validate(env)
     except EnvelopeError as exc:
-        raise EnvelopeError(str(exc), raw) from None
+        raise EnvelopeError(str(exc), shown) from None
     return env
 
 

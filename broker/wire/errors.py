@@ -42,6 +42,22 @@ class BusError(SctlError):
     """The bus could not do what was asked (router unreachable, bad reply on the query socket)."""
 
 
+class BusFull(BusError):
+    """The outbox holds as much as its bounds allow while the router is connected and still
+    journaling the backlog: the envelope was refused (no seq used) and may be published again
+    once there is room (`Bus.publish_wait` waits for it). `size` is the refused envelope's
+    bytes, `held`/`held_bytes` what the outbox holds, `max_messages`/`max_bytes` its bounds."""
+
+    def __init__(self, message: str, *, size: int, held: int, held_bytes: int,
+                 max_messages: int, max_bytes: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.held = held
+        self.held_bytes = held_bytes
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+
+
 class RequestTimeout(BusError):
     """No reply to a command before its deadline."""
 

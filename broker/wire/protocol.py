@@ -141,6 +141,29 @@ Query ops (request maps)
     gseq order. Header ``{"ok": True, "count", "more", "first", "last", "router_epoch"}``; at
     most ``REPLAY_LIMIT`` entries or 8 MiB (``more`` then says some were left out).
 
+``{"op": "claim", "name": N, "epoch": E, "host": H, "pid": P, "ttl": T}``
+    ask for the lease of bus name ``N`` for incarnation ``E`` (see `broker.router.leases` and
+    docs/leases.md). Header ``{"ok": True, "granted": bool, "holder": {"name", "epoch", "host",
+    "pid", "since", "ttl", "generation"}, "generation", "router_epoch"}``; ``holder`` is the
+    claimant when granted, else the instance that holds the name. Granted when the name is
+    free, its lease expired, or ``E`` holds it already (a renewal). ``ttl`` (seconds, clamped to
+    0.2 .. 3600) is how long the lease lasts without traffic from (N, E): every ingress message
+    of that pair renews it. With ``[router.security]`` the asking key must be one that may
+    publish as ``N``.
+``{"op": "release", "name": N, "epoch": E}``
+    free the name if ``E`` holds it (a clean stop). Header ``{"ok": True, "released": bool}``.
+``{"op": "leases"}``
+    header ``{"ok": True, "leases": {name: holder + "expires_in"}, "router_epoch"}``.
+
+Fencing. While ``N`` is held by epoch ``E``, a sequenced message (seq >= 1) with src ``N`` and
+another epoch is refused before sequencing: not journaled, not forwarded, its seq not used up,
+counted as ``fenced``, reported (rate-limited) on ``sys.router.denied`` with ``reason``
+"fenced" and the holder, and answered with a transient ``ack.<N>`` ``data = {"epoch": e,
+"fenced": seq, "holder": {...}, "reason": str}``. ``ctl.sync`` probes are answered as usual.
+Grants, refusals, releases, expiries and regains are journaled on ``sys.router.lease``
+(``data = {"event", "name", "epoch", "host", "pid", "since", "ttl", "generation",
+"claimant"?, "previous"?}``).
+
 Errors come back as header ``{"ok": False, "error": "..."}``.
 """
 
@@ -156,6 +179,9 @@ SYNC_TOPIC: Final = "ctl.sync"
 OP_STATE: Final = "state"
 OP_SINCE: Final = "since"
 OP_LAST: Final = "last"
+OP_CLAIM: Final = "claim"
+OP_RELEASE: Final = "release"
+OP_LEASES: Final = "leases"
 REPLAY_LIMIT: Final = 2000  # entries per `since` reply unless the request asks for fewer
 REPLAY_SCAN: Final = 50_000  # journal entries examined per `since` reply, to keep the router live
 

@@ -11,7 +11,7 @@ topic). Prefixes used on the bus:
 ``hb.<actor>``                  heartbeats
 ``log.<actor>``                 WARNING and above, structured
 ``ack.<src>``                   router ingress acknowledgements and sync markers
-``sys.router.<what>``           router stats, gaps, bad input
+``sys.router.<what>``           router stats, gaps, bad input, refusals, leases
 ``sys.alarm``                   alarms raised by anyone (outbox overflow, ...)
 ``ctl.sync``                    ingress-only control probe (never forwarded or journaled)
 ==============================  ======================================================
@@ -43,6 +43,8 @@ ALARM: Final = "sys.alarm"
 ROUTER_STATS: Final = "sys.router.stats"
 ROUTER_GAP: Final = "sys.router.gap"
 ROUTER_BAD: Final = "sys.router.bad"
+ROUTER_DENIED: Final = "sys.router.denied"
+ROUTER_LEASE: Final = "sys.router.lease"
 
 
 def check_name(name: str, what: str = "name") -> str:

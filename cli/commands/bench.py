@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 @click.pass_context
 def bench(ctx: click.Context, names: tuple[str, ...], quick: bool, as_json: bool) -> None:
     """Run the benchmarks and print a table: throughput, latency, device, commands, recovery,
-    footprint (all if none named). Needs a source checkout (tests/bench) with the dev tools;
+    footprint, spec, bridge, metrics, large, fanout (all if none named). Needs a source
+    checkout (tests/bench) with the dev tools;
     it starts and stops its own routers, simulators, supervisord and mosquitto."""
     from pathlib import Path
 

@@ -100,6 +100,9 @@ class AlertEngine:
         name = str(data.get("alarm") or "alarm")
         key = f"{name}:{source}" + (f":{data['device']}" if data.get("device") else "")
         title = str(data.get("message") or data.get("reason") or f"{name} from {source}")
+        if data.get("state") == "resolved":  # an alarm that says its own episode ended
+            ended = self.episodes.resolve(key, title, wall)
+            return [ended] if ended is not None else []
         opened = self.episodes.occur(_alert(ALARM, key, source, title, wall, data), now,
                                      quiet=True)
         return [opened] if opened is not None else []

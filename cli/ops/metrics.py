@@ -33,6 +33,9 @@ sctl_actor_commands_total{outcome}        counter   ok, error, expired (deadline
                                                     run), duplicate (answered from the cache)
 sctl_actor_outbox_messages                gauge     envelopes waiting for the router's ack
 sctl_actor_outbox_dropped_total           counter   outbox overflow (router unreachable)
+sctl_actor_outbox_fill                    gauge     outbox fill, 0..1 of its tighter bound
+sctl_actor_device_paused                  gauge     1 while backpressure pauses device reads
+sctl_actor_device_pauses_total            counter   times backpressure paused device reads
 sctl_actor_subscriber_lost_total          counter   evicted before its Bus could fetch them
 sctl_program_running{program}             gauge     supervisord state RUNNING
 sctl_program_alarm{program}               gauge     the watchdog's alarm is raised
@@ -129,6 +132,12 @@ class SiteCollector(Collector):
                            "overflow (router unreachable)")
         lost = _counter("sctl_actor_subscriber_lost", "messages the actor's subscriptions "
                         "missed: evicted from the journal before they could be fetched")
+        fill = _gauge("sctl_actor_outbox_fill", "outbox fill, 0..1 of its tighter bound "
+                      "(device reads pause at 0.75, resume at 0.5)")
+        paused = _gauge("sctl_actor_device_paused", "1 while a congested outbox pauses the "
+                        "actor's device reads (backpressure)")
+        pauses = _counter("sctl_actor_device_pauses", "times a congested outbox paused the "
+                          "actor's device reads")
         for name in m.actor_names():
             up.add_metric((name,), 1.0 if m.actor_up(name, wall) else 0.0)
             beat = m.beats.get(name)
@@ -154,8 +163,14 @@ class SiteCollector(Collector):
                     family.add_metric((name,), value)
             for outcome, value in _outcomes(beat.counter).items():
                 commands.add_metric((name, outcome), value)
+            pressure = d.get("backpressure")
+            if isinstance(pressure, dict):
+                if isinstance(pressure.get("fill"), int | float):
+                    fill.add_metric((name,), float(pressure["fill"]))
+                paused.add_metric((name,), 0.0 if pressure.get("paused_since") is None else 1.0)
+                pauses.add_metric((name,), beat.counter("device_pauses") or 0)
         yield from (up, info, age, uptime, link, link_for, events, commands, outbox, dropped,
-                    lost)
+                    lost, fill, paused, pauses)
 
     @staticmethod
     def _programs(m: SiteMonitor, wall: float) -> Iterator[Metric]:
@@ -204,6 +219,8 @@ class SiteCollector(Collector):
                 ("egress_messages", "messages published on egress", c.get("sent")),
                 ("journaled_messages", "envelopes journaled", c.get("journaled")),
                 ("duplicates", "duplicate envelopes dropped", c.get("duplicates")),
+                ("fenced", "envelopes refused because another instance holds the sender's "
+                 "name", c.get("fenced")),
                 ("gaps_lost", "ingress sequence gaps declared lost", c.get("gaps_lost")),
                 ("journal_evicted", "journal entries evicted by its bounds", j.get("evicted")),
                 ("egress_missed", "messages subscribers asked for after their eviction",
@@ -229,8 +246,12 @@ class SiteCollector(Collector):
                 ("journal_last_gseq", "gseq of the newest entry", data.get("last")),
                 ("gaps_open", "ingress gaps waiting for a resend", c.get("gaps_open")),
                 ("subscribers", "egress subscribers", data.get("subscribers")),
+                ("journal_blocked", "1 while the journal cannot be written (its stats then "
+                 "stop: watch sctl_router_stats_age_seconds too)", j.get("blocked")),
+                ("journal_free_bytes", "free space where the journal file is",
+                 j.get("free_bytes")),
                 ("sources", "senders the router tracks", data.get("sources"))):
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int | float):  # a bool (journal_blocked) counts as 0/1
                 yield GaugeMetricFamily(f"sctl_router_{name}", doc, value=float(value))
 
     @staticmethod

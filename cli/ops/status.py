@@ -5,8 +5,9 @@
   host's authenticated inet_http_server): state, pid, uptime, and for a program that failed,
   the last error line of its log;
 - the watchdogs (their ``sys.watchdog.*`` views, else their state files): restarts, alarms;
-- the router: its state, each actor's newest heartbeat (state, link and its outage, counters)
-  and newest event (age).
+- the router: its state, each actor's newest heartbeat (state, link and its outage, counters),
+  newest event (age), and the instance that holds its name (``holder``: host, pid, since; a
+  fenced duplicate's heartbeats never pass the router).
 
 Any source may be down; the report says which and shows what the others know, so it still
 helps when the router or a supervisord is the thing that failed.
@@ -28,7 +29,7 @@ from broker.wire import protocol, topics
 from broker.wire.errors import BusError, EnvelopeError
 from cli.ops.heartbeats import Heartbeat, age_text, heartbeats, link_ok, link_text
 from cli.ops.supervisor_rpc import FAILED, Supervisor, SupervisorError, endpoints
-from cli.ops.watchdog import read_state
+from cli.ops.watchdog import exit_reason, read_state
 
 SERVICE_KINDS = ("router", "service", "alerts")  # programs without heartbeats
 
@@ -98,7 +99,16 @@ def site_status(site: SiteConfig, timeout: float = 2.0,
                        # longer had what its subscriptions missed
                        dropped=sum(int(counters.get(k, 0)) for k in ("outbox_dropped", "lost")),
                        error=hb.data.get("error"))
+            running = row.get("pid")
+            if running and hb.data.get("pid") not in (None, running):
+                # the newest heartbeat is a previous process's (killed a moment ago): the one
+                # supervisord runs now has not spoken yet
+                row.update(alive=False, state="starting", link=None)
             row.setdefault("pid", hb.data.get("pid"))
+        holder = ((report["router"] or {}).get("leases") or {}).get(name)
+        if holder is not None:  # the instance the router lets run: its heartbeats alone pass
+            row["holder"] = {k: holder.get(k) for k in ("host", "pid", "since", "epoch",
+                                                        "generation")}
         elif kind not in SERVICE_KINDS:
             row.update(alive=False, heartbeat_age=None)
         if name in last_events:
@@ -148,7 +158,7 @@ def _supervisor_row(row: dict[str, Any], name: str, host: _Host | None) -> None:
                uptime=round(info["now"] - info["start"]) if state == "RUNNING" else None,
                exit=None)
     if state in FAILED and host is not None:
-        row["exit"] = host.client.failure_reason(info)
+        row["exit"] = exit_reason(info, host.client.failure_reason(info))
 
 
 def problems(report: dict[str, Any], hosts: dict[str, _Host | None], watchdog: bool,
@@ -158,6 +168,10 @@ def problems(report: dict[str, Any], hosts: dict[str, _Host | None], watchdog: b
     out: list[str] = []
     if report["router"] is None:
         out.append(f"router: not reachable: {report['router_error']}")
+    elif (journal := report["router"].get("journal") or {}).get("blocked"):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(journal.get("since") or 0))
+        out.append(f"router journal blocked: {journal.get('reason')} "
+                   f"({journal.get('free_bytes')} bytes free) since {since}")
     for entry in report["supervisors"]:
         if entry["error"]:
             out.append(entry["error"])

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from actors.core.actor import EXIT_DUPLICATE
 from broker.client.bus import Bus
 from broker.config import SiteConfig, SupervisorConfig
 from broker.wire import topics
@@ -54,6 +55,17 @@ DEAD: Final = frozenset({"EXITED", "FATAL", "BACKOFF"})
 START_GRACE: Final = 5.0  # seconds a new process has to send its first heartbeat
 BUS_GAP: Final = 2.0  # seconds without any delivery that count as a bus outage
 PUBLISH_EVERY: Final = 1.0
+
+
+def exit_reason(info: dict[str, Any], reason: str) -> str:
+    """`reason` (a program's last error line), naming what exit status `EXIT_DUPLICATE`
+    means. The restart policy treats it like any exit: a restarted duplicate is refused
+    again at once and runs nothing, a holder that died frees the name within its lease's ttl
+    (three heartbeats, well inside the restart backoff), and a name held elsewhere for good
+    ends in the alarm, with this reason, after max_restarts."""
+    if info.get("exitstatus") == EXIT_DUPLICATE:
+        return f"another instance holds {info.get('name')} (see log): {reason}"
+    return reason
 
 
 def supervisor_proxy(socket_path: Path, timeout: float = 5.0) -> Any:
@@ -273,7 +285,7 @@ class Watchdog:
     def _failure_reason(self, info: dict[str, Any]) -> str:
         """The last error line of the program's log, else what supervisord says
         ("Exited too quickly" tells an operator nothing)."""
-        return failure_text(info, _log_tail(self.rpc, info))
+        return exit_reason(info, failure_text(info, _log_tail(self.rpc, info)))
 
     def _clear(self, prog: Program, why: str) -> None:
         log.info("%s: alarm cleared (%s)", prog.name, why)

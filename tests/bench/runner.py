@@ -7,7 +7,9 @@ Families (run in this order; name any subset): ``throughput`` (figure 1), ``late
 ``device`` (3), ``commands`` (4), ``recovery`` (5), ``footprint`` (6: RSS and the 20-publisher
 scale run), ``spec`` (SPEC data arrays: simulator → actor → subscriber), ``bridge`` (bus →
 ``mqtt-bridge`` → Mosquitto → ``mosquitto_sub`` at 1 000 msg/s), ``metrics`` (7: the metrics
-program with 50 actors: scrape time, RSS, CPU). Each family starts
+program with 50 actors: scrape time, RSS, CPU), ``large`` (256 KiB and 4 MiB events through the
+router with a journal file, against a plain ``zmq.proxy``: MB/s, 4 MiB latency at 5/s),
+``fanout`` (one publisher at 2 000 msg/s to 8 gap-free subscribers). Each family starts
 its own processes and stops them before the next one starts, so families never load the
 machine at the same time.
 
@@ -35,7 +37,7 @@ from typing import Any, Final, TextIO
 from tests.bench.common import Figure, Scale
 
 FAMILIES: Final = ("throughput", "latency", "device", "commands", "recovery", "footprint",
-                   "spec", "bridge", "metrics")
+                   "spec", "bridge", "metrics", "large", "fanout")
 
 
 def _family(name: str) -> Callable[[Scale], list[Figure]]:

@@ -302,7 +302,7 @@ def garbage(p: Peer) -> dict[str, int]:
     p.send(b"evt.t1.x", raw([1, 2, 3]))  # not a map
     p.send(b"evt.t1.x", raw({k: v for k, v in good.items() if k != "src"}))  # missing key
     p.send(b"evt.t1.x", raw({**good, "kind": "nonsense"}))  # invalid value
-    p.send(b"evt.t1.x", b"\x00" * (10 * 1024 * 1024))  # 10 MB
+    p.send(b"evt.t1.x", b"\x00" * (20 * 1024 * 1024))  # over max_message_bytes (16 MiB + 64 KiB)
     p.send(b"cmd.t1", body(50))  # an event on a command topic
     p.send(b"evt.t1.x", body(50, kind="command", reply_to="rep.t1"))  # a command elsewhere
     p.send(b"ack.t1", body(50))  # only the router acks

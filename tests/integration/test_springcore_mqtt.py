@@ -217,3 +217,76 @@ def test_a_jump_in_the_readers_event_counter_is_reported_as_lost(stack: Stack) -
         "device": B1, "missed": 2, "first_seq": 2, "last_seq": 3}
     counters = result(stack.request("mqttreaders", "ping"))
     assert counters["state"] == "running"
+
+
+# -- backpressure: a congested Bus leaves the readers' events at the broker ----------------------
+
+BADGES = 300  # below Mosquitto's max_queued_messages (1000): the broker holds every one
+CONGESTED = """
+[actors.mqttreaders]
+type = "springcore-mqtt"
+port = {port}
+devices = "+"
+keepalive = 1
+heartbeat_interval = 0.5
+backoff_min = 0.2
+backoff_max = 1.0
+outbox_max_messages = 100
+"""
+
+
+def badge(device: str, n: int) -> tuple[str, bytes]:
+    """Reader event `n` of `device` (older firmware: numbered, so a gap is reported lost)."""
+    body = {"Sequence": n, "Interface": "13.56", "Protocol": "NFC-A", "Template": 1,
+            "TagId": f"{device}{n:04X}"}
+    return f"{PREFIX}/{device}/rdr/evt", json.dumps(body).encode()
+
+
+@pytest.mark.timeout(300)
+def test_a_congested_bus_leaves_the_badges_at_the_broker_none_lost_none_twice(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:  # noqa: F811
+    """The router slowed down (SIGSTOP/SIGCONT) while two readers publish QoS 1 badges faster
+    than it journals them: the actor stops reading the broker (paused heartbeat) instead of
+    filling its outbox, keeps its MQTT connection (keepalive 1 s: pings are answered during the
+    pause), and once the router is back every badge arrives exactly once, in order per reader,
+    with nothing dropped from the outbox."""
+    from tests.integration.test_backpressure import Throttle
+
+    stack = support.Stack(tmp_path, CONGESTED.format(port=mosquitto.port))
+    throttle: Throttle | None = None
+    try:
+        router = stack.start_router()
+        feed = stack.watch("evt.mqttreaders.", best_effort=("hb.mqttreaders",))
+        stack.start_actor("mqttreaders", log="actor")
+        feed.wait("evt.mqttreaders.link", lambda d: d["state"] == "up", timeout=30,
+                  what="the broker link up")
+        assert router.popen is not None
+        throttle = Throttle(router.popen.pid)
+        publish_raw(mosquitto, [badge(d, n) for n in range(1, BADGES // 2 + 1)
+                                for d in (B0, B1)])
+        feed.wait("hb.mqttreaders", lambda d: d["backpressure"]["paused_since"] is not None,
+                  timeout=60, what="a heartbeat with the device reads paused")
+        feed.drain(5.0)  # paused (with pauses between), keepalive pings due meanwhile
+        throttle.end()
+        feed.until(lambda: len(feed.events("evt.mqttreaders.tag")) >= BADGES, 120,
+                   f"{BADGES} tags")
+        last = feed.wait("hb.mqttreaders", lambda d: d["backpressure"]["paused_since"] is None
+                         and d["counters"]["outbox"] < 50, after=len(feed.seen), timeout=30,
+                         what="reads resumed")
+        feed.drain(1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nactor log:\n{stack.output('actor')[-3000:]}") from None
+    finally:
+        if throttle is not None:
+            throttle.end()
+        stack.stop()
+    got = feed.events("evt.mqttreaders.tag")
+    for device in (B0, B1):
+        assert [t["seq"] for t in got if t["device"] == device] == \
+            list(range(1, BADGES // 2 + 1)), f"reader {device}: lost, repeated or reordered"
+    assert len(got) == BADGES
+    assert feed.events("evt.mqttreaders.lost") == []
+    assert last["counters"]["outbox_dropped"] == 0, last["counters"]
+    assert last["counters"]["device_pauses"] >= 1, last["counters"]
+    downs = [e for e in feed.events("evt.mqttreaders.link") if e["state"] == "down"]
+    assert downs == [], f"the broker connection dropped during the pause: {downs}"

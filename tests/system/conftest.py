@@ -28,7 +28,8 @@ BIN = Path(sys.executable).parent
 
 class SupervisedSite:
     def __init__(self, folder: Path, actors: str, supervisor: str = "",
-                 router: str = "") -> None:
+                 router: str = "", journal: str = "../var/journal.bin") -> None:
+        """`journal`: the router's journal_path, relative to ``deploy/``."""
         self.folder = folder
         self.deploy = folder / "deploy"
         self.deploy.mkdir(parents=True)
@@ -37,7 +38,7 @@ class SupervisedSite:
         # restarts the router on the same file, so the file must name the ports beforehand.
         self.site_path = write_site(
             self.deploy, f'[supervisor]\nsctl = "{BIN / "sctl"}"\n{supervisor}\n{actors}',
-            router_extra=f'journal_path = "../var/journal.bin"\n{router}')
+            router_extra=f'journal_path = "{journal}"\n{router}')
         self.site: SiteConfig = load_site(self.site_path)
         self.conf = self.deploy / "actors.conf"
         self.popen: subprocess.Popen[bytes] | None = None

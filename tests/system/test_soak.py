@@ -6,7 +6,10 @@ seed gives the same sequence of faults. Faults, one at a time, every 2-5 s: ``ki
 actor (the watchdog restarts it), ``kill -STOP`` of an actor for 1 s (below the watchdog's
 hung threshold), an instrument fault for 2 s (slow, silent, close_mid, noise, flood), the TCP
 reader simulator's ``kick``, ``kill -9`` of the router (supervisord restarts it on its journal
-file), ``kill -9`` of Mosquitto (restarted by supervisord).
+file), ``kill -9`` of Mosquitto (restarted by supervisord), a second instance of a running actor
+started by hand (it must exit with status 4, naming where the first runs, having run nothing),
+and, as root, a full disk for 3 s: the router's journal lives on its own small tmpfs, which a
+ballast file fills (the router must stay up, hold its acknowledgements and resume by itself).
 
 Badges: the TCP door simulator and the MQTT reader simulator (older firmware, whose event
 counter lets the actor report what the broker lost) each get a ``present`` with a unique TagId
@@ -31,11 +34,14 @@ same, and no process is above `RSS_MAX`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,7 +54,7 @@ import pytest
 from broker.client.bus import Bus
 from broker.client.requests import Request
 from tests.support.mosquitto import mosquitto_binary
-from tests.support.stack import free_ports, wait_for
+from tests.support.stack import ROOT, free_ports, sctl_cmd, subprocess_env, wait_for
 from tests.system.conftest import SupervisedSite
 
 SOAK_SECONDS: Final = float(os.environ.get("SOAK_SECONDS", "60"))
@@ -69,6 +75,11 @@ IN_FLIGHT: Final = {  # the fate of a badge caught by its reader actor's kill -9
                 "journaled; watchdog restart reported)"}
 ACTORS: Final = ("reader1", "mqttreaders", "spec1", "psu1", "scada")
 SIMS: Final = ("door", "mqtt-sim", "spec-sim", "psu-sim", "scada-sim")
+DUPLICATE_TARGETS: Final = ("reader1", "psu1", "spec1")
+EXIT_DUPLICATE: Final = 4  # `sctl actor NAME` when another instance holds NAME
+DUPLICATE_WINDOW: Final = 8.0  # seconds a duplicate gets to be refused and exit
+DISK_FULL_FOR: Final = 3.0
+JOURNAL_FS_BYTES: Final = 64 * 1024 * 1024
 DEVICE: Final = "DA1275B0"
 
 SITE: Final = """
@@ -179,13 +190,17 @@ class Record:
 
 
 class Soak:
-    def __init__(self, site: SupervisedSite, bus: Bus, rng: random.Random) -> None:
+    def __init__(self, site: SupervisedSite, bus: Bus, rng: random.Random,
+                 journal_fs: Path | None = None) -> None:
         self.site, self.bus, self.rng = site, bus, rng
+        self.journal_fs = journal_fs  # the router journal's own tmpfs (root only), or None
         self.record = Record()
         self.faults: list[Fault] = []
         self.active: Fault | None = None
         self.next_tag = 0
         self.presents: dict[str, list[Request]] = {sim: [] for sim in READERS}
+        self.duplicates: list[tuple[str, subprocess.Popen[str], Path]] = []
+        self.router_pids: list[int] = []  # the router's pid at each disk-full episode's end
 
     def pump(self, seconds: float) -> None:
         for d in self.bus.poll(seconds):
@@ -203,9 +218,16 @@ class Soak:
         return int(self.site.info(name)["pid"])
 
     def inject(self) -> Fault:
-        kind = self.rng.choice(["kill", "kill", "stop", "instrument", "kick", "router",
-                                "mosquitto"])
+        kinds = ["kill", "kill", "stop", "instrument", "kick", "router", "mosquitto",
+                 "duplicate"]
+        if self.journal_fs is not None:
+            kinds.append("disk")
+        kind = self.rng.choice(kinds)
         now = time.time()
+        if kind == "duplicate":
+            return self.start_duplicate(now)
+        if kind == "disk":
+            return self.fill_disk(now)
         if kind in ("kill", "stop"):
             target = self.rng.choice(ACTORS)
             pid = self.pid(target)
@@ -229,6 +251,45 @@ class Soak:
             os.kill(pid, signal.SIGKILL)
         return Fault(kind, target, now)
 
+    def start_duplicate(self, now: float) -> Fault:
+        """`sctl actor NAME` by hand while NAME runs under supervisord (settled, link up)."""
+        target = self.rng.choice(DUPLICATE_TARGETS)
+        info = self.site.info(target)
+        if info["statename"] != "RUNNING" or now - info["start"] < 3.0:
+            return Fault("skip", target, now)
+        out = self.site.folder / f"duplicate-{target}-{len(self.duplicates)}.log"
+        with out.open("w") as fh:
+            proc = subprocess.Popen(sctl_cmd("-c", str(self.site.site_path), "actor", target),
+                                    cwd=ROOT, env=subprocess_env(), stdout=fh,
+                                    stderr=subprocess.STDOUT, text=True)
+        self.duplicates.append((target, proc, out))
+
+        def settle() -> None:  # a duplicate still running is stopped; the check comes at the end
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        return Fault("duplicate", target, now, settle, now + DUPLICATE_WINDOW)
+
+    def fill_disk(self, now: float) -> Fault:
+        """Fill the journal's filesystem with a ballast file; removed DISK_FULL_FOR s later."""
+        assert self.journal_fs is not None
+        ballast = self.journal_fs / "ballast"
+        chunk = bytes(1 << 20)
+        with ballast.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+            while True:  # until ENOSPC: the disk is full
+                fh.write(chunk)
+        pid = self.pid("router")
+
+        def empty() -> None:
+            ballast.unlink(missing_ok=True)
+            self.router_pids.append(pid)
+            self.router_pids.append(self.pid("router"))
+        return Fault("disk", "router journal", now, empty, now + DISK_FULL_FOR)
+
     def instrument_healed(self) -> None:
         self.bus.start_request("psu-sim", "fault", {"name": "none"}, timeout=10.0)
 
@@ -251,6 +312,18 @@ class Soak:
             self.pump(0.02)
         if self.active is not None and self.active.undo:
             self.active.undo()
+
+
+def mount_journal_fs(where: Path) -> Path | None:
+    """A small tmpfs for the router's journal, so a ballast file can fill it; None unless root
+    (the disk-full fault is then left out, and the soak says so)."""
+    where.mkdir(parents=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        print("not root: the soak runs without its disk-full fault")
+        return None
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={JOURNAL_FS_BYTES}", "tmpfs",
+                    str(where)], check=True)
+    return where
 
 
 def rss_of(pid: int) -> int:
@@ -331,8 +404,10 @@ def test_soak_every_badge_accounted_for_and_memory_bounded(tmp_path: Path) -> No
     door, mqtt, spec, psu, iec = free_ports(5)
     site = SupervisedSite(tmp_path / "soak", SITE.format(
         mosquitto=mosquitto_binary(), mqtt=mqtt, door=door, spec=spec, psu=psu, iec=iec,
-        device=DEVICE), supervisor="max_restarts = 100")  # random kills are not a crash loop
+        device=DEVICE), supervisor="max_restarts = 100",  # random kills are not a crash loop
+        journal="../var/journal/journal.bin")
     (site.deploy / "mosquitto.conf").write_text(MOSQUITTO_CONF.format(port=mqtt))
+    journal_fs = mount_journal_fs(site.folder / "var" / "journal")
     bus = Bus(site.site.router, "soak-driver")
     for prefix in ("evt.", "sys.alarm"):
         bus.subscribe(prefix)
@@ -341,7 +416,7 @@ def test_soak_every_badge_accounted_for_and_memory_bounded(tmp_path: Path) -> No
         site.wait_link_up([*ACTORS, *SIMS], timeout=60)
         assert bus.connect(wait=20)
         first = sample_rss(site)
-        soak = Soak(site, bus, random.Random(SOAK_SEED))
+        soak = Soak(site, bus, random.Random(SOAK_SEED), journal_fs)
         soak.run(SOAK_SECONDS)
 
         # the end: everything comes back by itself, then a last badge each shows the way is clear
@@ -362,6 +437,8 @@ def test_soak_every_badge_accounted_for_and_memory_bounded(tmp_path: Path) -> No
     finally:
         bus.close()
         site.stop()
+        if journal_fs is not None:
+            subprocess.run(["umount", "-l", str(journal_fs)], check=False)
 
     kinds = Counter(f"{f.kind} {f.target}" for f in soak.faults)
     print(f"\nsoak {SOAK_SECONDS:g} s, seed {SOAK_SEED}: {len(soak.presents['door'])} "
@@ -372,6 +449,21 @@ def test_soak_every_badge_accounted_for_and_memory_bounded(tmp_path: Path) -> No
     alarms = Counter(a.get("alarm", a.get("reason", "?")) for a in soak.record.get("sys.alarm"))
     print(f"sys.alarm: {dict(alarms)}")
     problems: list[str] = []
+    for target, proc, out in soak.duplicates:
+        said = out.read_text(errors="replace")
+        print(f"duplicate {target}: exit {proc.returncode}: {said.strip().splitlines()[-1:]}")
+        if proc.returncode != EXIT_DUPLICATE or "already runs" not in said:
+            problems.append(f"duplicate {target} exited {proc.returncode}: {said[-300:]!r}")
+    disk = [f for f in soak.faults if f.kind == "disk"]
+    journal_alarms = [a for a in soak.record.get("sys.alarm")
+                      if a.get("alarm") == "journal_write_failed" and a.get("state") != "resolved"]
+    print(f"disk-full episodes: {len(disk)}, journal alarms: {len(journal_alarms)}, router pids "
+          f"around them: {soak.router_pids}")
+    if disk and not journal_alarms:
+        problems.append("a full disk raised no journal alarm")
+    for before, after in zip(soak.router_pids[::2], soak.router_pids[1::2], strict=True):
+        if before != after:
+            problems.append(f"the router restarted during a disk-full episode ({before} → {after})")
     print(f"{'simulator':<10} {'badges':>6}  fate")
     for sim in READERS:
         fates, bad = account(soak, sim)

@@ -163,6 +163,17 @@ def test_alarms_once_per_episode_and_the_watchdogs_clear_them() -> None:
     assert cleared.key == "program:psu1" and cleared.state == RESOLVED
 
 
+def test_an_alarm_that_says_resolved_ends_its_episode_at_once() -> None:
+    e = engine()
+    fault = {"alarm": "journal_write_failed", "source": "router", "message": "disk full"}
+    [opened] = e.on_message("sys.alarm", fault, 0, now=0, wall=100)  # transient: gseq 0
+    ok = {**fault, "state": "resolved", "message": "journal writable again after 3 s"}
+    [ended] = e.on_message("sys.alarm", ok, 41, now=3, wall=103)
+    assert ended.key == opened.key == "journal_write_failed:router"
+    assert ended.state == RESOLVED and "writable again" in ended.title
+    assert e.on_message("sys.alarm", ok, 42, now=4, wall=104) == []  # nothing open: nothing
+
+
 def test_restarts_count_from_the_first_view() -> None:
     e = engine()
     view = {"programs": {"psu1": {"alarm": None, "total_restarts": 3}}}

@@ -430,3 +430,44 @@ def test_a_bus_nobody_pumps_sends_every_publish_at_once(monkeypatch: pytest.Monk
     bus.publish("evt.a", "event", {})
     assert [msgpack.unpackb(b)["seq"] for _, b in fake.messages] == [1, 2, 3]
     bus._pub = None
+
+
+def test_resends_that_bring_no_ack_back_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A router that reads but does not acknowledge gets the outbox again after 1, 2, 4 ...
+    seconds (up to RESEND_MAX), not every second; one ack brings the wait back to 1 s."""
+    from pathlib import Path
+
+    from broker.client import bus as busmod
+    from broker.client.bus import Bus
+    from broker.config import parse_site
+
+    class Probes(FakePub):
+        probes = 0
+
+        def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
+            self.probes += 1
+
+    clock = [100.0]
+    monkeypatch.setattr(busmod.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(publisher, "_send", Probes.send)
+    fake = Probes(10_000)
+    bus = Bus(parse_site({}, Path("site.toml")).router, "me")
+    bus._pub = fake  # type: ignore[assignment]
+    bus.synced = True
+    bus.publish("evt.a", "event", {})
+    resent_at = []
+    for step in range(200):  # 20 s in 0.1 s steps, the sync answered at once each time
+        clock[0] = 100.0 + step / 10
+        before = fake.probes
+        bus.tick()
+        if fake.probes > before:
+            resent_at.append(round(clock[0] - 100.0, 1))
+            bus._on_synced({"sync": "", "router_epoch": 1, "head": 0, "first": 1, "origin": 1})
+    assert resent_at == [1.0, 3.0, 7.0, 15.0]  # waits 1, 2, 4, 8 (RESEND_MAX)
+    bus._publisher.ack(1)  # progress: the next resend comes 1 s after the last progress again
+    bus.publish("evt.a", "event", {})
+    probes = fake.probes
+    clock[0] = 121.0  # 1.1 s after the ack; the wait before it had reached 8 s
+    bus.tick()
+    assert not bus.synced and fake.probes == probes + 1
+    bus._pub = None

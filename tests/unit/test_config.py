@@ -485,3 +485,18 @@ def test_placement_and_service_errors_name_the_key(tmp_path: Path, text: str, pa
     err = error_of(tmp_path, text)
     assert err.path == path
     assert reason in err.reason
+
+
+def test_max_message_bytes_fits_a_16_mib_frame_and_stays_under_the_ingress_hard_limit(
+        tmp_path: Path) -> None:
+    """The default takes a 16 MiB binary field with its envelope; a site may raise it up to
+    48 MiB, below the 64 MiB at which the router's ingress socket drops the sender's connection
+    instead of refusing the body on sys.router.bad."""
+    path = tmp_path / "site.toml"
+    path.write_text("[router]\n", encoding="utf-8")
+    assert config.load_site(path).router.max_message_bytes == 16 * 1024 * 1024 + 64 * 1024
+    limit = 48 * 1024 * 1024
+    path.write_text(f"[router]\nmax_message_bytes = {limit}\n", encoding="utf-8")
+    assert config.load_site(path).router.max_message_bytes == limit
+    err = error_of(tmp_path, f"[router]\nmax_message_bytes = {limit + 1}\n")
+    assert err.path == "router.max_message_bytes" and "at most 50331648" in err.reason

@@ -114,6 +114,13 @@ def reopen(path: Path, **kw: int) -> Journal:
     return j
 
 
+def flush_and_settle(j: Journal) -> None:
+    """Flush, and let a compaction this starts (in its thread) be done and finished."""
+    j.flush()
+    assert j._file is not None and j._file.wait_compaction(10)
+    j.flush()
+
+
 def test_file_round_trip_restores_entries_gseq_and_sources(tmp_path: Path) -> None:
     path = tmp_path / "j" / "journal.bin"
     j = reopen(path)
@@ -138,7 +145,7 @@ def test_origin_is_kept_by_the_file_and_new_when_gseq_restarts(tmp_path: Path) -
     j.open()
     for i in range(30):  # compactions rewrite the snapshot: the origin must survive them too
         fill(j, 1, start_seq=i + 1)
-        j.flush()
+        flush_and_settle(j)
     assert j._file is not None and j._file.compactions > 0
     j.close()
     k = Journal(10, 10**6, path, origin=222)
@@ -223,7 +230,7 @@ def test_compaction_bounds_the_file_and_keeps_sources(tmp_path: Path) -> None:
     sizes = []
     for i in range(200):
         fill(j, 1, "a", 1, start_seq=i + 1, size=50)
-        j.flush()
+        flush_and_settle(j)
         sizes.append(path.stat().st_size)
     assert j._file is not None and j._file.compactions > 5
     assert max(sizes) < 3 * 10 * 100  # ~2x the retained records, never the whole history
@@ -302,7 +309,7 @@ def test_compaction_keeps_advances_in_the_snapshot(tmp_path: Path) -> None:
     for i in range(50):
         fill(j, 1, "a", 1, start_seq=2 * i + 1, size=40)
         j.advance(("a", 1), 2 * i + 2)  # every other seq refused
-        j.flush()
+        flush_and_settle(j)
     assert j._file is not None and j._file.compactions > 3
     k = reopen(path, max_messages=5)
     assert k.sources.get(("quiet", 1)) == 7 and k.sources.get(("a", 1)) == 100

@@ -180,6 +180,27 @@ def test_router_stats_and_journal_span(site: SiteConfig) -> None:
     assert scrape(m, NOW + 10)["sctl_router_up"][()] == 0  # stats stopped coming
 
 
+def test_backpressure_fencing_and_a_blocked_journal_are_exported(site: SiteConfig) -> None:
+    m = SiteMonitor(site)
+    pressed = beat("psu1", NOW - 1, device_pauses=2)
+    data = {**pressed.envelope.data, "backpressure": {"fill": 0.8, "paused_since": NOW - 3}}
+    calm = beat("idle1", NOW - 1)
+    calm_data = {**calm.envelope.data, "backpressure": {"fill": 0.0, "paused_since": None}}
+    stats = {"journal": {"blocked": True, "free_bytes": 4096},
+             "counts": {"fenced": 5, "bad": {"by_reason": {}}}}
+    m.feed([delivery("hb.psu1", data, NOW - 1, src="psu1"),
+            delivery("hb.idle1", calm_data, NOW - 1, src="idle1"),
+            delivery("sys.router.stats", stats, NOW - 0.5, src="router")], NOW, 0.0)
+    got = scrape(m)
+    psu, idle = (("actor", "psu1"),), (("actor", "idle1"),)
+    assert got["sctl_actor_outbox_fill"][psu] == 0.8
+    assert (got["sctl_actor_device_paused"][psu], got["sctl_actor_device_paused"][idle]) == (1, 0)
+    assert got["sctl_actor_device_pauses_total"][psu] == 2
+    assert got["sctl_router_fenced_total"][()] == 5
+    assert got["sctl_router_journal_blocked"][()] == 1
+    assert got["sctl_router_journal_free_bytes"][()] == 4096
+
+
 def test_watchdog_restarts_and_alarms(site: SiteConfig) -> None:
     m = SiteMonitor(site)
     view = {"host": "", "programs": {"psu1": {"restarts": 2, "total_restarts": 7,

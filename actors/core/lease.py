@@ -1,0 +1,226 @@
+"""One live instance per actor name: the actor's side of the router's leases.
+
+The router grants a bus name to one incarnation at a time (`broker.router.leases`, the design
+and its failure analysis in docs/leases.md). An actor:
+
+1. claims its name right after connecting, before it reads its command records back and
+   before it runs any command. Refused: another instance holds the name; this one logs where
+   that one runs and exits `actors.core.actor.EXIT_DUPLICATE`. A refusal at start-up is final
+   at once when the holder is a live process on this host; otherwise (a predecessor killed a
+   moment ago, a host that died) the claim is repeated until the holder has kept its lease for
+   one whole ttl (`claim_at_start`), so a restart right after a crash takes over once the dead
+   lease expires instead of failing. A holder that ran on this very machine (same kernel boot
+   and pid namespace) and whose pid is gone is replaced at once (``replaces``).
+2. runs a command only while it holds the name *under the router epoch that acks the
+   command's started record* (`gate`): the router fences every other epoch of the name, so a
+   record journaled under our grant proves no other instance could have had one journaled
+   meanwhile. A new router epoch (a router restart: its table is empty) makes the grant
+   stale; the actor claims again and commands wait (their started records' acks are held,
+   new commands are not dispatched; senders retry) until it is granted or refused.
+3. is fenced by the router when another instance holds the name (a host back from a
+   partition whose lease expired and was claimed elsewhere): the Bus calls `on_fenced`, and
+   the actor exits `EXIT_DUPLICATE` without running anything more.
+4. releases the name on a clean stop, so a successor may claim it at once. A dead holder's
+   lease expires ``ttl`` (three heartbeat intervals) after its last message.
+
+Claims are blocking query round trips (milliseconds on a live router, bounded by
+`CLAIM_TIMEOUT`), tried when the Bus is synced, at most once per `RETRY` seconds, from the
+heartbeat timer and when a command arrives; runs on the loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from broker.client import lease
+from broker.client.bus import Bus
+from broker.client.lease import LeaseAnswer
+from broker.wire.errors import BusError
+
+log = logging.getLogger(__name__)
+
+TTL_HEARTBEATS: Final = 3  # a lease lasts this many heartbeat intervals without traffic
+CLAIM_TIMEOUT: Final = 2.0
+RETRY: Final = 1.0
+START_RETRY: Final = 0.25  # seconds between claims while a start-up refusal may be a dead holder
+
+
+class NameLease:
+    """The lease of `bus.name` as this actor knows it. `on_refused(holder)` is called once
+    when the router says another instance holds the name (refused claim or fenced message)."""
+
+    def __init__(self, bus: Bus, ttl: float, on_refused: Callable[[dict[str, Any]], object],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.bus = bus
+        self.ttl = ttl
+        self.on_refused = on_refused
+        self.clock = clock
+        self.granted_by: int | None = None  # the router epoch of the grant we hold
+        self.generation = 0
+        self.since: float | None = None
+        self.refused: dict[str, Any] | None = None  # the holder, once refused or fenced
+        self.claims = 0
+        self._next_try = 0.0
+        self._waiting: list[Callable[[bool], object]] = []
+        self._unanswered_since: float | None = None
+
+    @property
+    def held(self) -> bool:
+        """Granted by the router we talk to now (a new router epoch has an empty table)."""
+        return self.granted_by is not None and self.granted_by == self.bus.router_epoch
+
+    def ensure(self, force: bool = False) -> bool:
+        """Held? If not (and not refused), claim, at most once per `RETRY` unless `force`."""
+        if self.held or self.refused is not None:
+            return self.held
+        now = self.clock()
+        if not self.bus.synced or (now < self._next_try and not force):
+            return False
+        self._next_try = now + RETRY
+        answer = self._ask(now)
+        if answer is not None and not answer.granted:
+            self._refuse(answer.holder)
+        return self.held
+
+    def _ask(self, now: float, replaces: int | None = None) -> LeaseAnswer | None:
+        """One claim; a grant is taken, a refusal returned, no answer logged (None)."""
+        self.claims += 1
+        try:
+            answer = lease.claim(self.bus, self.ttl, replaces=replaces, timeout=CLAIM_TIMEOUT)
+        except BusError as exc:
+            self._no_answer(now, exc)
+            return None
+        self._unanswered_since = None
+        if answer.granted:
+            self._granted(answer)
+        return answer
+
+    def claim_at_start(self, sleep: Callable[[float], object] = time.sleep) -> bool:
+        """The start-up claim (blocking): True when granted; False when the router did not
+        answer (`ensure` tries again later) or when it refused (`on_refused` was called)."""
+        refused_at: float | None = None
+        while True:
+            now = self.clock()
+            answer = self._ask(now)
+            if answer is None or answer.granted:
+                return answer is not None
+            holder = answer.holder
+            refused_at = now if refused_at is None else refused_at
+            ttl = float(holder.get("ttl") or self.ttl)
+            if _alive_here(holder) or now - refused_at > ttl + START_RETRY:
+                self._refuse(holder)
+                return False
+            if _dead_here(holder):  # a predecessor killed a moment ago on this machine
+                log.info("%s: held by %s, which is no longer running here: taking over",
+                         self.bus.name, lease.holder_text(holder))
+                answer = self._ask(now, replaces=int(holder["epoch"]))
+                if answer is None or answer.granted:
+                    return answer is not None
+            if refused_at == now:
+                log.info("%s: held by %s; waiting up to %.1f s for that lease to expire (a "
+                         "holder that died a moment ago)", self.bus.name,
+                         lease.holder_text(holder), ttl)
+            sleep(START_RETRY)
+
+    def gate(self, ok: bool, go: Callable[[bool], object]) -> None:
+        """A started record's ack (`ok`): let its command run only while the name is held;
+        if the grant is stale (router restarted), claim first and run once granted."""
+        if not ok or self.refused is not None:
+            go(False)
+        elif self.held or self.ensure(force=True):
+            go(True)
+        else:
+            self._waiting.append(go)
+
+    def fenced(self, data: dict[str, Any]) -> None:
+        """The router refused one of our messages: another epoch holds the name."""
+        holder = data.get("holder")
+        self._refuse(holder if isinstance(holder, dict) else {})
+
+    def release(self) -> None:
+        """Clean stop: free the name so a successor can claim it at once."""
+        if not self.held or not self.bus.synced:
+            return
+        try:
+            released = lease.release(self.bus, CLAIM_TIMEOUT)
+        except BusError as exc:
+            log.warning("%s: could not release its name (%s); it frees after %.1f s",
+                        self.bus.name, exc, self.ttl)
+            return
+        if released:
+            log.info("%s: released its name", self.bus.name)
+        self.granted_by = None
+
+    def to_data(self) -> dict[str, Any]:
+        """For the heartbeat: whether this instance holds its name, and since when."""
+        return {"held": self.held, "generation": self.generation, "since": self.since,
+                "router_epoch": self.granted_by}
+
+    def _granted(self, answer: LeaseAnswer) -> None:
+        first = self.granted_by is None
+        self.granted_by = answer.router_epoch
+        self.generation = answer.generation
+        since = answer.holder.get("since")
+        self.since = float(since) if isinstance(since, (int, float)) else None
+        log.log(logging.INFO if first else logging.WARNING,
+                "%s: %s its name (generation %d, router epoch %d, ttl %.1f s)", self.bus.name,
+                "holds" if first else "holds again, after a router restart,", answer.generation,
+                answer.router_epoch, self.ttl)
+        waiting, self._waiting = self._waiting, []
+        for go in waiting:
+            go(True)
+
+    def _refuse(self, holder: dict[str, Any]) -> None:
+        if self.refused is not None:
+            return
+        self.refused = holder
+        self.granted_by = None
+        waiting, self._waiting = self._waiting, []
+        for go in waiting:
+            go(False)
+        self.on_refused(holder)
+
+    def _no_answer(self, now: float, exc: BusError) -> None:
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        log.warning("%s: the router did not answer its claim for %.0f s (%s); no command runs "
+                    "until it does", self.bus.name, now - self._unanswered_since, exc)
+
+
+def _here(holder: dict[str, Any]) -> bool:
+    """The holder ran on this machine: its pid means the same process here. Without a machine
+    id (an older router), the host name decides."""
+    machine = holder.get("machine")
+    if machine:
+        return bool(machine == lease.machine_id())
+    return bool(holder.get("host") == socket.gethostname())
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """The holder is a running process of this machine (so not a dead predecessor)."""
+    pid = holder.get("pid")
+    return isinstance(pid, int) and pid > 0 and _here(holder) and _pid_exists(pid)
+
+
+def _dead_here(holder: dict[str, Any]) -> bool:
+    """The holder ran on this machine (same kernel boot and pid namespace) and its process is
+    gone: the router lets a claim replace it at once (it checks the machine id matches)."""
+    pid, epoch = holder.get("pid"), holder.get("epoch")
+    return (bool(holder.get("machine")) and holder.get("machine") == lease.machine_id()
+            and isinstance(pid, int) and pid > 0 and isinstance(epoch, int)
+            and not _pid_exists(pid))
