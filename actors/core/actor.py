@@ -413,6 +413,10 @@ class Actor:
                 self._flush(STOP_FLUSH)
                 if self._lease is not None:
                     self._lease.release()
+            elif self._bus.outbox_size:  # the router fences them: say what goes with us
+                log.error("actor %s: %d envelope(s) not acknowledged leave with this instance "
+                          "(the router fences every message of a name another instance "
+                          "holds)", self.name, self._bus.outbox_size)
             self._bus.close()
         self._loop.close()
 
@@ -498,7 +502,8 @@ class Actor:
 
     def _when_recorded(self, seq: int, go: Callable[[bool], object]) -> None:
         lease = self._lease
-        self.bus.on_acked(seq, go if lease is None else lambda ok: lease.gate(ok, go))
+        sent_at = time.monotonic()  # the started record was published just now
+        self.bus.on_acked(seq, go if lease is None else lambda ok: lease.gate(ok, go, sent_at))
 
     def _duplicate(self, holder: dict[str, Any]) -> None:
         """Another instance holds this name (claim refused, or our messages fenced): say where

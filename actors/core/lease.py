@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 TTL_HEARTBEATS: Final = 3  # a lease lasts this many heartbeat intervals without traffic
 CLAIM_TIMEOUT: Final = 2.0
 RETRY: Final = 1.0
+STALL_MARGIN: Final = 0.2  # share of the ttl kept as margin for a started record's ack
 START_RETRY: Final = 0.25  # seconds between claims while a start-up refusal may be a dead holder
 
 
@@ -127,12 +128,36 @@ class NameLease:
                          lease.holder_text(holder), ttl)
             sleep(START_RETRY)
 
-    def gate(self, ok: bool, go: Callable[[bool], object]) -> None:
+    def gate(self, ok: bool, go: Callable[[bool], object], sent_at: float | None = None) -> None:
         """A started record's ack (`ok`): let its command run only while the name is held;
-        if the grant is stale (router restarted), claim first and run once granted."""
+        if the grant is stale (router restarted), claim first and run once granted.
+
+        `sent_at` (monotonic) is when the record was published. The router renewed our lease
+        when it journaled the record, so nobody else can hold the name before ``sent_at +
+        ttl``; an ack read later than that (this process was stalled: SIGSTOP, swap, a VM
+        pause) proves nothing, and the name is claimed again before the command runs."""
         if not ok or self.refused is not None:
             go(False)
-        elif self.held or self.ensure(force=True):
+            return
+        late = 0.0 if sent_at is None else self.clock() - sent_at
+        stale = late > self.ttl * (1 - STALL_MARGIN)
+        if self.held and not stale:
+            go(True)
+            return
+        if stale and self.held:
+            log.warning("%s: a command's started record was acknowledged %.1f s after it was "
+                        "sent (over the lease's %.1f s): claiming the name again before it "
+                        "runs", self.bus.name, late, self.ttl)
+            answer = self._ask(self.clock())  # same epoch: renewed, or refused (it moved)
+            if answer is None:  # no answer: our grant is in doubt until a claim succeeds
+                self.granted_by = None
+                self._waiting.append(go)
+            elif answer.granted:
+                go(True)
+            else:
+                go(False)
+                self._refuse(answer.holder)
+        elif self.ensure(force=True):
             go(True)
         else:
             self._waiting.append(go)
@@ -214,7 +239,8 @@ def _pid_exists(pid: int) -> bool:
 def _alive_here(holder: dict[str, Any]) -> bool:
     """The holder is a running process of this machine (so not a dead predecessor)."""
     pid = holder.get("pid")
-    return isinstance(pid, int) and pid > 0 and _here(holder) and _pid_exists(pid)
+    return (isinstance(pid, int) and pid > 0 and pid != os.getpid() and _here(holder)
+            and _pid_exists(pid))
 
 
 def _dead_here(holder: dict[str, Any]) -> bool:
@@ -223,4 +249,4 @@ def _dead_here(holder: dict[str, Any]) -> bool:
     pid, epoch = holder.get("pid"), holder.get("epoch")
     return (bool(holder.get("machine")) and holder.get("machine") == lease.machine_id()
             and isinstance(pid, int) and pid > 0 and isinstance(epoch, int)
-            and not _pid_exists(pid))
+            and (pid == os.getpid() or not _pid_exists(pid)))  # our pid: a reused one

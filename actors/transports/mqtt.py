@@ -30,14 +30,19 @@ its readers, this socket included, and the actor calls `pause`: the broker keeps
 (its queue for the session, ``max_queued_messages``), TCP pushes back. Two things keep the
 connection and the actor's own publishes alive meanwhile: the socket is still read, every
 `PAUSED_READ` seconds, while the client waits for an answer of the broker (a PINGRESP, the
-PUBACK of its own publish, a CONNACK or SUBACK); and QoS 1/2 messages read during the pause are
-acknowledged only at `resume` (paho's manual acknowledgement), so the broker's in-flight window
-(``max_inflight_messages``, 20 by default) bounds how many arrive during a pause of any length.
+PUBACK of its own publish, a CONNACK or SUBACK); and QoS 1/2 messages are acknowledged to the
+broker only once the router journaled what the handler published for them (paho's manual
+acknowledgement, driven by `Bus.on_acked`), so the broker's in-flight window
+(``max_inflight_messages``, 20 by default) bounds how many arrive while the router is slow, and a
+message whose event was not journaled (the process killed, the outbox dropping while the router
+is unreachable) is sent again by the broker with the session instead of being lost. `stop`
+waits (up to `STOP_FLUSH` s) for those acknowledgements before its DISCONNECT.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -65,6 +70,7 @@ EXCERPT: Final = 64  # payload bytes shown in a warning
 MISC_EVERY: Final = 1.0  # seconds between paho's housekeeping calls
 PAUSED_READ: Final = 0.05  # seconds between reads of an awaited answer while paused
 PENDING_READS: Final = 64  # SSL records read after one readiness, at most
+STOP_FLUSH: Final = 2.0  # seconds `stop` waits for the journaling of messages read
 PAHO_LOG: Final = logging.getLogger(f"{__name__}.paho")
 
 
@@ -195,7 +201,8 @@ class MqttClient:
         self._subscribe_mid: int | None = None
         self._paused = False
         self._paused_read: TimerHandle | None = None
-        self._held: list[tuple[int, int]] = []  # (mid, qos) read while paused, not yet acked
+        self._connection = 0  # counts connections: a mid means something in its own only
+        self._unjournaled = 0  # QoS 1/2 messages of this connection the router has not journaled
         self._generation = 0  # a connect thread's result for an older generation is stale
         self._connecting: threading.Thread | None = None
         self._configured = False
@@ -248,6 +255,7 @@ class MqttClient:
             self._failed(generation, reason_text(rc))
             return
         self._sock = sock
+        self._connection += 1
         # small publishes go out at once, not after the previous one's ACK (Nagle); a unix
         # socket has no such option
         with contextlib.suppress(OSError):
@@ -276,8 +284,9 @@ class MqttClient:
         queued: a last publish goes out first), then close; for good. Publishes still waiting
         for their acknowledgement fail with `reason`."""
         self._stopped = True
+        if self._sock is not None and self._unjournaled:  # their PUBACKs go before DISCONNECT
+            self.actor.bus.flush(STOP_FLUSH)
         if self._sock is not None:
-            self._ack_held()
             self.client.disconnect()
             self.client.loop_write()  # the DISCONNECT goes out; paho closes after it
         self.close()
@@ -320,7 +329,7 @@ class MqttClient:
     def _detach(self) -> None:
         self.up = False
         self._subscribe_mid = None
-        self._held.clear()  # not acknowledged: the broker sends them again (its session)
+        self._unjournaled = 0  # not acknowledged: the broker sends them again (its session)
         if self._sock is not None:
             self.actor.remove_reader(self._sock)
             self.actor.remove_writer(self._sock)
@@ -334,19 +343,16 @@ class MqttClient:
     def pause(self) -> None:
         """The actor's Bus is congested and its loop no longer polls this socket (the actor's
         ``pause_device``): the broker keeps the messages. Read only an awaited answer of the
-        broker meanwhile; hold back the acknowledgement of QoS 1/2 messages read (module
-        doc)."""
+        broker meanwhile (module doc)."""
         self._paused = True
         self._schedule_paused_read()
 
     def resume(self) -> None:
-        """Reads resume (the loop polls the socket again); the held messages are
-        acknowledged, in the order they came."""
+        """Reads resume (the loop polls the socket again)."""
         self._paused = False
         if self._paused_read is not None:
             self._paused_read.cancel()
             self._paused_read = None
-        self._ack_held()
 
     @property
     def awaiting(self) -> bool:
@@ -368,11 +374,15 @@ class MqttClient:
             self._readable()
         self._schedule_paused_read()
 
-    def _ack_held(self) -> None:
-        held, self._held = self._held, []
-        if self._sock is not None:
-            for mid, qos in held:
-                self.client.ack(mid, qos)
+    def _journaled(self, mid: int, qos: int, connection: int, ok: bool) -> None:
+        """The router journaled (`ok`) what the handler published for message `mid`: now the
+        broker may forget it. Not journaled, or from an earlier connection: no acknowledgement,
+        the broker sends it again with the session."""
+        if connection != self._connection:
+            return
+        self._unjournaled -= 1
+        if ok and self._sock is not None:
+            self.client.ack(mid, qos)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -468,12 +478,12 @@ class MqttClient:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             self.handler.mqtt_message(msg.topic, bytes(msg.payload), msg.retain)
-        finally:  # acknowledged once handled (paho's manual_ack), or held while paused
+        finally:  # acknowledged once what it became is journaled (module doc)
             if msg.qos:
-                if self._paused:
-                    self._held.append((msg.mid, msg.qos))
-                else:
-                    client.ack(msg.mid, msg.qos)
+                bus = self.actor.bus
+                self._unjournaled += 1
+                bus.on_acked(bus.last_seq, functools.partial(
+                    self._journaled, msg.mid, msg.qos, self._connection))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
                     props: Any) -> None:

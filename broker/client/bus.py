@@ -375,6 +375,12 @@ class Bus:
         """Bytes an event may still take before the outbox's byte bound (0: full)."""
         return max(0, self._outbox.max_bytes - self._outbox.bytes)
 
+    @property
+    def last_seq(self) -> int:
+        """The seq of our newest publish (0 before the first): with `on_acked`, a caller learns
+        when everything it published so far is journaled."""
+        return self._publisher.seq
+
     def outbox_status(self) -> dict[str, Any]:
         """The outbox's fill for heartbeats and `sctl top`."""
         o, p = self._outbox, self._publisher
@@ -587,16 +593,19 @@ class Bus:
         gseq in order of the current router epoch, is taken by comparing ints against the egress
         cursor (`Egress.cursor`) rather than by passing each message through `_on_frames`,
         `Egress.on_live` and `Stream.take_next`; the delivered counter is updated once a batch.
-        Everything else (acks, gaps, duplicates, a new router epoch, replies to our commands,
+        Everything else (our acks, gaps, duplicates, a new router epoch, replies to our commands,
         best-effort subscriptions, malformed frames) takes the general path `_on_frames`, with the
         cursor handed back before it and read again after it, as that path may change the stream
-        and the router epoch.
+        and the router epoch. Another sender's ack of the current router epoch is dropped at once,
+        as `_on_frames` would drop it: a gap-free subscription receives the whole feed, and with
+        it an ack for every batch of every publisher.
         """
         sub = self._sub
         assert sub is not None
         egress = self._egress
         wants = egress.wants
         reply_topic = self._reply_topic
+        ack_topic = self._ack_topic
         epoch = self.router_epoch
         cursor = egress.cursor(epoch)
         delivered = 0
@@ -625,6 +634,9 @@ class Bus:
                                                         < ZERO_COPY_MIN else body_f.buffer,
                                                         router_epoch, gseq))
                                 continue
+                            if gseq == 0 and router_epoch == epoch and topic != ack_topic \
+                                    and topic.startswith(_ACK_PREFIX):
+                                continue  # another sender's ack: a gap-free SUB gets them all
             egress.took(cursor, delivered)
             delivered = 0
             self._on_frames(_whole(sub, topic_f, body_f, stamp_f), out)

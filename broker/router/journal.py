@@ -267,6 +267,8 @@ class Journal:
         self._queue_advances(file)
         try:
             try:
+                if len(self) and file.short_of_room(self.first):
+                    file.compact(self._snapshot())  # False: backed off, the flush goes on
                 file.flush()
             except JournalWriteError:
                 # A full disk may still take the live part alone: what memory evicted already

@@ -109,6 +109,7 @@ TYPE_ENTRY: Final = 0x45
 TYPE_ADVANCE: Final = 0x41
 # Bodies are capped far below this by the router; a larger length field is a torn/garbage header.
 MAX_RECORD: Final = 128 * 1024 * 1024
+CANCEL_WAIT: Final = 10.0  # seconds a cancelled background compaction may take to stop
 COMPACT_MIN_BYTES: Final = 4 * 1024 * 1024
 COMPACT_RETRY_FIRST: Final = 5.0  # seconds after a failed compaction; doubles per failure
 COMPACT_RETRY_MAX: Final = 300.0
@@ -116,6 +117,7 @@ COMPACT_RETRY_MAX: Final = 300.0
 # appends) or failed (their temp file raced the appends for a small disk), and the loop compacts
 # itself (`overgrown`), so the file stays near its bound and the live part fits beside it.
 OVERGROWN: Final = 2
+ROOM_MARGIN: Final = 1024 * 1024  # free bytes kept beyond what a compaction needs
 COPY_CHUNK: Final = 1024 * 1024
 # The compaction thread copies this much per call; it sees a cancel between two calls.
 BACKGROUND_CHUNK: Final = 8 * 1024 * 1024
@@ -386,6 +388,7 @@ class JournalFile:
         self._offsets = array("q")
         self._shift = 0
         self._bg: _Compaction | None = None  # a compaction in progress
+        self._stuck: threading.Thread | None = None  # a cancelled compaction that hangs
         # write steps of loading, done by open_for_writing (the disk may not take them yet)
         self._header: bytes | None = None  # a new file's magic + snapshot, not created yet
         self._aside: Path | None = None  # an unreadable file still to be moved here
@@ -608,6 +611,23 @@ class JournalFile:
             return False
         return time.monotonic() >= self._overgrown_after
 
+    def short_of_room(self, first_retained: int) -> bool:
+        """Writing what is queued would leave less free space than a compaction needs (the
+        live part, in a new file beside the old one): compact first, while it still fits. A
+        flood must not fill the disk with dead records until no compaction can ever run."""
+        if self._fd is None or self._first >= first_retained \
+                or time.monotonic() < self._compact_after:
+            return False
+        start = self._offset_of(first_retained)
+        queued = self.size - self.disk_end
+        if start - len(MAGIC) <= queued:  # it would free less than it costs: not worth it
+            return False
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize - queued < self.size - start + ROOM_MARGIN
+
     def can_shrink(self, first_retained: int) -> bool:
         """Whether the file (written or queued) holds entries before `first_retained`, which
         a compaction would drop."""
@@ -624,6 +644,8 @@ class JournalFile:
         if self._fd is None:
             return False
         self._cancel_compaction()
+        if self._stuck is not None and self._stuck.is_alive():  # it still owns the temp file
+            return False
         start = self._offset_of(snap.first)
         header = MAGIC + _snapshot_record(snap)
         try:
@@ -642,6 +664,8 @@ class JournalFile:
         (none may be queued): the loop goes on appending to the old file, and `compact_poll`
         finishes it. False when one is in progress or records are queued."""
         if self._fd is None or self._bg is not None or self._pending:
+            return False
+        if self._stuck is not None and self._stuck.is_alive():  # it still owns the temp file
             return False
         start = self._offset_of(snap.first)
         bg = _Compaction(self.path, snap, start, max(start, self.disk_end),
@@ -690,7 +714,15 @@ class JournalFile:
             bg.discard(fd)
             self._compact_failed(exc, False, background=True)
             return False
-        self._switch(fd, bg.snap.first, delta, self.path)
+        if self.fsync:  # acks after this point count on the new file: its name must last too
+            try:
+                _fsync_dir(self.path)
+            except OSError as exc:
+                log.warning("journal %s: fsync of its folder failed after the rename: %s",
+                            self.path, exc)
+            self._switch(fd, bg.snap.first, delta)
+        else:
+            self._switch(fd, bg.snap.first, delta, self.path)
         return True
 
     def _cancel_compaction(self) -> None:
@@ -699,7 +731,13 @@ class JournalFile:
         if bg is None:
             return
         bg.cancel.set()
-        bg.thread.join()
+        bg.thread.join(CANCEL_WAIT)
+        if bg.thread.is_alive():  # stuck in an fsync of a dying disk: leave it, loudly
+            log.error("journal %s: a background compaction did not stop within %.0f s (its "
+                      "disk hangs?); its temp file %s is left behind", self.path, CANCEL_WAIT,
+                      bg.tmp)
+            self._stuck = bg.thread  # no other compaction while it may still write that file
+            return
         if bg.fd is not None:  # it was done before it saw the cancel
             bg.discard(bg.fd)
 

@@ -435,7 +435,8 @@ class Router:
     def _consume(self, src: str, epoch: int, seq: int) -> None:
         """A refused envelope still uses up its seq, so the sender's stream does not stall:
         it is sequenced like an accepted one, only nothing is journaled or forwarded."""
-        if seq > 0 and src != SRC and self._may_use(src):
+        if seq > 0 and src != SRC and self._may_use(src) \
+                and (not self._held or self._held.get(src, epoch) == epoch):  # not fenced
             self._sequence((src, epoch), seq)
 
     def _sequence(self, key: SourceKey, seq: int, tframe: bytes = b"", topic: str = "",

@@ -15,9 +15,10 @@ subscriber, first to last arrival, in MB/s (10^6 bytes of payload a second). The
 baseline is what counts. Latency: 4 MiB events paced at 5 a second, publish → delivery
 (``arrival - envelope.ts``; one machine, one clock), p99 over the run, the baseline beside it.
 
-The subscriber keeps only the head of each body it receives (`HEAD` bytes: the envelope's fields
-and ``data.n``, which every encoder writes before the payload), so a run of a GiB does not sit in
-the benchmark's memory; the count, order and latency checks read those heads after the run.
+The subscriber keeps only a copy of the head of each body it receives (`HEAD` bytes: the
+envelope's fields and ``data.n``, which every encoder writes before the payload), so a run of a
+GiB does not sit in the benchmark's memory, on either stack; the count, order and latency
+checks read those heads after the run.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class HeadTally(Tally):
     src, ts and ``data.n`` from them afterwards, without the payload."""
 
     def add(self, body: bytes, now: float) -> None:
-        super().add(body[:HEAD], now)
+        # a copy: a slice of the Bus's memoryview body would keep the whole received frame
+        # alive, and the subscriber would then pay fresh pages for every frame it receives
+        # while the baseline's SUB reuses the memory of the bodies it drops
+        super().add(bytes(body[:HEAD]), now)
 
     def settle(self) -> None:
         end = len(self.arrivals)

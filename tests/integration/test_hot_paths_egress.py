@@ -60,6 +60,10 @@ odd = st.sampled_from([
     [topics.ack(NAME).encode(), ACK_BODY, stamp(E1, 0)],  # an ack: not ours, nothing to do
     [topics.ack(NAME).encode(), SYNC_BODY, stamp(E1, 0)],
     [topics.ack(NAME).encode(), b"\xc1", stamp(E1, 0)],  # an ack that is not an envelope
+    [topics.ack("other").encode(), ACK_BODY, stamp(E1, 0)],  # another sender's: dropped
+    [topics.ack(NAME + "0").encode(), b"\xc1", stamp(E1, 0)],  # ours as a prefix: dropped
+    [topics.ack("other").encode(), ACK_BODY, stamp(E2, 0)],  # a new router epoch comes first
+    [topics.ack("other").encode(), ACK_BODY, stamp(E1, 3)],  # an ack topic with a gseq
     [b"evt.a.x", b"body"],  # two frames
     [b"evt.a.x"],
     [b"evt.a.x", b"body", stamp(E1, 1), b"extra"],  # four frames

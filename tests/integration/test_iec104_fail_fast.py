@@ -114,7 +114,7 @@ def test_a_command_for_a_target_that_is_down_is_negative_at_once(stack: Stack) -
         assert master.command(2000, True, timeout=2 * COMMAND_TIMEOUT)[1]
         assert outcomes(events, 5, "restarted")[-1]["outcome"] == "confirmed"
         door.kill(signal.SIGKILL)
-        time.sleep(3 * 0.5 + 1.0)
+        time.sleep(3 * 0.5 + 2.5)  # three of its intervals, and room for a loaded machine
         negative_at_once(master, events, "killed", "no heartbeat for ", 5)
     finally:
         master.stop()

@@ -210,6 +210,37 @@ def test_a_batch_bigger_than_the_disk_writes_only_what_the_journal_retains(
     assert [b for _, _, b in k.scan(1, 200)] == [body(g) for g in range(k.first, 106)]
 
 
+def test_a_flood_never_fills_the_disk_with_dead_records_a_compaction_could_not_shrink(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is compacted before a write would leave less free space than a compaction
+    needs: the disk (as statvfs reports it) always has room to shrink the file again."""
+    path = tmp_path / "journal.bin"
+    j = Journal(10_000, 30_000, path, compact_min_bytes=10**9)  # no size-driven compaction
+    j.open()
+    disk = 400_000  # the filesystem's size; the journal file is all that is on it
+    real_statvfs = os.statvfs
+
+    def statvfs(where: Any) -> Any:
+        st = real_statvfs(where)
+        free = max(0, disk - path.stat().st_size)
+        return os.statvfs_result((st.f_bsize, 1, disk, free, free, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    for batch in range(40):  # 40 batches of ten 3 kB entries: 1.2 MB through a 400 kB disk
+        fill(j, 1 + 10 * batch, 10)
+        j.flush()
+        free = disk - path.stat().st_size
+        live = 30_000 + 3_000  # the bound, and one entry over it
+        assert free >= live, f"batch {batch}: {free} bytes free, a compaction needs {live}"
+    assert j.fault is None and j.last == 400
+    j.close()
+    monkeypatch.undo()
+    k = Journal(10_000, 30_000, path)
+    k.open()
+    assert k.last == 400 and [b for _, _, b in k.scan(k.first, 401)] == \
+        [body(g) for g in range(k.first, 401)]
+
+
 # -- a file that cannot be created or opened for writing ------------------------------------
 
 
