@@ -30,13 +30,16 @@ its readers, this socket included, and the actor calls `pause`: the broker keeps
 (its queue for the session, ``max_queued_messages``), TCP pushes back. Two things keep the
 connection and the actor's own publishes alive meanwhile: the socket is still read, every
 `PAUSED_READ` seconds, while the client waits for an answer of the broker (a PINGRESP, the
-PUBACK of its own publish, a CONNACK or SUBACK); and QoS 1/2 messages are acknowledged to the
+PUBACK of its own publish, a CONNACK or SUBACK); and QoS 1 messages are acknowledged to the
 broker only once the router journaled what the handler published for them (paho's manual
 acknowledgement, driven by `Bus.on_acked`), so the broker's in-flight window
 (``max_inflight_messages``, 20 by default) bounds how many arrive while the router is slow, and a
 message whose event was not journaled (the process killed, the outbox dropping while the router
 is unreachable) is sent again by the broker with the session instead of being lost. `stop`
-waits (up to `STOP_FLUSH` s) for those acknowledgements before its DISCONNECT.
+waits (up to `STOP_FLUSH` s) for those acknowledgements before its DISCONNECT. A QoS 2 message
+is completed as soon as it is handled: paho hands it over only after the broker's PUBREL and no
+longer knows it after a reconnect, so a completion held back could never be sent (and would
+take one of the broker's in-flight slots for good).
 """
 
 from __future__ import annotations
@@ -479,7 +482,11 @@ class MqttClient:
         try:
             self.handler.mqtt_message(msg.topic, bytes(msg.payload), msg.retain)
         finally:  # acknowledged once what it became is journaled (module doc)
-            if msg.qos:
+            if msg.qos == 2:
+                # paho has dropped a QoS 2 message by the time it is handed over (after the
+                # PUBREL) and would never complete it after a reconnect: completed at once
+                client.ack(msg.mid, msg.qos)
+            elif msg.qos:
                 bus = self.actor.bus
                 self._unjournaled += 1
                 bus.on_acked(bus.last_seq, functools.partial(
