@@ -271,16 +271,6 @@ class MqttBridgeActor(Actor):
         for request in self._requests.values():
             request.callback = None
 
-    def pause_device(self) -> None:
-        super().pause_device()
-        if self._mqtt is not None:
-            self._mqtt.pause()
-
-    def resume_device(self) -> None:
-        super().resume_device()
-        if self._mqtt is not None:
-            self._mqtt.resume()
-
     def mqtt_up(self, reason: str) -> None:
         self.link_up(reason)
         self._overflowing = False

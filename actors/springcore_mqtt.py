@@ -119,16 +119,6 @@ class SpringCoreMqttActor(Actor):
         if self._mqtt is not None:  # the link may have been down: then close_link was not called
             self._mqtt.stop("actor stopping before the broker acknowledged the command")
 
-    def pause_device(self) -> None:
-        super().pause_device()
-        if self._mqtt is not None:
-            self._mqtt.pause()
-
-    def resume_device(self) -> None:
-        super().resume_device()
-        if self._mqtt is not None:
-            self._mqtt.resume()
-
     def mqtt_up(self, reason: str) -> None:
         self.link_up(f"{reason}, subscribed to {self.config['prefix']}/{self._devices_text()}")
 

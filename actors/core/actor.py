@@ -156,6 +156,7 @@ class Actor:
         self.failure: str | None = None  # why start-up failed, for the last heartbeat
         self._lease: NameLease | None = None  # this instance's hold on its name
         self._paused_since: float | None = None  # device reads paused (congested bus) since
+        self._pause_hooks: list[Callable[[bool], object]] = []  # see `on_pause`
 
     @classmethod
     def declared_settings(cls) -> tuple[Setting, ...]:
@@ -268,15 +269,25 @@ class Actor:
 
     def pause_device(self) -> None:
         """The Bus is congested (router connected, outbox at its high watermark): stop taking
-        data from the device. The default stops polling every reader registered with
-        `add_reader`, so TCP pushes back on the device; commands, replies, heartbeats and
-        timers keep going. Loop thread. Override (calling super) for a device read elsewhere."""
+        data from the device. Stops polling every reader registered with `add_reader`, so TCP
+        pushes back on the device, and tells every `on_pause` hook; commands, replies,
+        heartbeats and timers keep going. Loop thread."""
         self._loop.pause_readers()
+        for hook in self._pause_hooks:
+            hook(True)
 
     def resume_device(self) -> None:
         """The outbox is back under its low watermark (or the router went away, when holding
         back helps nobody): read the device again. Loop thread."""
         self._loop.resume_readers()
+        for hook in self._pause_hooks:
+            hook(False)
+
+    def on_pause(self, hook: Callable[[bool], object]) -> None:
+        """`hook(True)` at every `pause_device`, `hook(False)` at every `resume_device`: for a
+        transport that must do more than stop being polled (MQTT still reads an awaited
+        answer of the broker while paused)."""
+        self._pause_hooks.append(hook)
 
     def subscribe(self, prefix: str, callback: Callable[[Delivery], object],
                   *, gapless: bool = True) -> None:

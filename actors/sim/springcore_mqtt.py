@@ -171,16 +171,6 @@ class SpringCoreMqttSim(Actor):
                 reader.connected = False
             reader.mqtt.stop("simulator stopping")
 
-    def pause_device(self) -> None:
-        super().pause_device()
-        for reader in self.readers.values():
-            reader.mqtt.pause()
-
-    def resume_device(self) -> None:
-        super().resume_device()
-        for reader in self.readers.values():
-            reader.mqtt.resume()
-
     def reader_changed(self, reason: str, lost: bool) -> None:
         """Link up once every reader is connected; down when one is lost or refused."""
         if all(r.connected for r in self.readers.values()):

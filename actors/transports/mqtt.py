@@ -204,6 +204,7 @@ class MqttClient:
         self._subscribe_mid: int | None = None
         self._paused = False
         self._paused_read: TimerHandle | None = None
+        actor.on_pause(lambda paused: self.pause() if paused else self.resume())
         self._connection = 0  # counts connections: a mid means something in its own only
         self._unjournaled = 0  # QoS 1/2 messages of this connection the router has not journaled
         self._generation = 0  # a connect thread's result for an older generation is stale

@@ -34,7 +34,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pytest
 
@@ -130,13 +130,15 @@ class Hosts:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
+H = TypeVar("H", bound=Hosts)
+
+
+def built(h: H) -> Iterator[H]:
+    """Fixture body: `h` built (skipped where namespaces cannot be made), removed after."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (ip netns add)")
     if shutil.which("ip") is None:
         pytest.skip("the ip tool (iproute2) is missing")
-    h = Hosts()
     try:
         h.build()
     except RuntimeError as exc:
@@ -148,6 +150,11 @@ def hosts() -> Iterator[Hosts]:
         yield h
     finally:
         h.remove()
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    yield from built(Hosts())
 
 
 class Procs:

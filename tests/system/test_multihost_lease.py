@@ -25,8 +25,6 @@ Skipped where namespaces cannot be made (not root, or ``ip netns`` refused).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any, Final
 import pytest
 
 from tests.support.stack import sctl_cmd, wait_for
-from tests.system.test_multihost import Hosts, Procs, ip, netns_sctl
+from tests.system.test_multihost import Hosts, Procs, built, ip, netns_sctl
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
@@ -83,22 +81,7 @@ class LeaseHosts(Hosts):
 
 @pytest.fixture
 def hosts() -> Iterator[LeaseHosts]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (ip netns add)")
-    if shutil.which("ip") is None:
-        pytest.skip("the ip tool (iproute2) is missing")
-    h = LeaseHosts()
-    try:
-        h.build()
-    except RuntimeError as exc:
-        h.remove()
-        if not h.made:
-            pytest.skip(f"cannot create network namespaces: {exc}")
-        raise
-    try:
-        yield h
-    finally:
-        h.remove()
+    yield from built(LeaseHosts())
 
 
 def test_partitioned_holder_is_fenced_and_every_write_runs_once(tmp_path: Path,
