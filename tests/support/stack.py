@@ -70,14 +70,26 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+_HANDED_OUT: set[int] = set()  # ports free_ports has returned in this process
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held open together, so they cannot repeat). Free when
-    this returns, not when they are used: prefer port 0 wherever the binder can report it."""
-    socks = [socket.socket() for _ in range(n)]
+    """n distinct free loopback ports, none returned before in this process (two calls in one
+    test, e.g. the devices' ports and then the router's, cannot collide while the first ports
+    are still unbound). Free when this returns, not when they are used: prefer port 0 wherever
+    the binder can report it."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for s in socks:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)  # held open, so the kernel cannot give the same port twice here
             s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
+            port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                ports.append(port)
+        _HANDED_OUT.update(ports)
+        return ports
     finally:
         for s in socks:
             s.close()
