@@ -14,9 +14,11 @@ and its failure analysis in docs/leases.md). An actor:
 2. runs a command only while it holds the name *under the router epoch that acks the
    command's started record* (`gate`): the router fences every other epoch of the name, so a
    record journaled under our grant proves no other instance could have had one journaled
-   meanwhile. A new router epoch (a router restart: its table is empty) makes the grant
-   stale; the actor claims again and commands wait (their started records' acks are held,
-   new commands are not dispatched; senders retry) until it is granted or refused.
+   meanwhile. A new router epoch (a router restart) makes the grant stale; the actor claims
+   again and commands wait (their started records' acks are held, new commands are not
+   dispatched; senders retry) until it is granted or refused. A router with a journal file
+   has restored the lease (its ``restored`` record is the router's business, nothing here
+   reads it), so that claim renews the same grant; one without grants it anew.
 3. is fenced by the router when another instance holds the name (a host back from a
    partition whose lease expired and was claimed elsewhere): the Bus calls `on_fenced`, and
    the actor exits `EXIT_DUPLICATE` without running anything more.
@@ -72,7 +74,8 @@ class NameLease:
 
     @property
     def held(self) -> bool:
-        """Granted by the router we talk to now (a new router epoch has an empty table)."""
+        """Granted by the router we talk to now (a new router epoch must grant it again,
+        even when it restored the lease from its journal)."""
         return self.granted_by is not None and self.granted_by == self.bus.router_epoch
 
     def ensure(self, force: bool = False) -> bool:

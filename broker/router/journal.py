@@ -23,6 +23,10 @@ With a path, every entry is also queued for `broker.router.journal_file.JournalF
 file rebuilds entries, next gseq and the source table (the file's snapshot plus every entry
 and advance record after it). Without both kinds of record a restart would take a pair back to
 its last entry, and the sender's next seq would open a gap that ends as a loss never suffered.
+The router's lease table rides along the same way: the snapshot keeps what `leases_snapshot`
+returns when it is written, `loaded_leases` is that map after a load, and `open` shows every
+loaded entry to an observer, so the router can replay the ``sys.router.lease`` records after
+the snapshot (`broker.router.leases.LeaseHistory`).
 
 Storage faults. A flush that cannot write the file (disk full, I/O error, read-only filesystem:
 `JournalWriteError`) leaves the journal *blocked* (`fault`, a `JournalFault`) until a flush
@@ -38,7 +42,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -54,6 +58,8 @@ _UNTRACKED_SRC: Final = "router"
 _MIN_LAST_PRUNE: Final = 4096
 
 SourceKey = tuple[str, int]
+# (gseq, src, topic, body) of each entry `Journal.open` loads, oldest first
+EntryObserver = Callable[[int, str, str, bytes], None]
 
 RETRY_FIRST: Final = 0.1  # seconds before the first retry of a blocked journal; doubles
 RETRY_MAX: Final = 5.0
@@ -193,6 +199,9 @@ class Journal:
         self._advanced: dict[SourceKey, None] = {}  # pairs advanced since the last flush
         self.fault: JournalFault | None = None  # set while the file cannot be written
         self._flushed = 0  # newest gseq in the file
+        # the router's lease table for every snapshot written, and the one loaded
+        self.leases_snapshot: Callable[[], dict[str, Any]] | None = None
+        self.loaded_leases: Any = None  # as read; broker.router.leases.LeaseHistory checks it
 
     @property
     def persistent(self) -> bool:
@@ -216,8 +225,10 @@ class Journal:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Load the file (if any): entries, next gseq and the source table come back."""
+    def open(self, observe: EntryObserver | None = None) -> None:
+        """Load the file (if any): entries, next gseq and the source table come back, and the
+        snapshot's lease map (`loaded_leases`). `observe` sees every entry loaded, in gseq
+        order, also those the in-memory bounds evict at once."""
         if self._file is None:
             return
         recent: dict[SourceKey, int] = {}  # pair -> highest seq in the records, newest last
@@ -226,6 +237,8 @@ class Journal:
             if gseq != self.next_gseq:  # only the first record: the file's gseqs are contiguous
                 self.first = self.next_gseq = gseq
             self._append_memory(topic, body)
+            if observe is not None:
+                observe(gseq, src, topic, body)
             if src != _UNTRACKED_SRC:
                 key = (src, epoch)
                 recent[key] = max(recent.pop(key, seq), seq)
@@ -237,6 +250,7 @@ class Journal:
 
         snap = self._file.load(on_entry, self.origin, on_advance)
         self.origin = snap.origin or self.origin
+        self.loaded_leases = snap.leases
         self.appended = 0  # loading is not journaling: `appended` counts this run only
         if len(self) == 0:
             self.first = self.next_gseq = snap.first
@@ -294,7 +308,8 @@ class Journal:
             file.compact_start(self._snapshot())
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self.first, self.sources.snapshot(), self.origin)
+        leases = None if self.leases_snapshot is None else self.leases_snapshot()
+        return Snapshot(self.first, self.sources.snapshot(), self.origin, leases)
 
     def retry(self) -> JournalFault | None:
         """Flush a blocked journal once more: the fault it ended, or None while it lasts (the

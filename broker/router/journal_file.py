@@ -13,6 +13,8 @@ Layout
               msgpack map {"first": gseq of the first entry record that follows,
                            "sources": [[src, epoch, hc], ...] (oldest first),
                            "origin": router epoch that created the file (gseq 1),
+                           "leases"?: the router's lease table when written
+                                      (broker.router.leases.LeaseTable.snapshot),
                            "written": unix time}
     type 0x45 "E" entry, gseq contiguous from the snapshot's "first":
               gseq:u64 epoch:u64 seq:u64 src_len:u16 topic_len:u16 src topic body
@@ -161,6 +163,7 @@ class Snapshot:
     first: int = 1
     sources: list[tuple[str, int, int]] = field(default_factory=list)
     origin: int = 0  # the router epoch that started this gseq numbering
+    leases: Any = None  # the router's lease table (broker.router.leases checks it), or None
 
 
 def _record(payload: bytes) -> bytes:
@@ -170,7 +173,8 @@ def _record(payload: bytes) -> bytes:
 def _snapshot_record(snap: Snapshot) -> bytes:
     body = msgpack.packb(
         {"first": snap.first, "sources": [list(s) for s in snap.sources],
-         "origin": snap.origin, "written": time.time()},
+         "origin": snap.origin, "written": time.time(),
+         **({} if snap.leases is None else {"leases": snap.leases})},
         use_bin_type=True,
     )
     return _record(bytes([TYPE_SNAPSHOT]) + body)
@@ -182,7 +186,8 @@ def _parse_snapshot(payload: bytes) -> Snapshot:
     if not isinstance(first, int) or first < 1:
         raise ValueError(f"snapshot first gseq {first!r} is invalid")
     sources = [(str(s), int(e), int(h)) for s, e, h in obj["sources"]]
-    return Snapshot(first=first, sources=sources, origin=int(obj.get("origin", 0)))
+    return Snapshot(first=first, sources=sources, origin=int(obj.get("origin", 0)),
+                    leases=obj.get("leases"))
 
 
 def _parse_entry(payload: bytes, expect: int) -> tuple[int, str, int, int, str, bytes] | None:

@@ -25,19 +25,31 @@ where the name is held:
   told so on ``ack.<src>`` and exits.
 
 Every change of holder takes a new `generation` (a fencing token, increasing for the life of
-the table); with the router epoch it names one grant site-wide. Events (granted, refused,
-released, expired, regained) are returned to the caller, which journals them on
-``sys.router.lease``.
+the table and, with a journal file, across router restarts); with the router epoch it names one
+grant site-wide. Events (granted, refused, released, expired, regained, replaced, restored) are
+returned to the caller, which journals them on ``sys.router.lease``.
 
-The table lives in router memory only: after a router restart it is empty and holders claim
-again (docs/leases.md has the failure analysis). Nothing here does I/O and time is passed in
-(``now`` is monotonic, ``wall`` is Unix time for display), so tests need no sleeps.
+Restart. A router with a journal file rebuilds the table when it starts (`LeaseHistory`): the
+lease map of the file's snapshot (`LeaseTable.snapshot`, written at every compaction, so the
+records compaction drops are summed up there), then every ``sys.router.lease`` record after
+it, in gseq order; a name's newest record decides. Names held at the end are restored
+(`LeaseTable.restore`, one ``restored`` event each) with their holder, since and generation and
+an expiry of now + ttl on this router's clock, and fenced as before: the holder keeps its name
+by claiming again or by its traffic, a dead holder's lease expires one ttl later. Expired
+(lapsed) leases are not restored. A router without a journal starts with an empty table and
+holders claim again (docs/leases.md has the failure analysis). Nothing here does I/O and time
+is passed in (``now`` is monotonic, ``wall`` is Unix time for display), so tests need no sleeps.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
+
+from broker.wire import envelope, rules, topics
+from broker.wire.errors import EnvelopeError, TopicError
 
 MIN_TTL: Final = 0.2
 MAX_TTL: Final = 3600.0
@@ -74,7 +86,7 @@ class Lease:
 class LeaseEvent:
     """One change (or refusal) to publish on ``sys.router.lease``."""
 
-    event: str  # granted, refused, released, expired, regained, replaced
+    event: str  # granted, refused, released, expired, regained, replaced, restored
     lease: Lease  # the lease concerned: for "refused", the holder
     claimant: dict[str, Any] | None = None  # refused: who asked
     previous: dict[str, Any] | None = None  # granted over an expired lease: its last holder
@@ -201,6 +213,28 @@ class LeaseTable:
         for lease in self._leases.values():
             lease.expires = max(lease.expires, now + lease.ttl)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The table as the journal file's snapshot keeps it (read back by `LeaseHistory`):
+        the generation counter and every lease held, each in the shape of its records."""
+        return {"generation": self.generation,
+                "held": [lease.holder() for lease in self._leases.values()]}
+
+    def restore(self, leases: Iterable[Lease], generation: int, now: float) -> list[LeaseEvent]:
+        """Hold `leases` again after a router restart (a `LeaseHistory`'s result): each
+        expires `now` + its ttl, as if its holder had just renewed it; generations go on from
+        `generation` (and never below a restored one). One ``restored`` event per lease."""
+        events = []
+        for lease in leases:
+            lease.expires = now + lease.ttl
+            self._leases[lease.name] = lease
+            self.held[lease.name] = lease.epoch
+            self._lapsed.pop(lease.name, None)
+            self._next_expiry = min(self._next_expiry, lease.expires)
+            self.generation = max(self.generation, lease.generation)
+            events.append(LeaseEvent("restored", lease))
+        self.generation = max(self.generation, generation)
+        return events
+
     def holder(self, name: str, now: float) -> Lease | None:
         """The live lease of `name` (None when free or expired)."""
         lease = self._leases.get(name)
@@ -220,3 +254,125 @@ class LeaseTable:
         self._lapsed.pop(name, None)
         self._next_expiry = min(self._next_expiry, lease.expires)
         return lease
+
+
+HOLDING_EVENTS: Final = frozenset({"granted", "regained", "restored", "refused"})
+FREEING_EVENTS: Final = frozenset({"released", "expired", "replaced"})
+MAX_PROBLEMS: Final = 10  # problems kept (with their gseq) for the router's warning
+
+
+class LeaseHistory:
+    """The lease table as a journal file tells it, for a router that restarts on that file.
+
+    `observe` is given every entry the journal loads (gseq order); it keeps, per name, what its
+    newest ``sys.router.lease`` record says: held by the lease it names (granted, regained,
+    restored, and refused, which names the holder), or free (released, expired, replaced; a
+    replacement's grant follows it). `result` lays that over the snapshot's lease map (older
+    than every record after it) and returns the leases held at the end and the generation to
+    go on from. A record that cannot be read (not an envelope, not from the router, an unknown
+    event, a field missing or of the wrong type) changes nothing; it is counted in `ignored`
+    and described in `problems` (the first `MAX_PROBLEMS`), which the router logs.
+    """
+
+    def __init__(self) -> None:
+        self.records = 0  # lease records read
+        self.ignored = 0
+        self.problems: list[str] = []
+        self._state: dict[str, Lease | None] = {}  # name -> holder after its newest record
+        self._generation = 0
+
+    def observe(self, gseq: int, src: str, topic: str, body: bytes) -> None:
+        """One journal entry (any topic; only ``sys.router.lease`` ones are read)."""
+        if topic != topics.ROUTER_LEASE:
+            return
+        if src != rules.ROUTER_SRC:
+            self._ignore(gseq, f"src {src!r} is not the router")
+            return
+        try:
+            data = envelope.decode(bytes(body)).data
+        except EnvelopeError as exc:
+            self._ignore(gseq, f"not an envelope ({exc})")
+            return
+        self.record(data, gseq)
+
+    def record(self, data: Any, gseq: int = 0) -> None:
+        """One lease record's data (``LeaseEvent.data``), newer than every one before it."""
+        event = data.get("event") if isinstance(data, dict) else None
+        if event not in HOLDING_EVENTS and event not in FREEING_EVENTS:
+            self._ignore(gseq, f"unknown event {event!r}")
+            return
+        try:
+            lease = lease_of(data)
+        except ValueError as exc:
+            self._ignore(gseq, f"{event}: {exc}")
+            return
+        self.records += 1
+        self._generation = max(self._generation, lease.generation)
+        self._state[lease.name] = lease if event in HOLDING_EVENTS else None
+
+    def result(self, snapshot: Any = None) -> tuple[list[Lease], int]:
+        """(leases held at the end, the generation to go on from), given the snapshot's lease
+        map (`LeaseTable.snapshot`; None when the file has none)."""
+        state: dict[str, Lease | None] = {}
+        generation = self._generation
+        if snapshot is not None:
+            if not isinstance(snapshot, dict) or not isinstance(snapshot.get("held"), list):
+                self._ignore(0, f"the snapshot's lease map is not readable: {snapshot!r:.200}")
+            else:
+                gen = snapshot.get("generation")
+                if isinstance(gen, int) and not isinstance(gen, bool):
+                    generation = max(generation, gen)
+                for held in snapshot["held"]:
+                    try:
+                        lease = lease_of(held)
+                    except ValueError as exc:
+                        self._ignore(0, f"snapshot: {exc}")
+                        continue
+                    state[lease.name] = lease
+                    generation = max(generation, lease.generation)
+        state.update(self._state)  # the records are newer than the snapshot
+        return [lease for _, lease in sorted(state.items()) if lease is not None], generation
+
+    def _ignore(self, gseq: int, problem: str) -> None:
+        self.ignored += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"gseq {gseq}: {problem}" if gseq else problem)
+
+
+def lease_of(data: Any) -> Lease:
+    """A `Lease` from its record shape (`Lease.holder`); ValueError naming what is wrong. The
+    expiry is left at 0: only the restoring router can give it one."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a lease is a map, got {type(data).__name__}")
+    name = data.get("name")
+    try:
+        if not isinstance(name, str):
+            raise TopicError(f"lease name must be a string, got {name!r}")
+        topics.check_name(name, "lease name")
+    except TopicError as exc:
+        raise ValueError(str(exc)) from None
+    epoch, pid, generation = (_whole(data, key, low) for key, low in
+                              (("epoch", 1), ("pid", 0), ("generation", 1)))
+    host, machine = data.get("host"), data.get("machine", "")
+    if not isinstance(host, str) or not isinstance(machine, str):
+        raise ValueError(f"host and machine must be strings, got {host!r} and {machine!r}")
+    since, ttl = _number(data.get("since")), _number(data.get("ttl"))
+    if since is None or ttl is None or not ttl > 0:
+        raise ValueError(f"since and ttl must be numbers (ttl > 0), got "
+                         f"{data.get('since')!r} and {data.get('ttl')!r}")
+    return Lease(name, epoch, host, pid, since, min(max(ttl, MIN_TTL), MAX_TTL), 0.0,
+                 generation, machine)
+
+
+def _whole(data: dict[str, Any], key: str, low: int) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a finite float, None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None

@@ -42,7 +42,8 @@ bus name to one epoch; a sequenced message whose src is held by another epoch is
 `_ingest` before sequencing (not journaled, not forwarded, its seq not used up, the sender told
 on ``ack.<src>``, reported on ``sys.router.denied``); each batch renews the leases of the pairs
 it touched and expires the rest (`_keep_leases`), and every change is journaled on
-``sys.router.lease``.
+``sys.router.lease``. With a journal file, `open` restores the leases held when the last router
+stopped before it binds a socket (`_restore_leases`), so fencing holds across a restart.
 
 With ``[router.security] curve = true`` (`broker.security`) every socket is a CURVE server,
 the router answers ZAP on its own loop (one more socket), and each ingress message is checked
@@ -73,7 +74,7 @@ from broker.router import ingress
 from broker.router.bad_input import BadInput
 from broker.router.journal import Journal, SourceKey
 from broker.router.journal_file import JournalWriteError
-from broker.router.leases import LeaseEvent, LeaseTable
+from broker.router.leases import LeaseEvent, LeaseHistory, LeaseTable
 from broker.router.query import LeaseOps, QueryHandler
 from broker.router.sequencer import GapEvent, GapState, Sequencer, Verdict
 from broker.router.stats import COUNTS, Rates, state_map
@@ -150,6 +151,7 @@ class Router:
         self._watches: dict[zmq.Socket[bytes], security.HandshakeWatch] = {}
         self._leases = LeaseTable()  # one live instance per name: see broker.router.leases
         self._held = self._leases.held  # hot path: name -> holder epoch
+        self.journal.leases_snapshot = self._leases.snapshot  # in every snapshot of the file
         self._lease_ops = self._queries.leases = LeaseOps(
             self._leases, self._lease_event, blind=lambda: self.journal.fault is not None)
         self._fence_acks: dict[SourceKey, float] = {}  # when each fenced pair was last told
@@ -160,7 +162,9 @@ class Router:
         """Load the journal and bind the sockets; raises BusError/OSError naming what failed."""
         if self._opened:
             return
-        self.journal.open()
+        history = LeaseHistory()
+        self.journal.open(history.observe)
+        self._restore_leases(history)
         curve = self._open_security()
         self._xsub = self._bind(zmq.XSUB, "ingress", {zmq.MAXMSGSIZE: XSUB_MAXMSGSIZE,
                                                       zmq.RCVHWM: INGRESS_HWM, **curve})
@@ -189,6 +193,35 @@ class Router:
                  f", journal blocked: {fault.error}" if fault else "")
         if fault is not None:
             self._journal_blocked()
+        elif self._pending:  # the restored leases' records: on disk before any query is read
+            self._finish_batch()
+
+    def _restore_leases(self, history: LeaseHistory) -> None:
+        """With a journal file: hold again every lease it says was held when the last router
+        stopped (`LeaseHistory`: its snapshot, then its sys.router.lease records), each until
+        now + its ttl, so other epochs of those names stay fenced until the holder claims or
+        sends again, or its lease runs out. One WARNING line, one `restored` record each."""
+        held, generation = history.result(self.journal.loaded_leases)
+        for problem in history.problems:
+            log.warning("journal %s: lease record ignored: %s", self.journal.path, problem)
+        if history.ignored > len(history.problems):
+            log.warning("journal %s: %d more lease records ignored", self.journal.path,
+                        history.ignored - len(history.problems))
+        events = self._leases.restore(held, generation, time.monotonic())
+        if not events:
+            if history.records or self.journal.loaded_leases is not None:
+                log.info("journal %s: no lease was held when the last router stopped (%d lease "
+                         "records read; generations go on from %d)", self.journal.path,
+                         history.records, generation)
+            return
+        names = ", ".join(f"{e.lease.name} (epoch {e.lease.epoch} on {e.lease.host} pid "
+                          f"{e.lease.pid}, generation {e.lease.generation})" for e in events[:10])
+        log.warning("restored %d lease(s) held when the last router stopped, from journal %s: "
+                    "%s%s; other epochs of these names are fenced until each holder claims "
+                    "again or its ttl runs out", len(events), self.journal.path, names,
+                    f" and {len(events) - 10} more" if len(events) > 10 else "")
+        for event in events:
+            self._publish_own(topics.ROUTER_LEASE, event.data())
 
     def _open_security(self) -> dict[int, int | bytes]:
         """With CURVE: load the keys, bind the ZAP handler (before any server socket, or

@@ -150,6 +150,7 @@ def test_a_second_instance_is_refused_and_every_command_runs_once(
     bus = feed.bus
     first = stack.start_actor("b1")
     stack.wait_ready("b1")
+    assert first.popen is not None
     wait_for(lambda: holder_pid(bus) == first.popen.pid if first.popen else False, 10,
              "b1's lease held by the first instance")
     sent = send_writes(bus, "a", 5)
@@ -279,6 +280,6 @@ def test_with_curve_a_key_claims_only_a_name_it_may_publish_as(stack: Stack,
 
 
 if __name__ == "__main__":  # HOST PORT FILE: the system test runs one in a network namespace
-    recorder = Recorder(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
-    print(f"recording on {sys.argv[1]}:{recorder.port}", flush=True)
-    recorder.join()
+    standalone = Recorder(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
+    print(f"recording on {sys.argv[1]}:{standalone.port}", flush=True)
+    standalone.join()
