@@ -160,7 +160,9 @@ another epoch is refused before sequencing: not journaled, not forwarded, its se
 counted as ``fenced``, reported (rate-limited) on ``sys.router.denied`` with ``reason``
 "fenced" and the holder, and answered with a transient ``ack.<N>`` ``data = {"epoch": e,
 "fenced": seq, "holder": {...}, "reason": str}``. ``ctl.sync`` probes are answered as usual.
-Grants, refusals, releases, expiries and regains are journaled on ``sys.router.lease``
+Grants, refusals, releases, expiries, regains, replacements and restorations (a router
+restarted on its journal file restores the leases it held, see docs/leases.md) are journaled on
+``sys.router.lease``
 (``data = {"event", "name", "epoch", "host", "pid", "since", "ttl", "generation",
 "claimant"?, "previous"?}``).
 
