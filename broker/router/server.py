@@ -14,9 +14,7 @@ router
    when the file cannot be written the batch is held and the router is *blocked*: it reads no
    ingress, raises one transient ``sys.alarm``, keeps answering queries and retries with
    backoff until a write succeeds (`_journal_blocked`, docs/storage-faults.md);
-3. publishes the batch's accepted envelopes, then one ``ack.<src>`` per pair it touched, paced
-   to one a pair every `ACK_EVERY` (a pair acked within that time gets its ack when it is due,
-   covering every batch since: acks are cumulative).
+3. publishes the batch's accepted envelopes, then one ``ack.<src>`` per pair it touched.
 
 The decisions live in I/O-free parts, and this module carries them out: `broker.router.sequencer`
 says whether a seq is next, a duplicate, early, from an unknown pair or ends a lost range (and
@@ -97,10 +95,6 @@ INGRESS_HWM: Final = 10_000
 TOPIC_CACHE_MAX: Final = 10_000
 DENIED_TOPIC: Final = topics.ROUTER_DENIED
 FENCE_ACK_EVERY: Final = 0.2  # seconds between fenced acks to one (src, epoch)
-# At most one ack a pair in this time: a pair's first ack in a while goes out with its batch, a
-# steady stream's acks are paced. Every subscriber of the whole feed (a gap-free one) is woken by
-# every ack, so at one batch a message acks would double the wake-ups of a fan-out.
-ACK_EVERY: Final = 0.005
 
 _GAP_COUNTS: Final[dict[GapState, str]] = {
     "open": "gaps_opened", "filled": "gaps_filled", "lost": "gaps_lost"}
@@ -132,8 +126,6 @@ class Router:
         self._encoder = envelope.Encoder(SRC, self.router_epoch)  # acks: one per batch and pair
         self._pending: list[tuple[bytes, bytes, bytes]] = []  # egress frames of this batch
         self._touched: dict[SourceKey, None] = {}  # pairs to ack after this batch
-        self._acked_at: dict[SourceKey, float] = {}  # when each pair was last acked
-        self._acks_due: dict[SourceKey, float] = {}  # paced acks: when each is due
         self._sequencer = Sequencer(self.journal.sources, config.gap_timeout)
         self._hc_of = self.journal.sources.get  # hot path: one bound method, looked up once
         # topic frame -> (its rule, the kinds that pass it: rules.passing_kinds)
@@ -299,7 +291,7 @@ class Router:
         was_open, self._opened = self._opened, False
         try:
             if was_open:
-                self._finish_batch(every_ack=True)
+                self._finish_batch()
         finally:
             if was_open:
                 self._xpub.disable_monitor()
@@ -322,8 +314,6 @@ class Router:
         fault = self.journal.fault
         if fault is not None:  # blocked: the next write attempt is due then
             wait = min(wait, max(fault.next_try - time.monotonic(), 0.0))
-        elif self._acks_due:
-            wait = min(wait, max(min(self._acks_due.values()) - time.monotonic(), 0.0))
         # rounded up: a wait under 1 ms rounded down to 0 would spin until the stats are due
         events = dict(self._poller.poll(math.ceil(wait * 1000)))
         if self._xsub in events:
@@ -341,9 +331,6 @@ class Router:
                 self._wake.recv()
         if fault is not None and time.monotonic() >= fault.next_try:
             self._retry_journal()
-        if self._acks_due and self.journal.fault is None \
-                and time.monotonic() >= min(self._acks_due.values()):
-            self._finish_batch()
         if time.monotonic() >= self._next_stats:
             if self.journal.fault is None:
                 self._publish_stats()
@@ -381,9 +368,8 @@ class Router:
         self.counts["received"] += n
         self._finish_batch()
 
-    def _finish_batch(self, every_ack: bool = False) -> None:
-        """Flush the journal, then publish the batch and the acks that are due (all of them
-        with `every_ack`): the disk is never behind."""
+    def _finish_batch(self) -> None:
+        """Flush the journal, then publish the batch and acks: the disk is never behind."""
         if self.journal.fault is not None:
             return  # blocked: the batch is held until a retry writes it (_retry_journal)
         if self._leases:  # before the flush: the lease events it journals go out with the batch
@@ -393,20 +379,13 @@ class Router:
         except JournalWriteError:
             self._journal_blocked()
             return
-        now = time.monotonic()
-        due = self._acks_due
-        acked_at = self._acked_at
+        sources = self.journal.sources
         for key in self._touched:
-            if every_ack or acked_at.get(key, -ACK_EVERY) + ACK_EVERY <= now:
-                due.pop(key, None)
-                self._ack(key, now)
-            elif key not in due:
-                due[key] = acked_at[key] + ACK_EVERY
+            hc = sources.get(key)
+            if hc is not None:
+                sources.touch(key)
+                self._transient(f"ack.{key[0]}", {"epoch": key[1], "seq": hc})
         self._touched.clear()
-        if due:
-            for key in [k for k, when in due.items() if every_ack or when <= now]:
-                del due[key]
-                self._ack(key, now)
         sock = self._xpub
         # Without XPUB_NODROP an XPUB drops for a subscriber at its HWM, it never blocks:
         # a slow subscriber loses live messages and refills them with `since`.
@@ -726,17 +705,6 @@ class Router:
         _, body = self._encoder.build(self._own_seq, "system", data)
         gseq = self.journal.append(topic, body, SRC, self.router_epoch, self._own_seq)
         self._pending.append((topic.encode(), body, STAMP.pack(self.router_epoch, gseq)))
-
-    def _ack(self, key: SourceKey, now: float) -> None:
-        """``ack.<src>``: the highest contiguous seq of (src, epoch) that is journaled."""
-        hc = self.journal.sources.get(key)
-        if hc is None:
-            return
-        self.journal.sources.touch(key)
-        if len(self._acked_at) >= TOPIC_CACHE_MAX:
-            self._acked_at.clear()  # forgets only when pairs were last acked: a few go unpaced
-        self._acked_at[key] = now
-        self._transient(f"ack.{key[0]}", {"epoch": key[1], "seq": hc})
 
     def _transient(self, topic: str, data: dict[str, Any]) -> None:
         """An unjournaled router envelope: seq 0, stamp gseq 0 (acks, sync replies)."""
