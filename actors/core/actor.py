@@ -599,7 +599,7 @@ class Actor:
     def _heartbeat(self, schedule: bool = True) -> None:
         if schedule and self._stop_reason is None:
             self.call_later(self.config["heartbeat_interval"], self._heartbeat)
-            if self._lease is not None:  # a router restart empties its table: claim again
+            if self._lease is not None:  # a new router epoch needs a new claim
                 self._lease.ensure()
         self.bus.publish(topics.heartbeat(self.name), "heartbeat", self._status())
 

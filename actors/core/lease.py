@@ -71,6 +71,9 @@ class NameLease:
         self._next_try = 0.0
         self._waiting: list[Callable[[bool], object]] = []
         self._unanswered_since: float | None = None
+        self._ever_held = False  # granted once: a later refusal is final at once
+        self._refused_since: float | None = None  # first refusal of a never-held name
+        self._next_replace = 0.0  # a never-held name's next claim replacing a dead holder
 
     @property
     def held(self) -> bool:
@@ -88,8 +91,34 @@ class NameLease:
         self._next_try = now + RETRY
         answer = self._ask(now)
         if answer is not None and not answer.granted:
-            self._refuse(answer.holder)
+            self._refused_claim(answer.holder, now)
         return self.held
+
+    def _refused_claim(self, holder: dict[str, Any], now: float) -> None:
+        """A claim from `ensure` was refused. Final at once for an instance that held the name
+        before, or when the holder is a live process of this machine. An instance that never
+        held it (the router was unreachable when it started) may face the lease of a dead
+        predecessor, restored by a router restarted on its journal file: as at start-up, a
+        holder that ran on this machine and is gone is replaced at once, and any other is
+        waited out for one ttl before the refusal is final."""
+        if self._ever_held or _alive_here(holder):
+            self._refuse(holder)
+            return
+        if _dead_here(holder) and now >= self._next_replace:
+            self._next_replace = now + RETRY
+            log.info("%s: held by %s, which is no longer running here: taking over",
+                     self.bus.name, lease.holder_text(holder))
+            answer = self._ask(now, replaces=int(holder["epoch"]))
+            if answer is None or answer.granted:
+                return
+            holder = answer.holder
+        if self._refused_since is None:
+            self._refused_since = now
+            log.info("%s: held by %s; waiting up to %.1f s for that lease to expire (a holder "
+                     "that died while the router was away)", self.bus.name,
+                     lease.holder_text(holder), float(holder.get("ttl") or self.ttl))
+        if now - self._refused_since > float(holder.get("ttl") or self.ttl) + START_RETRY:
+            self._refuse(holder)
 
     def _ask(self, now: float, replaces: int | None = None) -> LeaseAnswer | None:
         """One claim; a grant is taken, a refusal returned, no answer logged (None)."""
@@ -166,13 +195,23 @@ class NameLease:
             self._waiting.append(go)
 
     def fenced(self, data: dict[str, Any]) -> None:
-        """The router refused one of our messages: another epoch holds the name."""
+        """The router refused one of our messages: another epoch holds the name. Final for an
+        instance that held the name; one that never did (it started while the router was
+        away, and what it sent meanwhile met a lease the restarted router restored) handles it
+        as a refused claim (`_refused_claim`): the fenced messages stay in its outbox, their
+        seqs unused, and go through once it holds the name."""
         holder = data.get("holder")
-        self._refuse(holder if isinstance(holder, dict) else {})
+        holder = holder if isinstance(holder, dict) else {}
+        if self._ever_held or self.refused is not None:
+            self._refuse(holder)
+        else:
+            self._refused_claim(holder, self.clock())
 
     def release(self) -> None:
-        """Clean stop: free the name so a successor can claim it at once."""
-        if not self.held or not self.bus.synced:
+        """Clean stop: free the name so a successor can claim it at once. Also under a grant
+        of an earlier router epoch: a router restarted on its journal file holds the lease
+        for this epoch until it is claimed again, and a release names (name, epoch)."""
+        if self.granted_by is None or not self.bus.synced:
             return
         try:
             released = lease.release(self.bus, CLAIM_TIMEOUT)
@@ -192,6 +231,8 @@ class NameLease:
     def _granted(self, answer: LeaseAnswer) -> None:
         first = self.granted_by is None
         self.granted_by = answer.router_epoch
+        self._ever_held = True
+        self._refused_since = None
         self.generation = answer.generation
         since = answer.holder.get("since")
         self.since = float(since) if isinstance(since, (int, float)) else None

@@ -705,8 +705,9 @@ class Bus:
             holder = data.get("holder")
             holder = holder if isinstance(holder, dict) else {}
             log.error("%s: the router fenced our seq %s: %s is held by host %s (pid %s), "
-                      "epoch %s; this instance must not run", self.name, data["fenced"],
-                      self.name, holder.get("host"), holder.get("pid"), holder.get("epoch"))
+                      "epoch %s; this instance must not run while it does", self.name,
+                      data["fenced"], self.name, holder.get("host"), holder.get("pid"),
+                      holder.get("epoch"))
         self._publisher.fenced()
         if self.on_fenced is not None:
             self.on_fenced(data)

@@ -25,20 +25,23 @@ where the name is held:
   told so on ``ack.<src>`` and exits.
 
 Every change of holder takes a new `generation` (a fencing token, increasing for the life of
-the table and, with a journal file, across router restarts); with the router epoch it names one
-grant site-wide. Events (granted, refused, released, expired, regained, replaced, restored) are
-returned to the caller, which journals them on ``sys.router.lease``.
+the table and, with a journal file, across router restarts as far as the file tells: a file set
+aside as unreadable, or a grant lost with the unwritten tail of a crash, restarts it lower);
+with the router epoch it names one grant site-wide. Events (granted, refused, released,
+expired, regained, replaced, restored) are returned to the caller, which journals them on
+``sys.router.lease``.
 
 Restart. A router with a journal file rebuilds the table when it starts (`LeaseHistory`): the
 lease map of the file's snapshot (`LeaseTable.snapshot`, written at every compaction, so the
-records compaction drops are summed up there), then every ``sys.router.lease`` record after
-it, in gseq order; a name's newest record decides. Names held at the end are restored
+records compaction drops are summed up there), then every ``sys.router.lease`` record after it,
+in gseq order; a name's newest record decides. Names held at the end are restored
 (`LeaseTable.restore`, one ``restored`` event each) with their holder, since and generation and
 an expiry of now + ttl on this router's clock, and fenced as before: the holder keeps its name
-by claiming again or by its traffic, a dead holder's lease expires one ttl later. Expired
-(lapsed) leases are not restored. A router without a journal starts with an empty table and
-holders claim again (docs/leases.md has the failure analysis). Nothing here does I/O and time
-is passed in (``now`` is monotonic, ``wall`` is Unix time for display), so tests need no sleeps.
+by claiming again or by its traffic, a dead holder's lease expires one ttl later. Leases whose
+expiry was journaled (lapsed) are not restored. A router without a journal starts with an empty
+table and holders claim again (docs/leases.md has the failure analysis). Nothing here does I/O
+and time is passed in (``now`` is monotonic, ``wall`` is Unix time for display), so tests need
+no sleeps.
 """
 
 from __future__ import annotations
@@ -259,6 +262,7 @@ class LeaseTable:
 HOLDING_EVENTS: Final = frozenset({"granted", "regained", "restored", "refused"})
 FREEING_EVENTS: Final = frozenset({"released", "expired", "replaced"})
 MAX_PROBLEMS: Final = 10  # problems kept (with their gseq) for the router's warning
+MAX_WHOLE: Final = 2**63 - 1  # epochs, pids and generations read back must pack as msgpack ints
 
 
 class LeaseHistory:
@@ -298,7 +302,8 @@ class LeaseHistory:
     def record(self, data: Any, gseq: int = 0) -> None:
         """One lease record's data (``LeaseEvent.data``), newer than every one before it."""
         event = data.get("event") if isinstance(data, dict) else None
-        if event not in HOLDING_EVENTS and event not in FREEING_EVENTS:
+        if not isinstance(event, str) or (event not in HOLDING_EVENTS
+                                          and event not in FREEING_EVENTS):
             self._ignore(gseq, f"unknown event {event!r}")
             return
         try:
@@ -320,7 +325,7 @@ class LeaseHistory:
                 self._ignore(0, f"the snapshot's lease map is not readable: {snapshot!r:.200}")
             else:
                 gen = snapshot.get("generation")
-                if isinstance(gen, int) and not isinstance(gen, bool):
+                if isinstance(gen, int) and not isinstance(gen, bool) and 0 <= gen <= MAX_WHOLE:
                     generation = max(generation, gen)
                 for held in snapshot["held"]:
                     try:
@@ -366,8 +371,8 @@ def lease_of(data: Any) -> Lease:
 
 def _whole(data: dict[str, Any], key: str, low: int) -> int:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_WHOLE:
+        raise ValueError(f"{key} must be an integer from {low} to {MAX_WHOLE}, got {value!r}")
     return value
 
 

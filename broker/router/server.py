@@ -156,7 +156,6 @@ class Router:
             return
         history = LeaseHistory()
         self.journal.open(history.observe)
-        self._restore_leases(history)
         curve = self._open_security()
         self._xsub = self._bind(zmq.XSUB, "ingress", {zmq.MAXMSGSIZE: XSUB_MAXMSGSIZE,
                                                       zmq.RCVHWM: INGRESS_HWM, **curve})
@@ -175,6 +174,8 @@ class Router:
             self._poller.register(sock, zmq.POLLIN)
         if curve:
             self._watch_handshakes()
+        # After the binds (a start that fails journals nothing), before the loop reads a message
+        self._restore_leases(history)
         self._opened = True
         fault = self.journal.fault  # a full or read-only disk: up, but blocked (_journal_blocked)
         log.info("router epoch %d up: ingress %s, egress %s, query %s, journal %s (gseq %d..%d)"

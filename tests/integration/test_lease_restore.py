@@ -113,3 +113,37 @@ def test_an_actor_keeps_its_lease_across_a_router_killed_and_restarted_on_its_jo
         assert actor.popen.poll() is None
     finally:
         recorder.close()
+
+
+def test_an_actor_restarted_while_the_router_was_down_takes_over_its_dead_predecessors_lease(
+        stack: Stack, tmp_path: Path) -> None:
+    """A power cut of a host seen from one process's side: the router goes, b1 dies and is
+    started again while the router is still away (no start-up claim), then the router comes
+    back and restores the dead b1's lease. The new b1 replaces it (same machine, pid gone)
+    instead of exiting as a duplicate."""
+    recorder = Recorder()
+    try:
+        stack.write(TABLES.format(port=recorder.port, hb=HEARTBEAT),
+                    router_extra=journal(tmp_path))
+        router = stack.start_router()
+        bus = stack.client(name="tester")
+        stack.start_actor("b1")
+        stack.wait_ready("b1")
+        wait_for(lambda: "b1" in leases(bus), 10, "b1's lease")
+        dead = leases(bus)["b1"]
+
+        router.kill()
+        stack.procs["b1"].kill()
+        again = stack.start_actor("b1", log="b1-again")
+        wait_for(lambda: "router not reachable" in again.output(), 20,
+                 "the new b1 starting without its router")
+        stack.start_router()
+        wait_for(lambda: leases(bus).get("b1", {}).get("epoch") not in (None, dead["epoch"]),
+                 20, "the new b1 holding its name")
+        assert "no longer running here: taking over" in again.output()
+        sent = send_writes(bus, "p", 2)
+        wait_for(lambda: len(recorder.writes()) >= len(sent), 10, "every write at the device")
+        assert recorder.writes() == sent
+        assert again.popen is not None and again.popen.poll() is None, again.output()
+    finally:
+        recorder.close()
