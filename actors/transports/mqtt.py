@@ -27,15 +27,21 @@ delivered late.
 
 Backpressure (docs/backpressure.md). While the actor's Bus is congested the loop stops polling
 its readers, this socket included, and the actor calls `pause`: the broker keeps the messages
-(its queue for the session, ``max_queued_messages``), TCP pushes back. Two things keep the
-connection and the actor's own publishes alive meanwhile: the socket is still read, every
-`PAUSED_READ` seconds, while the client waits for an answer of the broker (a PINGRESP, the
-PUBACK of its own publish, a CONNACK or SUBACK); and QoS 1 messages are acknowledged to the
-broker only once the router journaled what the handler published for them (paho's manual
-acknowledgement, driven by `Bus.on_acked`), so the broker's in-flight window
-(``max_inflight_messages``, 20 by default) bounds how many arrive while the router is slow, and a
-message whose event was not journaled (the process killed, the outbox dropping while the router
-is unreachable) is sent again by the broker with the session instead of being lost. `stop`
+(its queue for the session, ``max_queued_messages``), TCP pushes back. The socket is still read,
+every `PAUSED_READ` seconds, while the client waits for an answer to a request of its own (the
+PUBACK of its publish, a CONNACK or SUBACK): what arrives before that answer is handled. Not for
+a PINGRESP: the broker's messages queue up in front of it, and reading them to reach it would
+take in one message per read for as long as the pause lasts. The broker's in-flight window
+(``max_inflight_messages``) does not bound that: Mosquitto 2.0.11 sends its whole queue once the
+first acknowledgements come. So while paused and awaiting nothing, the client does not read;
+keepalive goes on (paho's ``loop_misc`` sends a PINGREQ every ``keepalive``, so the broker keeps
+the connection) and the unread PINGRESPs are not held against the broker (`_housekeeping`
+tells paho bytes came in); a broker that died meanwhile is noticed at a failed write, or within
+``keepalive`` once reads resume. QoS 1 messages are acknowledged to the broker only once the
+router journaled what the handler published for them (paho's manual acknowledgement, driven by
+`Bus.on_acked`), so a message whose event was not journaled (the process killed, the outbox
+dropping while the router is unreachable) is sent again by the broker with the session (at the
+next connection) instead of being lost. `stop`
 waits (up to `STOP_FLUSH` s) for those acknowledgements before its DISCONNECT. A QoS 2 message
 is completed as soon as it is handled: paho hands it over only after the broker's PUBREL and no
 longer knows it after a reconnect, so a completion held back could never be sent (and would
@@ -51,6 +57,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -207,6 +214,9 @@ class MqttClient:
         actor.on_pause(lambda paused: self.pause() if paused else self.resume())
         self._connection = 0  # counts connections: a mid means something in its own only
         self._unjournaled = 0  # QoS 1/2 messages of this connection the router has not journaled
+        self._not_journaled = 0  # QoS 1 messages of this connection whose events were not
+        # journaled (dropped by the outbox, fenced): the broker holds them until a reconnect
+        self._watching = False  # for the router to acknowledge again (`_router_back`)
         self._generation = 0  # a connect thread's result for an older generation is stale
         self._connecting: threading.Thread | None = None
         self._configured = False
@@ -314,6 +324,12 @@ class MqttClient:
         self._misc = None
         if self._sock is None:
             return
+        if self._paused and not self.awaiting and hasattr(self.client, "_last_bytes_received"):
+            # not read on purpose (module doc): paho must not take the PINGRESPs waiting behind
+            # the broker's messages for a silent broker; it goes on sending its PINGREQs. (A
+            # paho without this attribute drops the connection after 1.5 keepalives instead,
+            # and the broker sends what was not acknowledged again at the reconnect.)
+            self.client._last_bytes_received = time.monotonic()  # paho's clock
         self.client.loop_misc()
         if self._sock is not None:
             self._misc = self.actor.call_later(MISC_EVERY, self._housekeeping)
@@ -334,6 +350,7 @@ class MqttClient:
         self.up = False
         self._subscribe_mid = None
         self._unjournaled = 0  # not acknowledged: the broker sends them again (its session)
+        self._not_journaled = 0
         if self._sock is not None:
             self.actor.remove_reader(self._sock)
             self.actor.remove_writer(self._sock)
@@ -360,11 +377,10 @@ class MqttClient:
 
     @property
     def awaiting(self) -> bool:
-        """Whether the broker owes this client an answer: a CONNACK or SUBACK, a PINGRESP
-        (keepalive), the acknowledgement of a publish. paho keeps the last two to itself:
-        ``_ping_t`` is the time of the unanswered PINGREQ (0: none), ``_out_messages`` the
-        publishes not yet acknowledged."""
-        return not self.up or bool(self.client._ping_t) or bool(self.client._out_messages)
+        """Whether the broker owes this client the answer to a request of its own: a CONNACK or
+        SUBACK, the acknowledgement of a publish (paho keeps those to itself, in
+        ``_out_messages``). A PINGRESP does not count (module doc: paused, it is not read)."""
+        return not self.up or bool(self.client._out_messages)
 
     def _schedule_paused_read(self) -> None:
         if self._paused_read is None and self._sock is not None:
@@ -381,12 +397,44 @@ class MqttClient:
     def _journaled(self, mid: int, qos: int, connection: int, ok: bool) -> None:
         """The router journaled (`ok`) what the handler published for message `mid`: now the
         broker may forget it. Not journaled, or from an earlier connection: no acknowledgement,
-        the broker sends it again with the session."""
-        if connection != self._connection:
-            return
+        the broker sends it again with the session. It does so only at the next connection
+        (and keeps it in its in-flight window until then), so once the router acknowledges
+        again this connection is dropped (`_router_back`)."""
+        if connection != self._connection or self._sock is None:
+            return  # detached: the next connection gets it again anyway
         self._unjournaled -= 1
-        if ok and self._sock is not None:
+        if ok:
             self.client.ack(mid, qos)
+            return
+        self._not_journaled += 1
+        self._watch_router()
+
+    def _watch_router(self) -> None:
+        """Call `_router_back` once the actor's newest envelope is acknowledged or dropped (on
+        the next loop turn: not inside the Bus's settling of acknowledgements)."""
+        if not self._watching:
+            self._watching = True
+            self.actor.bus.on_acked(self.actor.bus.last_seq, functools.partial(
+                self.actor.call_later, 0, self._router_back))
+
+    def _router_back(self, ok: bool) -> None:
+        self._watching = False
+        if self._stopped or not self._not_journaled:
+            return  # a new connection had them sent again
+        if not ok:  # dropped too: the router is still away
+            self._watch_router()
+            return
+        if self.client._clean_session:
+            log.warning("actor %s: %d message(s) from broker %s were not journaled and are "
+                        "lost: with a clean session the broker forgets them at a reconnect",
+                        self.actor.name, self._not_journaled, self.address)
+            self._not_journaled = 0
+            return
+        reason = (f"{self._not_journaled} message(s) from broker {self.address} were not "
+                  "journaled: reconnecting, so that the broker sends them again (its session)")
+        log.warning("actor %s: %s", self.actor.name, reason)
+        self.close()
+        self._down(reason)
 
     # --- publishing -------------------------------------------------------------------------
 

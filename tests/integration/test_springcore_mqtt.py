@@ -18,7 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from broker.client.bus import Bus, Delivery
 from tests.integration.test_actor import collect, drain, result
 from tests.support import stack as support
-from tests.support.mosquitto import Mosquitto, mosquitto, mosquitto_factory  # noqa: F401
+from tests.support.mosquitto import (  # noqa: F401  (the fixtures)
+    Mosquitto,
+    logs_on_failure,
+    mosquitto,
+    mosquitto_factory,
+)
 from tests.support.stack import Proc
 
 B0, B1 = "DA1275B0", "DA1275B1"
@@ -62,6 +67,13 @@ class Stack(support.Stack):
         while not pred():
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             self.bus.poll(0.2)
+
+
+@pytest.fixture(autouse=True)
+def process_logs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """A failed test shows the logs of the router, actor, simulator and Mosquitto."""
+    with logs_on_failure(request, tmp_path):
+        yield
 
 
 @pytest.fixture
@@ -247,9 +259,11 @@ def test_a_congested_bus_leaves_the_badges_at_the_broker_none_lost_none_twice(
         tmp_path: Path, mosquitto: Mosquitto) -> None:  # noqa: F811
     """The router slowed down (SIGSTOP/SIGCONT) while two readers publish QoS 1 badges faster
     than it journals them: the actor stops reading the broker (paused heartbeat) instead of
-    filling its outbox, keeps its MQTT connection (keepalive 1 s: pings are answered during the
-    pause), and once the router is back every badge arrives exactly once, in order per reader,
-    with nothing dropped from the outbox."""
+    filling its outbox, not one badge while a pause lasts (Mosquitto sends its whole queue once
+    the first acknowledgements come, so only the client can hold it back), keeps its MQTT
+    connection (keepalive 1 s: the pings go on during the pause), and once the router is back
+    every badge arrives exactly once, in order per reader, with nothing dropped from the
+    outbox."""
     from tests.integration.test_backpressure import Throttle
 
     stack = support.Stack(tmp_path, CONGESTED.format(port=mosquitto.port))
@@ -290,3 +304,65 @@ def test_a_congested_bus_leaves_the_badges_at_the_broker_none_lost_none_twice(
     assert last["counters"]["device_pauses"] >= 1, last["counters"]
     downs = [e for e in feed.events("evt.mqttreaders.link") if e["state"] == "down"]
     assert downs == [], f"the broker connection dropped during the pause: {downs}"
+    read_while_paused: dict[float, list[int]] = {}  # tags counted, per pause (its start)
+    for hb in feed.events("hb.mqttreaders"):
+        if hb["backpressure"]["paused_since"] is not None:
+            read_while_paused.setdefault(hb["backpressure"]["paused_since"], []).append(
+                hb["counters"]["tags"])
+    assert read_while_paused, "no paused heartbeat"
+    assert all(len(set(counts)) == 1 for counts in read_while_paused.values()), \
+        f"badges read from the broker during a pause: {read_while_paused}"
+
+
+# -- the router away: what the outbox drops comes again from the broker ---------------------------
+
+REDELIVERED = 40  # the broker sends 20 before the first acknowledgement: more than the outbox
+AWAY = """
+[actors.mqttreaders]
+type = "springcore-mqtt"
+port = {port}
+devices = "+"
+heartbeat_interval = 0.5
+backoff_min = 0.2
+backoff_max = 1.0
+outbox_max_messages = 10
+"""
+
+
+def newer_badge(device: str, n: int) -> tuple[str, bytes]:
+    """Reader event `n` of `device`, newer firmware (no event counter: redelivered badges come
+    after later ones, and a counter would report that as a loss)."""
+    body = {"Interface": "13.56", "Protocol": "NFC-A", "Template": 1,
+            "TagId": f"{device}{n:04X}"}
+    return f"{PREFIX}/{device}/rdr/evt", json.dumps(body).encode()
+
+
+@pytest.mark.timeout(300)
+def test_badges_the_outbox_dropped_while_the_router_was_away_come_again_from_the_broker(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:  # noqa: F811
+    """The router killed: the actor goes on reading (nothing to pause for) and its outbox (10
+    messages) drops the oldest events, loudly; their MQTT messages stay unacknowledged. The
+    broker sends those again only at a new connection, so once the router is back and
+    acknowledges, the actor reconnects (persistent session): every badge arrives."""
+    stack = support.Stack(tmp_path, AWAY.format(port=mosquitto.port))
+    wanted = {f"{B0}{n:04X}" for n in range(1, REDELIVERED + 1)}
+    try:
+        router = stack.start_router()
+        feed = stack.watch("evt.mqttreaders.")
+        stack.start_actor("mqttreaders", log="actor")
+        feed.wait("evt.mqttreaders.link", lambda d: d["state"] == "up", timeout=30,
+                  what="the broker link up")
+        router.kill()
+        publish_raw(mosquitto, [newer_badge(B0, n) for n in range(1, REDELIVERED + 1)])
+        support.wait_for(lambda: "router unreachable since" in stack.output("actor"), 30,
+                         "the outbox dropping the oldest")
+        stack.start_router("router2")
+        feed.until(lambda: {t["tag_id"] for t in feed.events("evt.mqttreaders.tag")} >= wanted,
+                   60, f"{REDELIVERED} badges")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nactor log:\n{stack.output('actor')[-3000:]}") from None
+    finally:
+        stack.stop()
+    log = stack.output("actor")
+    assert "were not journaled: reconnecting, so that the broker sends them again" in log, \
+        log[-3000:]

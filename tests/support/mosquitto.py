@@ -16,10 +16,14 @@ of what the project must show. Use from another test module::
     def test_x(mosquitto_factory):
         broker = mosquitto_factory()          # or mosquitto_factory(listener_options="...")
         ...broker.port...; broker.kill(); broker.start()   # same port again
+
+`logs_on_failure` prints the process logs (``*.log``) of a failed test's folders: the MQTT
+test modules use it in an autouse fixture.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -171,3 +175,23 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
 def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     """One running broker on a free loopback port."""
     return mosquitto_factory()
+
+
+LOG_TAIL: Final = 6000  # characters shown of each process log of a failed test
+
+
+@contextlib.contextmanager
+def logs_on_failure(request: pytest.FixtureRequest, *folders: Path) -> Iterator[None]:
+    """For an autouse fixture: if the test fails, print the end of every ``*.log`` under
+    `folders` (router, actors, simulator, Mosquitto) after its teardown, which stopped them.
+    pytest shows it as "Captured stdout teardown" under the failure, also from xdist workers;
+    the temp folders themselves do not last long on a machine where other runs start."""
+    failed = request.session.testsfailed  # counted once the test's call phase is reported
+    yield
+    if request.session.testsfailed == failed:
+        return
+    for folder in folders:
+        for log in sorted(folder.rglob("*.log")):
+            text = log.read_text(errors="replace")
+            print(f"----- {log} ({len(text)} characters, the last {LOG_TAIL}) -----")
+            print(text[-LOG_TAIL:])
