@@ -120,6 +120,10 @@ COMPACT_RETRY_MAX: Final = 300.0
 # itself (`overgrown`), so the file stays near its bound and the live part fits beside it.
 OVERGROWN: Final = 2
 ROOM_MARGIN: Final = 1024 * 1024  # free bytes kept beyond what a compaction needs
+# `short_of_room` compacts on a full disk only when the dead part is at least 1 / SHORT_PAYS of
+# the live part it copies, and when the live part and SHORT_FITS more (the snapshot) fit now.
+SHORT_PAYS: Final = 8
+SHORT_FITS: Final = 64 * 1024
 COPY_CHUNK: Final = 1024 * 1024
 # The compaction thread copies this much per call; it sees a cancel between two calls.
 BACKGROUND_CHUNK: Final = 8 * 1024 * 1024
@@ -400,7 +404,8 @@ class JournalFile:
         self._upgrade_pending = False  # a version 1 file whose version byte is still 1
         self._compact_after = 0.0  # monotonic time before which no compaction is tried
         self._compact_delay = 0.0
-        self._overgrown_after = 0.0  # the same for `overgrown`: only loop failures set it
+        # the same for `overgrown` and `short_of_room`: only loop failures set it
+        self._overgrown_after = 0.0
 
     @property
     def queued(self) -> int:
@@ -618,20 +623,27 @@ class JournalFile:
 
     def short_of_room(self, first_retained: int) -> bool:
         """Writing what is queued would leave less free space than a compaction needs (the
-        live part, in a new file beside the old one): compact first, while it still fits. A
-        flood must not fill the disk with dead records until no compaction can ever run."""
+        live part, in a new file beside the old one), and a compaction fits now: compact first.
+        A compaction writes only the live part, so it drops the file's dead records and also
+        the queued ones the journal has evicted already (a batch bigger than the journal's
+        bound is mostly dead on arrival). A flood must not fill the disk with dead records until
+        no compaction can ever run. Only a failed compaction on the loop backs this off: a
+        background one that failed (its temp file raced the appends for the room) is no reason
+        to let the disk fill."""
         if self._fd is None or self._first >= first_retained \
-                or time.monotonic() < self._compact_after:
+                or time.monotonic() < self._overgrown_after:
             return False
         start = self._offset_of(first_retained)
-        queued = self.size - self.disk_end
-        if start - len(MAGIC) <= queued:  # it would free less than it costs: not worth it
+        live = self.size - start  # written or queued
+        if (start - len(MAGIC)) * SHORT_PAYS < live:  # it would free too little for its copy
             return False
         try:
             st = os.statvfs(self.path.parent)
         except OSError:
             return False
-        return st.f_bavail * st.f_frsize - queued < self.size - start + ROOM_MARGIN
+        free = st.f_bavail * st.f_frsize
+        queued = self.size - self.disk_end
+        return free - queued < live + ROOM_MARGIN and free >= live + SHORT_FITS
 
     def can_shrink(self, first_retained: int) -> bool:
         """Whether the file (written or queued) holds entries before `first_retained`, which

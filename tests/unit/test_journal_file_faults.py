@@ -241,6 +241,38 @@ def test_a_flood_never_fills_the_disk_with_dead_records_a_compaction_could_not_s
         [body(g) for g in range(k.first, 401)]
 
 
+def test_a_batch_that_fits_but_would_leave_no_room_is_written_as_its_live_part(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishers resend a backlog at once (the router was blocked): one batch many times the
+    journal's bound, which the disk still takes. Written as it is, it would be mostly dead
+    records, and a compaction (the live part in a new file beside the old one) could never fit
+    again; written as a compaction, only its live part reaches the disk."""
+    path = tmp_path / "journal.bin"
+    j = Journal(10_000, 30_000, path, compact_min_bytes=10**9)  # no size-driven compaction
+    j.open()
+    disk = 250_000
+    real_statvfs = os.statvfs
+
+    def statvfs(where: Any) -> Any:
+        st = real_statvfs(where)
+        free = max(0, disk - path.stat().st_size)
+        return os.statvfs_result((st.f_bsize, 1, disk, free, free, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    fill(j, 1, 5)
+    j.flush()
+    fill(j, 6, 70)  # 210 kB in one batch: it fits, and would leave 25 kB free
+    j.flush()
+    assert j.fault is None and j.last == 75
+    assert disk - path.stat().st_size >= 30_000 + 3_000, "no room left for a compaction"
+    j.close()
+    monkeypatch.undo()
+    k = Journal(10_000, 30_000, path)
+    k.open()
+    assert k.last == 75 and [b for _, _, b in k.scan(k.first, 76)] == \
+        [body(g) for g in range(k.first, 76)]
+
+
 # -- a file that cannot be created or opened for writing ------------------------------------
 
 
@@ -478,3 +510,35 @@ def _raise(code: int) -> Callable[..., Any]:
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise OSError(code, os.strerror(code))
     return fail
+
+
+def test_a_failed_background_compaction_does_not_let_a_flood_fill_the_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background compaction's temp file lost the race for the room and backs off; a write
+    that would leave no room for a compaction still gets one on the loop first. Only a failed
+    compaction on the loop backs that off."""
+    path = tmp_path / "journal.bin"
+    f = _written(path)
+    monkeypatch.setattr(os, "open", _fail_for_tmp(errno.ENOSPC))
+    assert f.compact_start(Snapshot(first=15, sources=[("a", 1, 20)]))
+    assert f.wait_compaction(10)
+    monkeypatch.undo()
+    assert not f.compact_poll() and f.compact_failures == 1 and not f.should_compact(15)
+    for g in range(21, 24):  # a flood goes on, with little room left on the disk
+        f.add(g, "a", 1, g, "evt.a.x", body(g))
+    room = f.size - f._offset_of(15) + journal_file.ROOM_MARGIN  # a compaction's new file
+    monkeypatch.setattr(os, "statvfs", lambda p: _Statvfs(room + f.queued // 2))
+    assert f.short_of_room(15)
+    monkeypatch.setattr(os, "open", _fail_for_tmp(errno.ENOSPC))
+    assert not f.compact(Snapshot(first=15, sources=[("a", 1, 23)]))  # no room even for that
+    assert f.compact_failures == 2 and not f.short_of_room(15)  # now it backs off
+    monkeypatch.undo()
+    f.close()
+    assert [g for g, *_ in entries_of(path)] == list(range(1, 24))
+
+
+class _Statvfs:
+    """What ``os.statvfs`` returns, as far as the journal reads it: `free` bytes available."""
+
+    def __init__(self, free: int) -> None:
+        self.f_bavail, self.f_frsize = free, 1
