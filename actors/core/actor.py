@@ -70,6 +70,7 @@ from broker.config import (
     non_negative,
     positive,
 )
+from broker.memory import tune_malloc
 from broker.wire import topics
 from broker.wire.envelope import Envelope
 from broker.wire.errors import ConfigError, EnvelopeError
@@ -358,6 +359,7 @@ class Actor:
 
     def run(self) -> int:
         """Setup, run until `request_stop`, teardown; returns the process exit code."""
+        tune_malloc()  # big bodies reuse freed memory instead of faulting in new pages
         try:
             self._setup()
         except DuplicateInstanceError:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from broker.config import SiteConfig, load_site
-from tests.conftest import ROOT, free_ports, sctl_cmd, subprocess_env
+from tests.support.stack import ROOT, free_ports, sctl_cmd, subprocess_env
 
 __all__ = ["BenchError", "Figure", "Proc", "Procs", "Scale", "free_ports", "percentile",
            "subprocess_env"]

@@ -43,7 +43,7 @@ class Tally:
     """
 
     def __init__(self, keep_latency: bool = False) -> None:
-        self.arrivals: list[tuple[bytes, float]] = []
+        self.arrivals: list[tuple[bytes | memoryview, float]] = []
         self.first_at = 0.0
         self.last_at = 0.0
         self.keep_latency = keep_latency
@@ -53,7 +53,7 @@ class Tally:
         self._latency: list[float] = []  # seconds
         self._settled = 0
 
-    def add(self, body: bytes, now: float) -> None:
+    def add(self, body: bytes | memoryview, now: float) -> None:
         if not self.arrivals:
             self.first_at = now
         self.last_at = now

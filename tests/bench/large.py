@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import msgpack
 
+from broker.memory import tune_malloc
 from tests.bench.common import Figure, Procs, Scale
 from tests.bench.feeds import BusFeed, Tally, ZmqFeed, collect
 
@@ -44,7 +45,7 @@ class HeadTally(Tally):
     """A `Tally` that records only the first `HEAD` bytes of each body and reads the envelope's
     src, ts and ``data.n`` from them afterwards, without the payload."""
 
-    def add(self, body: bytes, now: float) -> None:
+    def add(self, body: bytes | memoryview, now: float) -> None:
         # a copy: a slice of the Bus's memoryview body would keep the whole received frame
         # alive, and the subscriber would then pay fresh pages for every frame it receives
         # while the baseline's SUB reuses the memory of the bodies it drops
@@ -65,7 +66,7 @@ class HeadTally(Tally):
         self._settled = end
 
 
-def head_fields(head: bytes) -> tuple[str, float, int]:
+def head_fields(head: bytes | memoryview) -> tuple[str, float, int]:
     """(src, ts, data.n) from the first bytes of an envelope body whose data map starts with n."""
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(head)
@@ -167,6 +168,9 @@ def _latency(seconds: float) -> list[Figure]:
 
 
 def run(scale: Scale) -> list[Figure]:
+    # The subscribers run in this process: the Bus's as an actor's would (`tune_malloc`), and
+    # the baseline's SUB with the same settings, which can only help the baseline.
+    tune_malloc()
     counts = {"256k": scale.pick(2000, 60), "4m": scale.pick(150, 8)}
     out: list[Figure] = []
     for tag, size in SIZES:

@@ -10,6 +10,7 @@ Roles:
   overflows: an overflow would be a loss); ``rate`` > 0 paces to that many per second for
   ``seconds``. Ends with a flush: every envelope acked by the router. Reports the CPU time it
   used publishing (``cpu_s``, all threads: ZeroMQ's I/O thread too) and that of its own thread.
+  Sets glibc's malloc thresholds as an actor process does (`broker.memory.tune_malloc`).
 - ``zmq-pub``: the baseline's sender, a plain PUB with the same envelope bodies, no outbox.
 - ``zmq-proxy``: the baseline's broker, `zmq.proxy` between an XSUB and an XPUB; runs until
   killed.
@@ -79,7 +80,9 @@ def pump(bus: Any, timeout: float) -> None:
 
 def bus_pub(a: dict[str, Any]) -> dict[str, Any]:
     from broker.client.bus import Bus
+    from broker.memory import tune_malloc
 
+    tune_malloc()  # as an actor process does
     site = load_site(a["site"])
     bus = Bus(site.router, a["name"])
     if not bus.connect(wait=20):
