@@ -95,13 +95,14 @@ class NameLease:
         return self.held
 
     def _refused_claim(self, holder: dict[str, Any], now: float) -> None:
-        """A claim from `ensure` was refused. Final at once for an instance that held the name
-        before, or when the holder is a live process of this machine. An instance that never
-        held it (the router was unreachable when it started) may face the lease of a dead
-        predecessor, restored by a router restarted on its journal file: as at start-up, a
-        holder that ran on this machine and is gone is replaced at once, and any other is
-        waited out for one ttl before the refusal is final."""
-        if self._ever_held or _alive_here(holder):
+        """A claim from `ensure` was refused, or a message fenced. Final at once when the holder
+        is a live process of this machine. A holder that ran on this machine and is gone is
+        replaced at once (a predecessor whose lease a router restarted on its journal file
+        restored, or whose grant the router's journal lost). Otherwise final at once for an
+        instance that held the name before; one that never held it (the router was unreachable
+        when it started) waits the holder out for one ttl, as at start-up, before the refusal
+        is final."""
+        if _alive_here(holder):
             self._refuse(holder)
             return
         if _dead_here(holder) and now >= self._next_replace:
@@ -112,6 +113,9 @@ class NameLease:
             if answer is None or answer.granted:
                 return
             holder = answer.holder
+        if self._ever_held:
+            self._refuse(holder)
+            return
         if self._refused_since is None:
             self._refused_since = now
             log.info("%s: held by %s; waiting up to %.1f s for that lease to expire (a holder "
@@ -194,18 +198,18 @@ class NameLease:
         else:
             self._waiting.append(go)
 
-    def fenced(self, data: dict[str, Any]) -> None:
-        """The router refused one of our messages: another epoch holds the name. Final for an
-        instance that held the name; one that never did (it started while the router was
-        away, and what it sent meanwhile met a lease the restarted router restored) handles it
-        as a refused claim (`_refused_claim`): the fenced messages stay in its outbox, their
-        seqs unused, and go through once it holds the name."""
+    def fenced(self, data: dict[str, Any]) -> bool:
+        """The router refused one of our messages: another epoch holds the name. Handled as a
+        refused claim (`_refused_claim`): final for an instance that held the name unless the
+        holder is a dead process of this machine; one that never held it (it started while the
+        router was away, and what it sent meanwhile met a lease the restarted router restored)
+        may still take it over. Until then the fenced messages stay in the outbox, their seqs
+        unused, and go through once it holds the name. Returns whether the refusal is final
+        (`Bus.on_fenced`: only then are the messages' ack waiters failed)."""
         holder = data.get("holder")
-        holder = holder if isinstance(holder, dict) else {}
-        if self._ever_held or self.refused is not None:
-            self._refuse(holder)
-        else:
-            self._refused_claim(holder, self.clock())
+        if self.refused is None:
+            self._refused_claim(holder if isinstance(holder, dict) else {}, self.clock())
+        return self.refused is not None
 
     def release(self) -> None:
         """Clean stop: free the name so a successor can claim it at once. Also under a grant

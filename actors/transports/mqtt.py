@@ -217,6 +217,7 @@ class MqttClient:
         self._not_journaled = 0  # QoS 1 messages of this connection whose events were not
         # journaled (dropped by the outbox, fenced): the broker holds them until a reconnect
         self._watching = False  # for the router to acknowledge again (`_router_back`)
+        self._draining = False  # not reading until this connection's other messages settle
         self._generation = 0  # a connect thread's result for an older generation is stale
         self._connecting: threading.Thread | None = None
         self._configured = False
@@ -324,7 +325,8 @@ class MqttClient:
         self._misc = None
         if self._sock is None:
             return
-        if self._paused and not self.awaiting and hasattr(self.client, "_last_bytes_received"):
+        if (self._paused or self._draining) and not self.awaiting \
+                and hasattr(self.client, "_last_bytes_received"):
             # not read on purpose (module doc): paho must not take the PINGRESPs waiting behind
             # the broker's messages for a silent broker; it goes on sending its PINGREQs. (A
             # paho without this attribute drops the connection after 1.5 keepalives instead,
@@ -351,6 +353,7 @@ class MqttClient:
         self._subscribe_mid = None
         self._unjournaled = 0  # not acknowledged: the broker sends them again (its session)
         self._not_journaled = 0
+        self._draining = False
         if self._sock is not None:
             self.actor.remove_reader(self._sock)
             self.actor.remove_writer(self._sock)
@@ -390,7 +393,7 @@ class MqttClient:
         self._paused_read = None
         if not self._paused or self._sock is None:
             return
-        if self.awaiting:  # non-blocking socket: nothing there is no error
+        if self.awaiting and not self._draining:  # non-blocking socket: nothing there is no error
             self._readable()
         self._schedule_paused_read()
 
@@ -407,6 +410,8 @@ class MqttClient:
             self.client.ack(mid, qos)
             return
         self._not_journaled += 1
+        if self.client._clean_session:  # lost either way: a reconnect forgets the session, and
+            self.client.ack(mid, qos)  # held back it would take a broker in-flight slot for good
         self._watch_router()
 
     def _watch_router(self) -> None:
@@ -429,6 +434,15 @@ class MqttClient:
                         "lost: with a clean session the broker forgets them at a reconnect",
                         self.actor.name, self._not_journaled, self.address)
             self._not_journaled = 0
+            return
+        if self._unjournaled and self._sock is not None and not self._draining:
+            # Messages read since are still on their way to the journal: dropping the
+            # connection now would have the broker send them again too (twice on the bus).
+            # Stop reading, let them settle (and be acknowledged), then reconnect (after one
+            # such round, whatever is still pending: it comes again, at least once).
+            self._draining = True
+            self.actor.remove_reader(self._sock)
+            self._watch_router()
             return
         reason = (f"{self._not_journaled} message(s) from broker {self.address} were not "
                   "journaled: reconnecting, so that the broker sends them again (its session)")

@@ -197,7 +197,9 @@ class Bus:
         self._next_sync = 0.0
         self._stash: list[Delivery] = []  # deliveries that arrived inside blocking calls
         # Called (loop thread) when the router fences us: another instance holds our name
-        # (broker.client.lease); the ack's data, with the holder, is the argument.
+        # (broker.client.lease); the ack's data, with the holder, is the argument. It returns
+        # False when it expects to get the name (the messages then wait in the outbox, their
+        # ack waiters with them); anything else fails every ack waiter at once.
         self.on_fenced: Callable[[dict[str, Any]], object] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # the PUB socket's events: `connected`
 
@@ -697,9 +699,11 @@ class Bus:
             self._on_synced(data)
 
     def _on_fenced(self, data: dict[str, Any]) -> None:
-        """Another instance holds our name: nothing of ours will be journaled (the router
-        keeps the seqs unused), so every ack waiter fails now, and a command whose started
-        record waits never runs. Told first loudly, then once a second or less."""
+        """Another instance holds our name: nothing of ours is journaled while it does (the
+        router keeps the seqs unused), so every ack waiter fails now, and a command whose
+        started record waits never runs; unless `on_fenced` says the name is about to be ours
+        (False), and the messages wait for it. Told first loudly, then once a second or
+        less."""
         self.counters["fenced"] += 1
         if self.counters["fenced"] == 1:
             holder = data.get("holder")
@@ -708,9 +712,9 @@ class Bus:
                       "epoch %s; this instance must not run while it does", self.name,
                       data["fenced"], self.name, holder.get("host"), holder.get("pid"),
                       holder.get("epoch"))
-        self._publisher.fenced()
-        if self.on_fenced is not None:
-            self.on_fenced(data)
+        final = self.on_fenced(data) if self.on_fenced is not None else True
+        if final is not False:  # False: the owner expects the name, the messages wait for it
+            self._publisher.fenced()
 
     # ---------------------------------------------------------------- queries
 

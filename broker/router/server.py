@@ -41,7 +41,8 @@ bus name to one epoch; a sequenced message whose src is held by another epoch is
 on ``ack.<src>``, reported on ``sys.router.denied``); each batch renews the leases of the pairs
 it touched and expires the rest (`_keep_leases`), and every change is journaled on
 ``sys.router.lease``. With a journal file, `open` restores the leases held when the last router
-stopped before it binds a socket (`_restore_leases`), so fencing holds across a restart.
+stopped once its sockets are bound, before the loop reads a message (`_restore_leases`), so
+fencing holds across a restart.
 
 With ``[router.security] curve = true`` (`broker.security`) every socket is a CURVE server,
 the router answers ZAP on its own loop (one more socket), and each ingress message is checked

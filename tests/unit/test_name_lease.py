@@ -144,3 +144,20 @@ def test_a_clean_stop_releases_a_grant_of_an_earlier_router_epoch(
     assert not nl.held                               # the lease for our epoch
     nl.release()
     assert released == ["b1"] and nl.granted_by is None
+
+
+def test_a_fence_is_final_unless_the_name_can_still_be_taken_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fenced` returns whether the refusal is final: the Bus fails the ack waiters only then."""
+    elsewhere = {"epoch": 22, "host": "other", "pid": 5, "machine": "m-other", "ttl": 3.0}
+    nl, _, refused = lease_with(monkeypatch, ["grant"])
+    assert nl.fenced({"fenced": 3, "holder": elsewhere}) and refused == [elsewhere]
+
+    nl, _, refused, _ = unheld(monkeypatch, [], elsewhere)  # never held: waits one ttl
+    assert not nl.fenced({"fenced": 1, "holder": elsewhere}) and not refused
+
+    gone = {"epoch": 22, "host": "h", "pid": 2 ** 22 + 7, "machine": "m-here", "ttl": 3.0}
+    monkeypatch.setattr(lease_mod.lease, "machine_id", lambda: "m-here")
+    monkeypatch.setattr(lease_mod, "_pid_exists", lambda pid: False)
+    nl, _, refused = lease_with(monkeypatch, ["grant", "grant"])  # held, then its grant lost
+    assert not nl.fenced({"fenced": 4, "holder": gone}) and not refused and nl.held
