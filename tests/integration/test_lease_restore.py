@@ -12,7 +12,7 @@ from typing import Any
 from broker.client import lease as client_lease
 from broker.client.bus import Bus
 from tests.integration.test_single_instance import TABLES, Recorder, leases, send_writes
-from tests.support.stack import Stack, wait_for
+from tests.support.stack import Proc, Stack, wait_for
 
 HELD_TTL = 60.0  # the holder that stays: its lease outlives the test
 GONE_TTL = 8.0  # the holder that is gone: its restored lease runs out during the test
@@ -32,6 +32,17 @@ def rogue_publishes(rogue: Bus) -> tuple[list[dict[str, Any]], list[bool]]:
     rogue.on_acked(env.seq, acked.append)
     wait_for(lambda: rogue.poll(0.05) is not None and bool(acked), 20, "the rogue's ack")
     return told, acked
+
+
+def b1_running(stack: Stack, tmp_path: Path, recorder: Recorder) -> tuple[Proc, Bus, Proc]:
+    """A router with its journal file, a tester's Bus, and actor b1 (bus-link to `recorder`)
+    up and running: (router, bus, actor)."""
+    stack.write(TABLES.format(port=recorder.port, hb=HEARTBEAT), router_extra=journal(tmp_path))
+    router = stack.start_router()
+    bus = stack.client(name="tester")
+    actor = stack.start_actor("b1")
+    stack.wait_ready("b1")
+    return router, bus, actor
 
 
 def test_a_restarted_router_fences_other_epochs_before_the_holder_claims_again(
@@ -88,12 +99,7 @@ def test_an_actor_keeps_its_lease_across_a_router_killed_and_restarted_on_its_jo
         stack: Stack, tmp_path: Path) -> None:
     recorder = Recorder()
     try:
-        stack.write(TABLES.format(port=recorder.port, hb=HEARTBEAT),
-                    router_extra=journal(tmp_path))
-        router = stack.start_router()
-        bus = stack.client(name="tester")
-        actor = stack.start_actor("b1")
-        stack.wait_ready("b1")
+        router, bus, actor = b1_running(stack, tmp_path, recorder)
         assert actor.popen is not None
         wait_for(lambda: "b1" in leases(bus), 10, "b1's lease")
         before = leases(bus)["b1"]
@@ -123,12 +129,7 @@ def test_an_actor_restarted_while_the_router_was_down_takes_over_its_dead_predec
     instead of exiting as a duplicate."""
     recorder = Recorder()
     try:
-        stack.write(TABLES.format(port=recorder.port, hb=HEARTBEAT),
-                    router_extra=journal(tmp_path))
-        router = stack.start_router()
-        bus = stack.client(name="tester")
-        stack.start_actor("b1")
-        stack.wait_ready("b1")
+        router, bus, _ = b1_running(stack, tmp_path, recorder)
         wait_for(lambda: "b1" in leases(bus), 10, "b1's lease")
         dead = leases(bus)["b1"]
 

@@ -210,14 +210,8 @@ def test_a_batch_bigger_than_the_disk_writes_only_what_the_journal_retains(
     assert [b for _, _, b in k.scan(1, 200)] == [body(g) for g in range(k.first, 106)]
 
 
-def test_a_flood_never_fills_the_disk_with_dead_records_a_compaction_could_not_shrink(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The file is compacted before a write would leave less free space than a compaction
-    needs: the disk (as statvfs reports it) always has room to shrink the file again."""
-    path = tmp_path / "journal.bin"
-    j = Journal(10_000, 30_000, path, compact_min_bytes=10**9)  # no size-driven compaction
-    j.open()
-    disk = 400_000  # the filesystem's size; the journal file is all that is on it
+def only_file_on_disk(monkeypatch: pytest.MonkeyPatch, path: Path, disk: int) -> None:
+    """``os.statvfs`` reports a filesystem of `disk` bytes that holds `path` and nothing else."""
     real_statvfs = os.statvfs
 
     def statvfs(where: Any) -> Any:
@@ -226,6 +220,17 @@ def test_a_flood_never_fills_the_disk_with_dead_records_a_compaction_could_not_s
         return os.statvfs_result((st.f_bsize, 1, disk, free, free, *tuple(st)[5:]))
 
     monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_a_flood_never_fills_the_disk_with_dead_records_a_compaction_could_not_shrink(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is compacted before a write would leave less free space than a compaction
+    needs: the disk (as statvfs reports it) always has room to shrink the file again."""
+    path = tmp_path / "journal.bin"
+    j = Journal(10_000, 30_000, path, compact_min_bytes=10**9)  # no size-driven compaction
+    j.open()
+    disk = 400_000  # the filesystem's size; the journal file is all that is on it
+    only_file_on_disk(monkeypatch, path, disk)
     for batch in range(40):  # 40 batches of ten 3 kB entries: 1.2 MB through a 400 kB disk
         fill(j, 1 + 10 * batch, 10)
         j.flush()
@@ -251,14 +256,7 @@ def test_a_batch_that_fits_but_would_leave_no_room_is_written_as_its_live_part(
     j = Journal(10_000, 30_000, path, compact_min_bytes=10**9)  # no size-driven compaction
     j.open()
     disk = 250_000
-    real_statvfs = os.statvfs
-
-    def statvfs(where: Any) -> Any:
-        st = real_statvfs(where)
-        free = max(0, disk - path.stat().st_size)
-        return os.statvfs_result((st.f_bsize, 1, disk, free, free, *tuple(st)[5:]))
-
-    monkeypatch.setattr(os, "statvfs", statvfs)
+    only_file_on_disk(monkeypatch, path, disk)
     fill(j, 1, 5)
     j.flush()
     fill(j, 6, 70)  # 210 kB in one batch: it fits, and would leave 25 kB free
