@@ -344,16 +344,20 @@ class LeaseHistory:
             self.problems.append(f"gseq {gseq}: {problem}" if gseq else problem)
 
 
+def lease_name(name: Any, what: str) -> str:
+    """`name` if it can be a bus name (one topic segment), else TopicError naming `what`."""
+    if not isinstance(name, str):
+        raise TopicError(f"{what} needs name (a string), got {name!r}")
+    return topics.check_name(name, "lease name")
+
+
 def lease_of(data: Any) -> Lease:
     """A `Lease` from its record shape (`Lease.holder`); ValueError naming what is wrong. The
     expiry is left at 0: only the restoring router can give it one."""
     if not isinstance(data, dict):
         raise ValueError(f"a lease is a map, got {type(data).__name__}")
-    name = data.get("name")
     try:
-        if not isinstance(name, str):
-            raise TopicError(f"lease name must be a string, got {name!r}")
-        topics.check_name(name, "lease name")
+        name = lease_name(data.get("name"), "a lease")
     except TopicError as exc:
         raise ValueError(str(exc)) from None
     epoch, pid, generation = (_whole(data, key, low) for key, low in

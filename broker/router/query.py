@@ -25,7 +25,7 @@ from typing import Any, Final
 import zmq
 
 from broker.router.journal import Journal
-from broker.router.leases import LeaseEvent, LeaseTable
+from broker.router.leases import LeaseEvent, LeaseTable, lease_name
 from broker.wire import protocol, topics
 from broker.wire.envelope import pack_stamp
 from broker.wire.errors import BusError, TopicError
@@ -222,11 +222,8 @@ class QueryHandler:
         now = ops.clock()
         if op == protocol.OP_LEASES:
             return {"ok": True, "leases": ops.table.table(now), "router_epoch": self.router_epoch}
-        name = req.get("name")
         try:
-            if not isinstance(name, str):
-                raise TopicError(f"{op} needs name (a string), got {name!r}")
-            topics.check_name(name, "lease name")
+            name = lease_name(req.get("name"), op)
         except TopicError as exc:
             raise BadRequestError(str(exc)) from None
         epoch = _int(req, "epoch", low=1)

@@ -67,8 +67,7 @@ class Tally:
         """Check the arrivals not checked yet."""
         end = len(self.arrivals)
         for body, now in self.arrivals[self._settled:end]:
-            m = msgpack.unpackb(body)
-            n, src = m["data"]["n"], m["src"]
+            src, ts, n = self.fields(body)
             prev = self._last.get(src, 0)
             if n <= prev:
                 self._backwards += 1
@@ -76,8 +75,14 @@ class Tally:
                 self._skipped += n - prev - 1
                 self._last[src] = n
             if self.keep_latency:
-                self._latency.append(now - m["ts"])
+                self._latency.append(now - ts)
         self._settled = end
+
+    @staticmethod
+    def fields(body: bytes | memoryview) -> tuple[str, float, int]:
+        """(src, ts, data.n) of a recorded body."""
+        m = msgpack.unpackb(body)
+        return m["src"], m["ts"], m["data"]["n"]
 
     @property
     def backwards(self) -> int:

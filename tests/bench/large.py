@@ -51,19 +51,9 @@ class HeadTally(Tally):
         # while the baseline's SUB reuses the memory of the bodies it drops
         super().add(bytes(body[:HEAD]), now)
 
-    def settle(self) -> None:
-        end = len(self.arrivals)
-        for head, now in self.arrivals[self._settled:end]:
-            src, ts, n = head_fields(head)
-            prev = self._last.get(src, 0)
-            if n <= prev:
-                self._backwards += 1
-            else:
-                self._skipped += n - prev - 1
-                self._last[src] = n
-            if self.keep_latency:
-                self._latency.append(now - ts)
-        self._settled = end
+    @staticmethod
+    def fields(body: bytes | memoryview) -> tuple[str, float, int]:
+        return head_fields(body)
 
 
 def head_fields(head: bytes | memoryview) -> tuple[str, float, int]:

@@ -162,7 +162,7 @@ def test_garbage_and_malformed_records_are_ignored_and_described() -> None:
     text = "\n".join(history.problems)
     for expected in ("gseq 2: not an envelope", "gseq 3: src 'b1' is not the router",
                      "unknown event 'stolen'", "epoch must be an integer", "is not usable",
-                     "ttl > 0", "host and machine must be strings", "name must be a string"):
+                     "ttl > 0", "host and machine must be strings", "needs name (a string)"):
         assert expected in text, text
     assert len(history.problems) == 10  # the first few, each with its gseq
 
