@@ -159,14 +159,21 @@ def test_a_crash_before_or_after_the_rename_leaves_one_complete_file(
         assert restart.stat().st_size == len(states[state]), state  # no torn tail to cut
 
 
-def test_close_during_a_compaction_cancels_it_and_keeps_the_old_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "journal.bin"
+def copying(path: Path, monkeypatch: pytest.MonkeyPatch) -> JournalFile:
+    """A file of gseq 1..20 whose background compaction (from 15) is held in its copy until
+    it is cancelled."""
     f = written(path, 1, 20)
     gate = Gate(until_cancel=True)
     monkeypatch.setattr(journal_file, "_copy_range", gate)
     assert f.compact_start(Snapshot(first=15, sources=[("a", 1, 20)]))
     assert gate.entered.wait(WAIT)
+    return f
+
+
+def test_close_during_a_compaction_cancels_it_and_keeps_the_old_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "journal.bin"
+    f = copying(path, monkeypatch)
     thread = f._bg.thread if f._bg is not None else None
     add(f, 21, 25)  # queued: close writes them to the old file
     f.close()
@@ -179,11 +186,7 @@ def test_close_during_a_compaction_cancels_it_and_keeps_the_old_file(
 def test_a_synchronous_compaction_cancels_the_one_in_progress(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "journal.bin"
-    f = written(path, 1, 20)
-    gate = Gate(until_cancel=True)
-    monkeypatch.setattr(journal_file, "_copy_range", gate)
-    assert f.compact_start(Snapshot(first=15, sources=[("a", 1, 20)]))
-    assert gate.entered.wait(WAIT)
+    f = copying(path, monkeypatch)
     add(f, 21, 25)  # queued: the synchronous compaction takes them too
     assert f.compact(Snapshot(first=18, sources=[("a", 1, 25)]))
     assert f.compactions == 1 and not compacting(f) and f.queued == 0

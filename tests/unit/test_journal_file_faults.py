@@ -204,10 +204,18 @@ def test_a_batch_bigger_than_the_disk_writes_only_what_the_journal_retains(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.bin"]
     j.close()
     monkeypatch.undo()
+    assert reloaded(path, 105).first == j.first
+
+
+def reloaded(path: Path, last: int) -> Journal:
+    """The journal file at `path` loaded again: it ends at gseq `last`, holds every body from
+    its first entry on, and its source table has ("a", 1) at `last`."""
     k = Journal(10_000, 30_000, path)
     k.open()
-    assert (k.first, k.last) == (j.first, 105) and k.sources.get(("a", 1)) == 105
-    assert [b for _, _, b in k.scan(1, 200)] == [body(g) for g in range(k.first, 106)]
+    assert k.last == last and k.sources.get(("a", 1)) == last
+    assert [b for _, _, b in k.scan(k.first, last + 1)] == [body(g) for g in
+                                                            range(k.first, last + 1)]
+    return k
 
 
 def only_file_on_disk(monkeypatch: pytest.MonkeyPatch, path: Path, disk: int) -> None:
@@ -240,10 +248,7 @@ def test_a_flood_never_fills_the_disk_with_dead_records_a_compaction_could_not_s
     assert j.fault is None and j.last == 400
     j.close()
     monkeypatch.undo()
-    k = Journal(10_000, 30_000, path)
-    k.open()
-    assert k.last == 400 and [b for _, _, b in k.scan(k.first, 401)] == \
-        [body(g) for g in range(k.first, 401)]
+    reloaded(path, 400)
 
 
 def test_a_batch_that_fits_but_would_leave_no_room_is_written_as_its_live_part(
@@ -265,10 +270,7 @@ def test_a_batch_that_fits_but_would_leave_no_room_is_written_as_its_live_part(
     assert disk - path.stat().st_size >= 30_000 + 3_000, "no room left for a compaction"
     j.close()
     monkeypatch.undo()
-    k = Journal(10_000, 30_000, path)
-    k.open()
-    assert k.last == 75 and [b for _, _, b in k.scan(k.first, 76)] == \
-        [body(g) for g in range(k.first, 76)]
+    reloaded(path, 75)
 
 
 # -- a file that cannot be created or opened for writing ------------------------------------
@@ -476,10 +478,7 @@ def test_a_batch_bigger_than_the_disk_during_a_background_compaction(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.bin"]
     j.close()
     monkeypatch.undo()
-    k = Journal(10_000, 30_000, path)
-    k.open()
-    assert (k.first, k.last) == (j.first, 120) and k.sources.get(("a", 1)) == 120
-    assert [b for _, _, b in k.scan(1, 200)] == [body(g) for g in range(k.first, 121)]
+    assert reloaded(path, 120).first == j.first
 
 
 def test_a_flood_after_a_failed_background_compaction_is_compacted_on_the_loop(
