@@ -11,7 +11,8 @@ from typing import Any
 
 from broker.client import lease as client_lease
 from broker.client.bus import Bus
-from tests.integration.test_single_instance import TABLES, Recorder, leases, send_writes
+from tests.integration.test_single_instance import TABLES, leases, send_writes
+from tests.support.echo import Recorder
 from tests.support.stack import Proc, Stack, wait_for
 
 HELD_TTL = 60.0  # the holder that stays: its lease outlives the test

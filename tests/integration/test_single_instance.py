@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from broker import security
 from broker.client import lease as client_lease
 from broker.client.bus import Bus
 from broker.wire.errors import BusError
+from tests.support.echo import Recorder
 from tests.support.stack import Stack, wait_for
 
 EXIT_DUPLICATE = 4
@@ -41,76 +40,6 @@ heartbeat_interval = {hb}
 backoff_min = 0.05
 backoff_max = 0.2
 """
-
-
-class Recorder:
-    """A line-oriented instrument that takes any number of clients and records every line
-    with the connection it came on (and appends it to `out`, one line each, if given);
-    answers nothing (``write`` needs no answer)."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, out: Path | None = None) -> None:
-        self.lines: list[tuple[int, str]] = []
-        self.accepted = 0
-        self.out = out
-        self._lock = threading.Lock()
-        self._listener = socket.create_server((host, port))
-        self.port = self._listener.getsockname()[1]
-        self._stop_r, self._stop_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="recorder")
-        self._thread.start()
-
-    def writes(self) -> list[str]:
-        with self._lock:
-            return [line for _, line in self.lines]
-
-    def join(self) -> None:
-        """Serve until the process ends (the system test kills it)."""
-        self._thread.join()
-
-    def close(self) -> None:
-        self._stop_w.send(b"x")
-        self._thread.join(5)
-        self._stop_r.close()
-        self._stop_w.close()
-
-    def _serve(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self._listener, selectors.EVENT_READ)
-        sel.register(self._stop_r, selectors.EVENT_READ)
-        pending: dict[socket.socket, tuple[int, bytes]] = {}
-        try:
-            while True:
-                for key, _ in sel.select():
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
-                    if sock is self._stop_r:
-                        return
-                    if sock is self._listener:
-                        conn, _ = self._listener.accept()
-                        self.accepted += 1
-                        pending[conn] = (self.accepted, b"")
-                        sel.register(conn, selectors.EVENT_READ)
-                        continue
-                    data = sock.recv(65536)
-                    conn_id, buf = pending[sock]
-                    if not data:
-                        sel.unregister(sock)
-                        del pending[sock]
-                        sock.close()
-                        continue
-                    *done, rest = (buf + data).split(b"\n")
-                    pending[sock] = (conn_id, rest)
-                    got = [(conn_id, d.decode(errors="replace")) for d in done]
-                    with self._lock:
-                        self.lines += got
-                    if self.out is not None and got:
-                        with self.out.open("a", encoding="utf-8") as fh:
-                            fh.writelines(f"{c} {line}\n" for c, line in got)
-        finally:
-            for conn in pending:
-                conn.close()
-            self._listener.close()
-            sel.close()
 
 
 @pytest.fixture
