@@ -15,15 +15,14 @@ elapsed times are printed for the report, not judged finer.
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 import pytest
 
 from tests.integration.test_iec104 import SITE, Collector, Master, free_104_port
-from tests.support.stack import ROOT, Stack, subprocess_env
+from tests.integration.test_iec104_isolated import run_in_child
+from tests.support.stack import Stack
 
 CHILD = os.environ.get("SCTL_C104_CHILD") == "1"
 COMMAND_TIMEOUT = 10.0
@@ -31,26 +30,10 @@ SITE_FAST = SITE.replace("command_timeout = 1.5", f"command_timeout = {COMMAND_T
 assert SITE_FAST != SITE
 
 
-def run_child() -> subprocess.CompletedProcess[str]:
-    env = subprocess_env()
-    env["SCTL_C104_CHILD"] = "1"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                           "-k", "not in_its_own_process", __file__], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.skipif(CHILD, reason="the child runs the c104 tests themselves")
 @pytest.mark.timeout(650)
 def test_fail_fast_in_its_own_process() -> None:
-    out = run_child()
-    if out.returncode < 0 or out.returncode in (128 + signal.SIGSEGV, 128 + signal.SIGABRT):
-        print(f"c104 peer crashed the child pytest (exit {out.returncode}); running it once "
-              f"more. Its output:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}", file=sys.stderr)
-        out = run_child()
-    print(out.stdout[-6000:])
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-6000:]}\n" \
-                                f"{out.stderr[-3000:]}"
-    assert " passed" in out.stdout and " skipped" not in out.stdout, out.stdout[-2000:]
+    print(run_in_child("-s", "-k", "not in_its_own_process", __file__)[-6000:])
 
 
 def outcomes(events: Collector, n: int, what: str) -> list[dict[str, Any]]:
