@@ -4,7 +4,7 @@ fails at once instead of after its timeout.
 The rule is the operator tools' (`sctl send`, `sctl status`): an actor is down when its last
 heartbeat (``hb.<actor>``) is older than `STALE_FACTOR` of its own ``interval``, or said
 ``state = "stopping"`` (its last words). Everything else is "not known to be down", and its
-commands go out as before: refusing is only ever done on evidence.
+commands go out: refusing is only ever done on evidence.
 
 Evidence needs listening. Heartbeats arrive on a best-effort subscription (``hb.``: cheap, a
 ZeroMQ prefix filter, or part of the ordered stream when the Bus has a gap-free subscription

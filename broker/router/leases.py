@@ -36,12 +36,12 @@ lease map of the file's snapshot (`LeaseTable.snapshot`, written at every compac
 records compaction drops are summed up there), then every ``sys.router.lease`` record after it,
 in gseq order; a name's newest record decides. Names held at the end are restored
 (`LeaseTable.restore`, one ``restored`` event each) with their holder, since and generation and
-an expiry of now + ttl on this router's clock, and fenced as before: the holder keeps its name
-by claiming again or by its traffic, a dead holder's lease expires one ttl later. Leases whose
-expiry was journaled (lapsed) are not restored. A router without a journal starts with an empty
-table and holders claim again (docs/leases.md has the failure analysis). Nothing here does I/O
-and time is passed in (``now`` is monotonic, ``wall`` is Unix time for display), so tests need
-no sleeps.
+an expiry of now + ttl on this router's clock, and fenced like any held name: the holder keeps
+its name by claiming again or by its traffic, a dead holder's lease expires one ttl later.
+Leases whose expiry was journaled (lapsed) are not restored. A router without a journal starts
+with an empty table and holders claim again (docs/leases.md has the failure analysis). Nothing
+here does I/O and time is passed in (``now`` is monotonic, ``wall`` is Unix time for display),
+so tests need no sleeps.
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ def test_a_router_restarting_on_its_journal_holds_the_leases_again(
         lines = [r.getMessage() for r in caplog.records if "restored 2 lease(s)" in r.message]
         assert len(lines) == 1 and "b1 (epoch 11 on hA pid 100, generation 1)" in lines[0]
 
-        assert not claim(second, "b1", 99)["granted"]  # another epoch: refused, as before
+        assert not claim(second, "b1", 99)["granted"]  # another epoch: refused
         again = claim(second, "b1", 11)  # the holder: granted at once, the same grant
         assert again["granted"] and again["generation"] == 1
         assert claim(second, "b4", 14)["generation"] == 4  # after b3's 3
