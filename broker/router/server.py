@@ -69,6 +69,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from broker import security
 from broker.config import RouterConfig
+from broker.memory import tune_malloc
 from broker.router import ingress
 from broker.router.bad_input import BadInput
 from broker.router.journal import Journal, SourceKey
@@ -804,6 +805,7 @@ def _user_id(frame: zmq.Frame) -> str | None:
 
 def serve(config: RouterConfig) -> int:
     """Run a router until SIGTERM/SIGINT: 0 after a clean stop, 1 if it cannot start, 2 on a bug."""
+    tune_malloc()  # big bodies reuse freed memory instead of faulting in new pages
     router = Router(config)
     try:
         router.open()

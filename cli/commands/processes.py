@@ -20,11 +20,9 @@ from cli.common import EXIT_USAGE, fail, json_option, setup_logging, site_of
 @click.pass_context
 def router(ctx: click.Context, as_json: bool) -> None:
     """Run the router of the site (binds ingress, egress, query)."""
-    from broker.memory import tune_malloc
     from broker.router.server import serve
 
     setup_logging(ctx.obj["verbose"], logging.INFO, as_json)
-    tune_malloc()  # big bodies reuse freed memory instead of faulting in new pages
     sys.exit(serve(site_of(ctx).router))
 
 
