@@ -163,6 +163,40 @@ def test_a_fenced_publisher_is_refused_by_the_router_and_told_why(
     assert state["counts"]["fenced"] >= 1 and "b1" in state["leases"]
 
 
+def test_a_fenced_publisher_that_expects_the_name_keeps_its_messages_until_it_holds_it(
+        stack: Stack) -> None:
+    """`on_fenced` returning False (an actor's lease that may still take the name over): the
+    ack waiters are not failed, the fenced messages stay in the outbox, their seqs unused, and
+    once the holder is gone and the name claimed they are journaled, each once."""
+    stack.write("")
+    stack.start_router()
+    feed = stack.watch("evt.b9.")
+    holder = stack.client(name="b9")
+    assert client_lease.claim(holder, 30.0).granted
+    waiting = stack.client(name="b9")
+    told: list[dict[str, Any]] = []
+
+    def expects_the_name(data: dict[str, Any]) -> bool:
+        told.append(data)
+        return False
+
+    waiting.on_fenced = expects_the_name
+    sent = [waiting.publish("evt.b9.valve", "event", {"n": n}) for n in (1, 2, 3)]
+    acked: list[bool] = []
+    for env in sent:
+        waiting.on_acked(env.seq, acked.append)
+    wait_for(lambda: waiting.poll(0.05) is not None and bool(told), 10, "the fence")
+    assert acked == [] and waiting.outbox_size == 3  # waiting, not failed
+
+    assert client_lease.release(holder)
+    assert client_lease.claim(waiting, 30.0).granted
+    wait_for(lambda: waiting.poll(0.05) is not None and len(acked) == 3, 30,
+             "the messages journaled once the name is held")
+    assert acked == [True, True, True] and waiting.outbox_size == 0
+    feed.drain(0.5)
+    assert [d["n"] for d in feed.events("evt.b9.valve")] == [1, 2, 3]
+
+
 def test_after_a_router_restart_the_holder_claims_again_before_it_runs_a_command(
         stack: Stack, recorder: Recorder) -> None:
     """The restarted router's table is empty: the actor claims again (its grant belonged to
