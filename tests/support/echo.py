@@ -16,8 +16,8 @@ class TcpPeer:
     do with what a client sends (`received`). `stop()` closes the listener and every client
     (an actor sees EOF); `start()` again listens on the same port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host, self.port = host, port
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.port, self.host = port, host
         self.accepted = 0
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -108,7 +108,7 @@ class Recorder(TcpPeer):
     given); answers nothing (a ``write`` needs no answer). Listens from construction on."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, out: Path | None = None) -> None:
-        super().__init__(host, port)
+        super().__init__(port, host)
         self.lines: list[tuple[int, str]] = []
         self.out = out
         self._lock = threading.Lock()
