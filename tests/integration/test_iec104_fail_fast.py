@@ -94,7 +94,14 @@ def test_a_command_for_a_target_that_is_down_is_negative_at_once(stack: Stack) -
         # killed: no last words, silent for more than three of its intervals (0.5 s)
         door = stack.start_actor("door1")
         stack.wait_ready("door1")
-        assert master.command(2000, True, timeout=2 * COMMAND_TIMEOUT)[1]
+        assert door.popen is not None
+        pid = door.popen.pid
+        # scada judges from the heartbeats it receives: the new process's must be on the bus
+        events.wait(lambda c: any(h["pid"] == pid and h["state"] == "running"
+                                  for h in c.data("hb.door1")), what="door1 running again")
+        elapsed, positive = master.command(2000, True, timeout=2 * COMMAND_TIMEOUT)
+        assert positive, f"negative ACT_CON after {elapsed:.3f} s for a restarted target: " \
+                         f"{outcomes(events, 5, 'restarted')[-1]}"
         assert outcomes(events, 5, "restarted")[-1]["outcome"] == "confirmed"
         door.kill(signal.SIGKILL)
         time.sleep(3 * 0.5 + 2.5)  # three of its intervals, and room for a loaded machine
